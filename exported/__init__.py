@@ -1,0 +1,13 @@
+"""Model bundles shipped with edgevae (package data: encoder.onnx, decoder.onnx, model.json).
+
+Each bundle here is reproduced by the training command recorded in its ``model.json`` and in
+README.md.
+"""
+
+from pathlib import Path
+
+#: Folder holding the shipped bundles.
+BUNDLES = Path(__file__).resolve().parent
+
+#: The default bundle :func:`edgevae.runtime.load` uses when given no path.
+DEFAULT_BUNDLE = BUNDLES / "fashion-mnist"

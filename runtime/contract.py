@@ -1,0 +1,125 @@
+"""The ONNX contract of an edgevae bundle, described once as data.
+
+The exporter builds the graphs from these specs, validates them against these specs, and
+writes these specs into ``model.json``; the runtime checks loaded sessions against them; the
+README's contract table is generated from the same facts. Symbolic dimensions are named:
+``batch`` is dynamic in every graph; the others are fixed per bundle and resolved from the
+manifest (``channels``, ``height``, ``width``, ``latent``, ``components``).
+
+    encoder.onnx:  images uint8 [batch, channels, height, width]
+                   -> mean float32 [batch, latent], logvar float32 [batch, latent]
+    decoder.onnx:  latents float32 [batch, latent]
+                   -> pixels uint8 [batch, channels, height, width]
+                      mixture_logits / mixture_means / mixture_log_scales
+                      float32 [batch, components, channels, height, width]
+
+Likelihood (normalized domain, pixel value v sits at x_v = v / 127.5 - 1): component k gives
+v the mass sigmoid((x_v + 1/255 - mean_k) / s_k) - sigmoid((x_v - 1/255 - mean_k) / s_k),
+s_k = exp(log_scale_k), with the bins of v = 0 and v = 255 extended to -inf and +inf; the
+mixture weights are softmax(mixture_logits) over the components axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+#: Identifies a manifest as an edgevae bundle manifest.
+MANIFEST_FORMAT = "edgevae-bundle"
+#: Version of the manifest schema; bump on any incompatible change.
+MANIFEST_VERSION = 1
+MANIFEST_FILE = "model.json"
+
+#: Name of the dynamic batch axis in every graph.
+BATCH = "batch"
+
+#: Max abs difference allowed between ONNX Runtime and PyTorch at export.
+PARITY_TOLERANCE = 1e-4
+
+#: The only likelihood the runtime understands today.
+LIKELIHOOD_KIND = "discretized_logistic_mixture"
+
+#: How the likelihood parameters map to pixel values (written into every manifest).
+LIKELIHOOD_DOMAIN = (
+    "means and log_scales are in the normalized domain where pixel value v sits at v / 127.5 - 1; "
+    "each bin is +-1/255 wide around it, the bins of 0 and 255 extend to -inf and +inf"
+)
+
+#: ONNX opset the exporter targets.
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, element type and (partly symbolic) shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[str, ...]
+
+    def resolve(self, dims: Mapping[str, int]) -> list[int | str]:
+        """Shape with every fixed symbol replaced by its size; ``batch`` stays symbolic."""
+        return [d if d == BATCH else int(dims[d]) for d in self.shape]
+
+    def describe(self, dims: Mapping[str, int]) -> dict[str, object]:
+        """JSON form used in the manifest."""
+        return {"name": self.name, "dtype": self.dtype, "shape": self.resolve(dims)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph: its file name and its inputs and outputs, in order."""
+
+    key: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        """Input names in order."""
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output names in order."""
+        return [t.name for t in self.outputs]
+
+    def describe(self, dims: Mapping[str, int]) -> dict[str, object]:
+        """JSON form used in the manifest (without the file hash)."""
+        return {
+            "file": self.file,
+            "inputs": [t.describe(dims) for t in self.inputs],
+            "outputs": [t.describe(dims) for t in self.outputs],
+        }
+
+
+_IMAGE = (BATCH, "channels", "height", "width")
+_MIXTURE = (BATCH, "components", "channels", "height", "width")
+
+ENCODER = GraphSpec(
+    key="encoder",
+    file="encoder.onnx",
+    inputs=(TensorSpec("images", "uint8", _IMAGE),),
+    outputs=(TensorSpec("mean", "float32", (BATCH, "latent")), TensorSpec("logvar", "float32", (BATCH, "latent"))),
+)
+
+DECODER = GraphSpec(
+    key="decoder",
+    file="decoder.onnx",
+    inputs=(TensorSpec("latents", "float32", (BATCH, "latent")),),
+    outputs=(
+        TensorSpec("pixels", "uint8", _IMAGE),
+        TensorSpec("mixture_logits", "float32", _MIXTURE),
+        TensorSpec("mixture_means", "float32", _MIXTURE),
+        TensorSpec("mixture_log_scales", "float32", _MIXTURE),
+    ),
+)
+
+GRAPHS = (ENCODER, DECODER)
+
+
+def dims_of(image_shape: tuple[int, int, int] | list[int], latent: int, components: int) -> dict[str, int]:
+    """The fixed symbolic dimensions of one bundle."""
+    c, h, w = image_shape
+    return {"channels": c, "height": h, "width": w, "latent": latent, "components": components}

@@ -1,0 +1,164 @@
+"""``edgevae-train``: train, evaluate and export VAEs. Parses, calls the library, echoes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from edgevae.runtime.cli import guard
+
+
+def _parse_ints(text: str, sep: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(sep))
+    except ValueError:
+        raise click.BadParameter(f"{what} must be integers separated by '{sep}', got {text!r}") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{what} must be positive, got {text!r}")
+    return values
+
+
+@contextlib.contextmanager
+def _progress(total: int, label: str) -> Iterator[Any]:
+    """A click progress bar that shows the object's ``loss`` text live."""
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+        bar.loss = ""
+        bar.item_show_func = lambda _: bar.loss
+        yield bar
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train a VAE, evaluate it, and export it as an edgevae bundle (encoder.onnx,
+    decoder.onnx, model.json) that the torch-free ``edgevae`` runtime loads.
+
+    \b
+    Typical session:
+      edgevae-train train --dataset fashion-mnist --epochs 30 --out runs/fm
+      edgevae-train evaluate runs/fm
+      edgevae-train export runs/fm -o my-bundle
+    """
+
+
+@main.command()
+@click.option("--dataset", default="fashion-mnist", show_default=True,
+              help="'fashion-mnist' (IDX files, see --data) or a folder of PNG/JPEG images (searched recursively).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the Fashion-MNIST IDX files. Default: $EDGEVAE_DATA, then Debian's "
+                   "/usr/share/datasets/fashion-mnist.")
+@click.option("--image-shape", default="1,28,28", show_default=True,
+              help="C,H,W that folder images are converted, resized and cropped to (ignored for fashion-mnist).")
+@click.option("--latent-dim", default=32, show_default=True, help="Size of the latent vector z.")
+@click.option("--widths", default="32,64,128", show_default=True,
+              help="Convolution widths per resolution level; each level after the first halves H and W.")
+@click.option("--res-blocks", default=0, show_default=True, help="Residual blocks per lower-resolution level.")
+@click.option("--components", default=5, show_default=True, help="Logistic mixture components per pixel.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True, help="Peak Adam learning rate (cosine decay).")
+@click.option("--beta", default=1.0, show_default=True, help="Weight of the KL term after warm-up (1 = true ELBO).")
+@click.option("--kl-warmup-epochs", default=1.0, show_default=True, help="Epochs over which beta ramps from 0.")
+@click.option("--free-bits", default=0.0, show_default=True, help="Minimum KL per latent dimension in nats (0 = off).")
+@click.option("--seed", default=0, show_default=True, help="Seeds initialisation, shuffling and noise: same seed, same run.")
+@click.option("--threads", default=None, type=int, help="Torch CPU threads (default: torch's choice).")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored).")
+@guard
+def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int, widths: str, res_blocks: int,
+          components: int, epochs: int, batch_size: int, lr: float, beta: float, kl_warmup_epochs: float,
+          free_bits: float, seed: int, threads: int | None, run_dir: str, resume: bool) -> None:
+    """Train a VAE; checkpoints every epoch into --out (Ctrl-C keeps the last one).
+
+    Writes config.json, last.pt, metrics.jsonl (one line per epoch with test metrics),
+    and at the end curve.png and samples.png.
+    """
+    import torch
+
+    from edgevae.training import report
+    from edgevae.training.data import load_dataset
+    from edgevae.training.model import ModelConfig
+    from edgevae.training.train import TrainConfig, train as run_training
+
+    if threads:
+        torch.set_num_threads(threads)
+    shape = _parse_ints(image_shape, ",", "--image-shape")
+    if len(shape) != 3:
+        raise click.BadParameter("--image-shape needs C,H,W")
+    data = load_dataset(dataset, shape, data_dir, seed=seed)  # type: ignore[arg-type]
+    try:
+        model_config = ModelConfig(image_shape=data.image_shape, latent_dim=latent_dim,
+                                   channels=_parse_ints(widths, ",", "--widths"), res_blocks=res_blocks,
+                                   mixture_components=components)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    config = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta,
+                         kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits, seed=seed)
+    click.echo(f"{data.name}: {len(data.train)} train / {len(data.test)} test images of shape {data.image_shape}")
+    try:
+        model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {Path(run_dir) / 'last.pt'} holds the last complete epoch; "
+                   f"continue with: edgevae-train train --out {run_dir} --resume", err=True)
+        sys.exit(130)
+    report.write_run_figures(model, run_dir, seed=seed)
+    click.echo(f"done: {run_dir}/curve.png, {run_dir}/samples.png")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--k", default=64, show_default=True, help="Importance samples per image for the IWAE bound.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the Fashion-MNIST IDX files (as for train).")
+@click.option("--limit", default=None, type=int, help="Evaluate only the first N test images (default: all).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the posterior samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@guard
+def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed: int, as_json: bool) -> None:
+    """Negative ELBO and IWAE bound (bits/dim) and reconstruction PSNR on the test set.
+
+    Also writes RUN_DIR/evaluation.json, which export copies into the bundle manifest.
+    """
+    from edgevae.training.evaluate import evaluate_run
+
+    def bar(total: int, label: str) -> Any:
+        return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+
+    metrics = evaluate_run(run_dir, k=k, data_dir=data_dir, limit=limit, seed=seed, progress=bar)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    rows = [("images", f"{metrics['images']}"),
+            ("negative ELBO", f"{metrics['nelbo_bpd']:.4f} bits/dim"),
+            (f"IWAE bound (k={k})", f"{metrics['iwae_bpd']:.4f} bits/dim"),
+            ("reconstruction PSNR", f"{metrics['psnr_db']:.2f} dB")]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to write (encoder.onnx, decoder.onnx, model.json).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the Fashion-MNIST IDX files, for the parity check on real test images.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
+@guard
+def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool) -> None:
+    """Export RUN_DIR's model to ONNX and check ONNX Runtime against PyTorch.
+
+    Fails (exit 2, nothing written) if the graphs do not match PyTorch within 1e-4.
+    """
+    from edgevae.training.export import export_run
+
+    manifest = export_run(run_dir, bundle_dir, data_dir=data_dir, force=force)
+    parity = manifest["parity"]
+    click.echo(f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, model.json")
+    for graph, outputs in parity["max_abs_diff"].items():
+        diffs = ", ".join(f"{name} {value:.2e}" for name, value in outputs.items())
+        click.echo(f"parity {graph}: {diffs} (tolerance {parity['tolerance']:.0e})")

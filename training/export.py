@@ -1,0 +1,252 @@
+"""Export a trained VAE as an edgevae bundle and prove it matches PyTorch.
+
+Steps, each failing loudly (ExportError, nothing left in the output folder):
+
+1. wrap encoder and decoder so the graphs take/return exactly the tensors of
+   :mod:`edgevae.runtime.contract` (normalization and pixel units inside the graphs);
+2. export each with the torch.export-based exporter (``dynamo=True``) and a dynamic batch
+   axis, weights embedded in the one .onnx file;
+3. stamp key facts into each file's ``metadata_props``; ``onnx.checker`` full check;
+4. validate with ONNX Runtime like optimum does: names, then shapes, then values against
+   PyTorch on real test images and random latents at several batch sizes, collecting the
+   max abs difference per output;
+5. write ``model.json`` with the sha256 of each file, then move the folder into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgevae.runtime import contract
+from edgevae.runtime.bundle import sha256_file
+from edgevae.runtime.errors import ExportError, OutputError
+from edgevae.training import likelihood
+from edgevae.training.model import VAE
+from edgevae.training.evaluate import EVALUATION_FILE
+from edgevae.training.train import load_checkpoint, model_from_checkpoint, train_command
+
+#: Batch sizes the parity check runs at; 1 guards against torch.export specializing the batch.
+PARITY_BATCHES = (1, 7, 64)
+#: Batch used as the export example; must not be 0 or 1 (torch.export would specialize it).
+EXAMPLE_BATCH = 4
+
+
+class EncoderGraph(nn.Module):
+    """uint8 images -> (mean, logvar), per the contract."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(images)
+
+
+class DecoderGraph(nn.Module):
+    """latents -> (uint8 mean pixels, mixture logits, means, log-scales), per the contract.
+
+    Means and log-scales stay in the normalized domain (pixel v sits at v / 127.5 - 1): in
+    pixel units float32 rounding alone (one ulp at 255 is 1.5e-5) would eat the parity budget.
+    """
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, means, log_scales = self.model.split(self.model.decoder(latents))
+        pixels = likelihood.mean_pixels(logits, means).round().to(torch.uint8)
+        return pixels, logits, means, log_scales
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("edgevae", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def _run_exporter(module: nn.Module, example: torch.Tensor, spec: contract.GraphSpec, batch: Any) -> Any:
+    return torch.onnx.export(
+        module.eval(),
+        (example,),
+        dynamo=True,
+        input_names=spec.input_names,
+        output_names=spec.output_names,
+        dynamic_shapes={spec.inputs[0].name: {0: batch}},
+        opset_version=contract.OPSET,
+        optimize=True,
+        verbose=False,
+    )
+
+
+def _export_graph(module: nn.Module, example: torch.Tensor, spec: contract.GraphSpec, path: Path,
+                  metadata_props: dict[str, str]) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # The exporter logs optional-operator notes (e.g. torchvision absent) that are not problems.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = _run_exporter(module, example, spec, batch)
+    if program is None:
+        raise ExportError(f"{spec.file}: the exporter returned no program")
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in metadata_props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"edgevae {spec.key}: see model.json and README 'ONNX contract'"
+    # The dynamo exporter would put weights in a side file; keep one self-contained .onnx.
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _metadata_props(manifest: dict[str, Any]) -> dict[str, str]:
+    """The key facts of the manifest that also travel inside each ONNX file."""
+    return {
+        "edgevae.format": contract.MANIFEST_FORMAT,
+        "edgevae.format_version": str(contract.MANIFEST_VERSION),
+        "edgevae.image_shape": json.dumps(manifest["image"]["shape"]),
+        "edgevae.pixel_range": json.dumps(manifest["image"]["pixel_range"]),
+        "edgevae.latent_dim": str(manifest["latent"]["dim"]),
+        "edgevae.likelihood": json.dumps(manifest["likelihood"]),
+        "edgevae.precision": manifest["precision"],
+        "edgevae.training_command": manifest["training"]["command"],
+    }
+
+
+def _validate(model: VAE, folder: Path, images: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Compare ONNX Runtime with PyTorch; returns the max abs difference per output."""
+    import onnxruntime as ort
+
+    failures: list[str] = []
+    diffs: dict[str, dict[str, float]] = {}
+    dims = contract.dims_of(model.config.image_shape, model.config.latent_dim, model.config.mixture_components)
+    rng = np.random.default_rng(seed)
+    graphs = ((contract.ENCODER, EncoderGraph(model)), (contract.DECODER, DecoderGraph(model)))
+    for spec, module in graphs:
+        session = ort.InferenceSession(str(folder / spec.file), providers=["CPUExecutionProvider"])
+        names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        if names != (spec.input_names, spec.output_names):
+            failures.append(f"{spec.file}: names {names} != contract {(spec.input_names, spec.output_names)}")
+            continue
+        diffs[spec.key] = {name: 0.0 for name in spec.output_names}
+        for n in PARITY_BATCHES:
+            if spec is contract.ENCODER:
+                feed = images[rng.choice(len(images), size=n, replace=len(images) < n)]
+            else:
+                feed = rng.standard_normal((n, model.config.latent_dim)).astype(np.float32)
+            got = session.run(None, {spec.inputs[0].name: feed})
+            with torch.inference_mode():
+                want = [t.numpy() for t in module(torch.from_numpy(feed))]
+            for out_spec, g, w in zip(spec.outputs, got, want):
+                shape = [n if d == contract.BATCH else d for d in out_spec.resolve(dims)]
+                if list(g.shape) != shape or str(g.dtype) != out_spec.dtype:
+                    failures.append(f"{spec.file}:{out_spec.name} at batch {n}: {g.dtype}{list(g.shape)}, "
+                                    f"contract says {out_spec.dtype}{shape}")
+                    continue
+                diff = float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) if g.size else 0.0
+                diffs[spec.key][out_spec.name] = max(diffs[spec.key][out_spec.name], diff)
+        for name, diff in diffs[spec.key].items():
+            # uint8 pixels may round the other way at .5 boundaries; one level is the honest bound.
+            limit = 1.0 if name == "pixels" else contract.PARITY_TOLERANCE
+            if not diff <= limit:
+                failures.append(f"{spec.file}:{name}: max abs diff {diff:.3g} > {limit:g}")
+    if failures:
+        raise ExportError("export validation failed: " + "; ".join(failures))
+    return {"tolerance": contract.PARITY_TOLERANCE, "batch_sizes": list(PARITY_BATCHES),
+            "inputs": "real test images (encoder), N(0, I) latents (decoder)", "max_abs_diff": diffs}
+
+
+def build_manifest(checkpoint: dict[str, Any], evaluation: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """Manifest of a bundle, without file hashes and parity (filled in after export)."""
+    config = checkpoint["model_config"]
+    dims = contract.dims_of(config["image_shape"], config["latent_dim"], config["mixture_components"])
+    return {
+        "format": contract.MANIFEST_FORMAT,
+        "format_version": contract.MANIFEST_VERSION,
+        "name": name,
+        "precision": "fp32",
+        "image": {"shape": list(config["image_shape"]), "layout": "NCHW", "dtype": "uint8", "pixel_range": [0, 255]},
+        "latent": {"dim": config["latent_dim"], "prior": "standard normal N(0, I)"},
+        "likelihood": {"kind": contract.LIKELIHOOD_KIND, "components": config["mixture_components"],
+                       "domain": contract.LIKELIHOOD_DOMAIN},
+        "graphs": {spec.key: spec.describe(dims) for spec in contract.GRAPHS},
+        "opset": contract.OPSET,
+        "training": {
+            "command": train_command(checkpoint),
+            "model_config": config,
+            "train_config": checkpoint["train_config"],
+            "epochs_trained": checkpoint["epoch"],
+            "data": checkpoint["data"],
+            "data_fingerprint": checkpoint["data_fingerprint"],
+            "last_epoch_metrics": checkpoint.get("metrics", {}),
+        },
+        "evaluation": evaluation,
+        "versions": _versions(),
+    }
+
+
+def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path, images: np.ndarray,
+                 evaluation: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+    """Export ``model`` into ``bundle_dir``; validation images are uint8 (N, C, H, W)."""
+    target = Path(bundle_dir)
+    if target.exists() and not force:
+        raise OutputError(f"{target} already exists; pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(checkpoint, evaluation, name=target.name)
+    props = _metadata_props(manifest)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        c, h, w = model.config.image_shape
+        examples = {
+            contract.ENCODER.key: torch.zeros(EXAMPLE_BATCH, c, h, w, dtype=torch.uint8),
+            contract.DECODER.key: torch.zeros(EXAMPLE_BATCH, model.config.latent_dim),
+        }
+        for spec, module in ((contract.ENCODER, EncoderGraph(model)), (contract.DECODER, DecoderGraph(model))):
+            _export_graph(module, examples[spec.key], spec, staging / spec.file, props)
+            manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
+        manifest["parity"] = _validate(model, staging, images)
+        (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary package data
+        staging.rename(target)
+    except ExportError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    return manifest
+
+
+def export_run(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | Path | None = None,
+               force: bool = False) -> dict[str, Any]:
+    """Export the last checkpoint of a run, with its evaluation (if run) in the manifest."""
+    from edgevae.training.data import load_dataset
+
+    run = Path(run_dir)
+    checkpoint = load_checkpoint(run)
+    model = model_from_checkpoint(checkpoint)
+    evaluation_path = run / EVALUATION_FILE
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
+    data = load_dataset(checkpoint["train_config"]["dataset"], model.config.image_shape, data_dir)
+    return export_model(model, checkpoint, bundle_dir, data.test, evaluation=evaluation, force=force)
