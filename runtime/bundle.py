@@ -68,11 +68,20 @@ class Bundle:
         return self.path / self.manifest["graphs"][spec.key]["file"]
 
     @property
+    def codec_path(self) -> Path | None:
+        """Path of the codec's entropy-model tables (``codec.json``), or None if the bundle has none."""
+        entry = self.manifest.get("codec")
+        return self.path / entry["file"] if entry else None
+
+    @property
     def fingerprint(self) -> bytes:
-        """32-byte identity of the exact graphs: sha256 over the graphs' sha256s, in contract order."""
+        """32-byte identity of the exact graphs and codec tables: sha256 over the graphs' sha256s,
+        in contract order, then the codec tables' sha256 if the bundle has them."""
         digest = hashlib.sha256()
         for spec in contract.GRAPHS:
             digest.update(bytes.fromhex(self.manifest["graphs"][spec.key]["sha256"]))
+        if self.manifest.get("codec"):
+            digest.update(bytes.fromhex(self.manifest["codec"]["sha256"]))
         return digest.digest()
 
 
@@ -111,6 +120,9 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         if manifest["likelihood"]["kind"] != contract.LIKELIHOOD_KIND:
             raise BundleError(f"{where}: unknown likelihood {manifest['likelihood']['kind']!r}")
         int(manifest["likelihood"]["components"])
+        codec = manifest.get("codec")
+        if codec is not None and (not isinstance(codec["file"], str) or len(codec["sha256"]) != 64):
+            raise KeyError("codec")
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{where}: manifest is incomplete (missing or invalid {e})") from None
 
@@ -135,4 +147,10 @@ def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
             raise BundleError(f"{folder}: bundle is partial, {graph.name} is missing")
         if sha256_file(graph) != manifest["graphs"][spec.key]["sha256"]:
             raise BundleError(f"{graph}: sha256 does not match model.json (file altered or from another bundle)")
+    codec = bundle.codec_path
+    if codec is not None:
+        if not codec.is_file():
+            raise BundleError(f"{folder}: bundle is partial, {codec.name} is missing")
+        if sha256_file(codec) != manifest["codec"]["sha256"]:
+            raise BundleError(f"{codec}: sha256 does not match model.json (file altered or from another bundle)")
     return bundle

@@ -20,6 +20,11 @@ class BundleError(EdgeVAEError):
     """A model bundle is missing, partial, tampered with, or of an unsupported version."""
 
 
+class ContainerError(InputError):
+    """A compressed container (.evz) is damaged, truncated, of another format version, or was
+    made by a different model."""
+
+
 class DataError(EdgeVAEError):
     """A training data set cannot be found or read."""
 

@@ -1,0 +1,317 @@
+"""The ``.evz`` container: every constant of the compressed format, and its reader and writer.
+
+docs/FORMAT.md specifies the format field by field; this module is its single source of
+numbers. Layout (version 1), bit by bit::
+
+    offset  size  field
+    0       1     MAGIC 0xEE
+    1       1     format version (bits 7-4) | mode (bits 3-2) | multi (bit 1) | reserved 0 (bit 0)
+    2       1     quality index (bits 7-4) | fingerprint prefix (bits 3-0): the high 4 bits of
+                  byte 0 of the model bundle's 32-byte fingerprint
+    3       1-5   [multi only] image count N >= 2, LEB128 varint
+    ...     1-5   [multi only] byte length of payloads 0 .. N-2, one varint each
+    ...     ...   payloads, concatenated (the last one runs to the CRC)
+    end-4   4     CRC-32 (zlib), big-endian, of: every byte before it
+                  + the full 32-byte model fingerprint + the image geometry C, H, W (u32 BE each)
+
+A single image costs ``HEADER_BYTES + CRC_BYTES`` = 7 bytes on top of its payload: at about
+20 bytes per file every header byte is 5 % of the file, hence the nibbles. The fingerprint and
+the geometry are not stored, only checked: they enter the CRC, so a file decoded with another
+model (or another image size) fails the checksum even when the 4-bit prefix happens to match
+(1 time in 16; the prefix only makes the error message say "another model" the other 15).
+
+Parsing never allocates in proportion to a claimed count: every count and length is checked
+against the bytes actually present before anything is built from it.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from edgevae.runtime.errors import ContainerError
+
+# -- header ----------------------------------------------------------------------------------
+
+#: First byte of every container. Not ASCII, so text files and 7-bit mangling never pass.
+MAGIC = 0xEE
+#: Container format version written by this edgevae (1..15); readers refuse any other.
+VERSION = 1
+#: Conventional file suffix.
+SUFFIX = ".evz"
+
+#: Fixed header size in bytes: magic, version/mode/multi byte, quality/fingerprint byte.
+HEADER_BYTES = 3
+#: Size of the trailing CRC-32.
+CRC_BYTES = 4
+#: Size of the full bundle fingerprint that enters the CRC.
+FINGERPRINT_BYTES = 32
+#: Smallest possible container: a single image with an empty payload.
+MIN_BYTES = HEADER_BYTES + CRC_BYTES
+
+# Byte 1: version nibble, two bits of mode, the "multi" bit, one reserved bit (must be 0).
+VERSION_SHIFT = 4
+MODE_SHIFT = 2
+MODE_MASK = 0x03
+MULTI_BIT = 0x02
+RESERVED_BIT = 0x01
+# Byte 2: quality nibble, fingerprint-prefix nibble.
+QUALITY_SHIFT = 4
+FINGERPRINT_PREFIX_MASK = 0x0F
+#: Highest quality index the header can hold (a bundle has at most 16 levels).
+MAX_QUALITY_INDEX = 15
+
+#: Mode 0: latent means quantized per quality level and entropy coded (lossy).
+MODE_LOSSY = 0
+#: Mode 1: bits-back lossless coding (runtime/bitsback.py): ONE payload holds all N images
+#: (no payload lengths), and N is bounded by MAX_LOSSLESS_IMAGES_PER_BYTE times the payload size.
+MODE_LOSSLESS = 1
+#: A lossless container may not claim more images than this per payload byte (a real image costs
+#: hundreds of bits): bounds the count before anything is allocated for it.
+MAX_LOSSLESS_IMAGES_PER_BYTE = 8
+MODE_NAMES = {MODE_LOSSY: "lossy", MODE_LOSSLESS: "lossless"}
+
+#: Longest accepted varint: 5 bytes of 7 bits hold any count or length below 2**35.
+MAX_VARINT_BYTES = 5
+#: Largest image count a container may claim (also bounded by the bytes actually present).
+MAX_COUNT = 2**32 - 1
+
+
+def fingerprint_prefix(fingerprint: bytes) -> int:
+    """The 4 bits of a bundle fingerprint stored in the header (high nibble of its byte 0)."""
+    return fingerprint[0] >> 4
+
+
+# -- payload (the entropy-coded latents of one image) -----------------------------------------
+
+#: Steps are stored as integers in units of 2**-STEP_BITS, so the decoder's latents
+#: (symbol * step) are exact dyadic numbers, identical on every machine.
+STEP_BITS = 16
+#: Smallest allowed step in those units (2**-12): keeps every escape value below 2**ESCAPE_BITS.
+MIN_STEP_UNITS = 16
+#: Latent means are clipped to [-LATENT_CLAMP, LATENT_CLAMP] (prior standard deviations).
+LATENT_CLAMP = 16
+#: Frequency tables hold integers summing to 2**FREQUENCY_BITS, each at least 1.
+FREQUENCY_BITS = 16
+#: Most entries one table may hold (including the escape entry).
+MAX_ALPHABET = 4096
+#: Escaped symbols are coded uniformly over 2**ESCAPE_BITS values (integer-exact in constriction).
+ESCAPE_BITS = 20
+#: constriction's RangeEncoder/RangeDecoder (default preset): 32-bit words, read big-endian from the
+#: payload (zero-padded), and 24-bit probability precision.
+WORD_BYTES = 4
+CONSTRICTION_PRECISION = 24
+
+#: Identifies a bundle's codec.json and its version.
+TABLES_FORMAT = "edgevae-codec-tables"
+TABLES_VERSION = 1
+TABLES_FILE = "codec.json"
+
+
+# -- quality levels ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityLevel:
+    """One quality level fitted at export: its name and its step as a multiple of the posterior std.
+
+    A container stores the level's index into its bundle's ``codec.json``; the names below
+    are what export writes there. (A future quality could name another bundle, trained for
+    another rate-distortion trade-off: the container's fingerprint already says which bundle
+    made it.)
+    """
+
+    name: str
+    step_factor: float
+    description: str
+
+
+#: Quality levels fitted into every bundle, smallest files first. The step of latent dimension
+#: d is ``step_factor * median posterior std of d``. Quantization noise of a step s has std
+#: s / sqrt(12), so the balanced factor 3.5 (~sqrt(12)) adds about as much noise to the latents
+#: as the VAE was trained to tolerate; much finer steps buy almost no PSNR (the decoder was
+#: trained on latents that noisy), coarser ones trade PSNR for bytes.
+QUALITY_LEVELS: tuple[QualityLevel, ...] = (
+    QualityLevel("smallest", 8.0, "fewest bytes; visibly blurrier than the model's best"),
+    QualityLevel("small", 5.0, "small files, slight loss against the model's best"),
+    QualityLevel("balanced", 3.5, "default: quantization noise about the posterior's own"),
+    QualityLevel("high", 2.5, "close to the model's best reconstruction"),
+    QualityLevel("best", 1.5, "the model's best reconstruction (within ~0.1 dB), largest files"),
+)
+#: The quality used when none is asked for.
+DEFAULT_QUALITY = "balanced"
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed header fields of a container."""
+
+    version: int
+    mode: int
+    quality: int
+    fingerprint_prefix: int  # 0..15
+    count: int
+
+    @property
+    def mode_name(self) -> str:
+        """``lossy``, ``lossless`` or ``reserved-N``."""
+        return MODE_NAMES.get(self.mode, f"reserved-{self.mode}")
+
+
+@dataclass(frozen=True)
+class Container:
+    """A structurally valid container: header, and where each image's payload lies.
+
+    The checksum is not verified here (it needs the model's fingerprint): call :meth:`verify`.
+    """
+
+    data: bytes
+    header: Header
+    offsets: tuple[int, ...]  # count + 1 positions: payload i is data[offsets[i]:offsets[i + 1]]
+    # (lossless: 2 positions, payload 0 holds every image)
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Bytes that are not payload: header, count, lengths and CRC."""
+        return len(self.data) - (self.offsets[-1] - self.offsets[0])
+
+    def payload(self, index: int) -> bytes:
+        """The entropy-coded bytes of image ``index``."""
+        return self.data[self.offsets[index] : self.offsets[index + 1]]
+
+    def verify(self, fingerprint: bytes, geometry: tuple[int, int, int]) -> None:
+        """Check the CRC against this model; ContainerError if the bytes or the model differ."""
+        stored = struct.unpack(">I", self.data[-CRC_BYTES:])[0]
+        if stored != checksum(self.data[:-CRC_BYTES], fingerprint, geometry):
+            raise ContainerError(
+                "checksum mismatch: the file is damaged or truncated, or was made by another model "
+                "with the same fingerprint prefix"
+            )
+
+
+def checksum(body: bytes, fingerprint: bytes, geometry: tuple[int, int, int]) -> int:
+    """CRC-32 of ``body`` + the full fingerprint + C, H, W as big-endian u32."""
+    if len(fingerprint) != FINGERPRINT_BYTES:
+        raise ValueError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
+    crc = zlib.crc32(body)
+    return zlib.crc32(fingerprint + struct.pack(">III", *geometry), crc)
+
+
+def encode_varint(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, least significant first, high bit = more follows."""
+    if value < 0:
+        raise ValueError("varints are unsigned")
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def decode_varint(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    """Read one canonical varint at ``pos`` (before ``end``); returns (value, next position)."""
+    value = 0
+    for i in range(MAX_VARINT_BYTES):
+        if pos + i >= end:
+            raise ContainerError(f"container is truncated (inside the {what})")
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if byte == 0 and i > 0:
+                raise ContainerError(f"container is damaged (over-long {what})")
+            return value, pos + i + 1
+    raise ContainerError(f"container is damaged ({what} longer than {MAX_VARINT_BYTES} bytes)")
+
+
+def pack(mode: int, quality: int, fingerprint: bytes, geometry: tuple[int, int, int], payloads: list[bytes]) -> bytes:
+    """Build a container from per-image payloads; the inverse of :func:`parse`."""
+    if not payloads:
+        raise ValueError("a container holds at least one image")
+    if not 0 <= quality <= MAX_QUALITY_INDEX or mode not in MODE_NAMES:
+        raise ValueError(f"mode {mode} / quality {quality} do not fit the header")
+    multi = len(payloads) > 1
+    parts = [bytes([MAGIC, VERSION << VERSION_SHIFT | mode << MODE_SHIFT | (MULTI_BIT if multi else 0),
+                    quality << QUALITY_SHIFT | fingerprint_prefix(fingerprint)])]
+    if multi:
+        parts.append(encode_varint(len(payloads)))
+        parts.extend(encode_varint(len(p)) for p in payloads[:-1])
+    parts.extend(payloads)
+    body = b"".join(parts)
+    return body + struct.pack(">I", checksum(body, fingerprint, geometry))
+
+
+def pack_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count: int, payload: bytes) -> bytes:
+    """Build a lossless container: the header (quality 0), the count if multi, one payload, the CRC."""
+    if count < 1 or count > min(MAX_COUNT, MAX_LOSSLESS_IMAGES_PER_BYTE * len(payload)):
+        raise ValueError(f"a lossless container cannot hold {count} images in {len(payload)} payload bytes")
+    multi = count > 1
+    parts = [bytes([MAGIC, VERSION << VERSION_SHIFT | MODE_LOSSLESS << MODE_SHIFT | (MULTI_BIT if multi else 0),
+                    fingerprint_prefix(fingerprint)])]
+    if multi:
+        parts.append(encode_varint(count))
+    parts.append(payload)
+    body = b"".join(parts)
+    return body + struct.pack(">I", checksum(body, fingerprint, geometry))
+
+
+def read_header(data: bytes) -> tuple[Header, int]:
+    """Parse and check magic, version and the fixed fields; returns the header and the position after it.
+
+    Raises ContainerError for anything that is not a well-formed header of this version.
+    """
+    if len(data) < 2 or data[0] != MAGIC:
+        raise ContainerError("not an edgevae container (.evz): wrong magic byte")
+    version = data[1] >> VERSION_SHIFT
+    if version != VERSION:
+        if version > VERSION:
+            raise ContainerError(f"container format version {version} is newer than this edgevae "
+                                 f"supports ({VERSION}); upgrade edgevae")
+        raise ContainerError(f"not an edgevae container (unknown format version {version})")
+    if len(data) < MIN_BYTES:
+        raise ContainerError(f"container is truncated ({len(data)} bytes, at least {MIN_BYTES} needed)")
+    flags = data[1]
+    mode = flags >> MODE_SHIFT & MODE_MASK
+    if mode not in MODE_NAMES:
+        raise ContainerError(f"container is damaged (reserved mode {mode})")
+    if flags & RESERVED_BIT:
+        raise ContainerError("container is damaged (reserved header bit set)")
+    end = len(data) - CRC_BYTES
+    pos = HEADER_BYTES
+    count = 1
+    if flags & MULTI_BIT:
+        count, pos = decode_varint(data, pos, end, "image count")
+        if count < 2:
+            raise ContainerError("container is damaged (multi-image container with fewer than 2 images)")
+        # Each of the count - 1 lengths takes at least one byte (lossless: each image at least one
+        # bit): bound the count by the file size before anything proportional to it exists.
+        room = MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos) if mode == MODE_LOSSLESS else end - pos + 1
+        if count > MAX_COUNT or count > room:
+            raise ContainerError(f"container is damaged or truncated (claims {count} images in {len(data)} bytes)")
+    header = Header(version=version, mode=mode, quality=data[2] >> QUALITY_SHIFT,
+                    fingerprint_prefix=data[2] & FINGERPRINT_PREFIX_MASK, count=count)
+    return header, pos
+
+
+def parse(data: bytes) -> Container:
+    """Parse a container's structure (header, count, lengths) without checking its CRC."""
+    data = bytes(data)
+    header, pos = read_header(data)
+    end = len(data) - CRC_BYTES
+    if header.mode == MODE_LOSSLESS:  # one payload for every image
+        return Container(data=data, header=header, offsets=(pos, end))
+    lengths = []
+    for _ in range(header.count - 1):
+        length, pos = decode_varint(data, pos, end, "payload length")
+        lengths.append(length)
+    offsets = [pos]
+    for length in lengths:
+        offsets.append(offsets[-1] + length)
+        if offsets[-1] > end:
+            raise ContainerError("container is damaged or truncated (payload lengths exceed the file)")
+    offsets.append(end)
+    return Container(data=data, header=header, offsets=tuple(offsets))
