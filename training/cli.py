@@ -58,8 +58,8 @@ def main() -> None:
               help="Convolution widths per resolution level; each level after the first halves H and W.")
 @click.option("--res-blocks", default=0, show_default=True, help="Residual blocks per lower-resolution level.")
 @click.option("--components", default=5, show_default=True, help="Logistic mixture components per pixel.")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--epochs", default=30, show_default=True, help="Passes over the training set (the LR schedule spans them all).")
+@click.option("--batch-size", default=128, show_default=True, help="Images per optimizer step.")
 @click.option("--lr", default=2e-3, show_default=True, help="Peak Adam learning rate (cosine decay).")
 @click.option("--beta", default=1.0, show_default=True, help="Weight of the KL term after warm-up (1 = true ELBO).")
 @click.option("--kl-warmup-epochs", default=1.0, show_default=True, help="Epochs over which beta ramps from 0.")
@@ -148,17 +148,46 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the Fashion-MNIST IDX files, for the parity check on real test images.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True,
+              help="Arithmetic of the graphs: int8 (static QDQ quantization calibrated on training images) "
+                   "and fp16 are made from the checked fp32 graphs and checked against them.")
 @guard
-def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool) -> None:
+def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, precision: str) -> None:
     """Export RUN_DIR's model to ONNX and check ONNX Runtime against PyTorch.
 
-    Fails (exit 2, nothing written) if the graphs do not match PyTorch within 1e-4.
+    Fails (exit 2, nothing written) if the graphs do not match PyTorch within 1e-4, or if an
+    int8/fp16 variant loses more than its bounds (PSNR, bits/dim) against the fp32 graphs.
     """
     from edgevae.training.export import export_run
 
-    manifest = export_run(run_dir, bundle_dir, data_dir=data_dir, force=force)
+    manifest = export_run(run_dir, bundle_dir, data_dir=data_dir, force=force, precision=precision)
     parity = manifest["parity"]
-    click.echo(f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, model.json")
+    click.echo(f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, model.json ({manifest['precision']})")
     for graph, outputs in parity["max_abs_diff"].items():
         diffs = ", ".join(f"{name} {value:.2e}" for name, value in outputs.items())
         click.echo(f"parity {graph}: {diffs} (tolerance {parity['tolerance']:.0e})")
+    if "variant" in manifest:
+        check = manifest["variant"]["check"]
+        click.echo(f"{precision} vs fp32 graphs on {check['images']} test images: "
+                   f"PSNR {check[precision]['psnr_db']:.2f} dB (fp32 {check['fp32']['psnr_db']:.2f}), "
+                   f"negative ELBO {check[precision]['nelbo_bpd']:.4f} bits/dim (fp32 {check['fp32']['nelbo_bpd']:.4f})")
+
+
+@main.command("codec-tables")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the Fashion-MNIST IDX files (as for train).")
+@guard
+def codec_tables(bundle_dir: str, data_dir: str | None) -> None:
+    """Fit the lossy codec's tables (codec.json) of an existing bundle on its training set.
+
+    export already writes them; this adds or refits them in place (model.json is updated).
+    Containers made with the old tables no longer decode.
+    """
+    from edgevae.training.export import add_codec_tables
+
+    tables = add_codec_tables(bundle_dir, data_dir=data_dir)
+    click.echo(f"wrote {bundle_dir}/codec.json: fitted on {tables['fitted_on']['images']} training images")
+    for q in tables["qualities"]:
+        click.echo(f"  {q['name']:<10} step x{q['step_factor']:<5g} {q['train_bits_per_image'] / 8:6.2f} bytes/image "
+                   f"(ideal, training set)")

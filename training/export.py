@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from edgevae.runtime import contract
-from edgevae.runtime.bundle import sha256_file
+from edgevae.runtime.bundle import read_bundle, sha256_file
+from edgevae.runtime.codec import fit_tables
+from edgevae.runtime.container import TABLES_FILE
 from edgevae.runtime.errors import ExportError, OutputError
 from edgevae.training import likelihood
 from edgevae.training.model import VAE
@@ -204,9 +206,62 @@ def build_manifest(checkpoint: dict[str, Any], evaluation: dict[str, Any] | None
     }
 
 
+#: Images per encoder call while fitting the codec tables.
+CODEC_FIT_BATCH = 256
+
+
+def write_codec_tables(folder: Path, manifest: dict[str, Any], images: np.ndarray,
+                       source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit the lossy codec's integer tables on ``images`` (uint8 (N, C, H, W), the training set)
+    with ``folder``'s own encoder.onnx, write ``codec.json`` there and record its sha256 in
+    ``manifest`` (which the caller then writes). Any bundle variant (int8, fp16) must call this
+    with its own graphs in place: the tables belong to the encoder that made them."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / contract.ENCODER.file), providers=["CPUExecutionProvider"])
+    means, logvars = [], []
+    for start in range(0, len(images), CODEC_FIT_BATCH):
+        mean, logvar = session.run(None, {contract.ENCODER.inputs[0].name: images[start : start + CODEC_FIT_BATCH]})
+        means.append(mean)
+        logvars.append(logvar)
+    tables = fit_tables(np.concatenate(means), np.concatenate(logvars), source=source)
+    path = folder / TABLES_FILE
+    path.write_text(json.dumps(tables, separators=(",", ":")) + "\n")
+    manifest["codec"] = {"file": TABLES_FILE, "sha256": sha256_file(path),
+                         "qualities": [q["name"] for q in tables["qualities"]],
+                         "default_quality": tables["default_quality"]}
+    return tables
+
+
+def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fit (or refit) the codec tables of an existing bundle on its training data set.
+
+    The data set is the one recorded in the manifest; ``codec.json`` is written, then
+    ``model.json`` is replaced atomically. Containers made with the old tables no longer
+    decode (the bundle fingerprint covers the tables). Returns the tables.
+    """
+    import os
+
+    from edgevae.training.data import load_dataset
+
+    bundle = read_bundle(bundle_dir)
+    manifest = json.loads(json.dumps(bundle.manifest))  # a deep copy
+    train_config = manifest["training"]["train_config"]
+    data = load_dataset(train_config["dataset"], bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
+    tables = write_codec_tables(bundle.path, manifest, data.train, source={"data": data.name, "split": "train"})
+    staged = bundle.path / f".{contract.MANIFEST_FILE}.tmp"
+    staged.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(staged, bundle.path / contract.MANIFEST_FILE)
+    return tables
+
+
 def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path, images: np.ndarray,
-                 evaluation: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
-    """Export ``model`` into ``bundle_dir``; validation images are uint8 (N, C, H, W)."""
+                 evaluation: dict[str, Any] | None = None, force: bool = False,
+                 codec_images: np.ndarray | None = None) -> dict[str, Any]:
+    """Export ``model`` into ``bundle_dir``; validation images are uint8 (N, C, H, W).
+
+    The codec tables are fitted on ``codec_images`` (the training set; default: ``images``).
+    """
     target = Path(bundle_dir)
     if target.exists() and not force:
         raise OutputError(f"{target} already exists; pass --force to replace it")
@@ -224,6 +279,8 @@ def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path,
             _export_graph(module, examples[spec.key], spec, staging / spec.file, props)
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
         manifest["parity"] = _validate(model, staging, images)
+        write_codec_tables(staging, manifest, images if codec_images is None else codec_images,
+                           source={"data": checkpoint["data"], "split": "train" if codec_images is not None else "test"})
         (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -239,14 +296,25 @@ def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path,
 
 
 def export_run(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | Path | None = None,
-               force: bool = False) -> dict[str, Any]:
-    """Export the last checkpoint of a run, with its evaluation (if run) in the manifest."""
-    from edgevae.training.data import load_dataset
+               force: bool = False, precision: str = "fp32") -> dict[str, Any]:
+    """Export the last checkpoint of a run, with its evaluation (if run) in the manifest.
 
+    ``precision`` int8 or fp16 exports and checks fp32 first, then converts it with
+    :mod:`edgevae.training.precision` (int8 calibrated on the run's training images).
+    """
+    from edgevae.training.data import load_dataset
+    from edgevae.training.precision import check_precision, export_variant
+
+    check_precision(precision)
     run = Path(run_dir)
     checkpoint = load_checkpoint(run)
     model = model_from_checkpoint(checkpoint)
     evaluation_path = run / EVALUATION_FILE
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
     data = load_dataset(checkpoint["train_config"]["dataset"], model.config.image_shape, data_dir)
-    return export_model(model, checkpoint, bundle_dir, data.test, evaluation=evaluation, force=force)
+    if precision != "fp32":
+        return export_variant(lambda folder: export_model(model, checkpoint, folder, data.test, evaluation=evaluation,
+                                                          codec_images=data.train),
+                              bundle_dir, precision, data.train, data.test, force=force)
+    return export_model(model, checkpoint, bundle_dir, data.test, evaluation=evaluation, force=force,
+                        codec_images=data.train)
