@@ -3,9 +3,33 @@
     >>> import edgevae.runtime as ev
     >>> model = ev.load()                  # the shipped Fashion-MNIST model
     >>> images = model.sample(16, seed=0)  # uint8 (16, 1, 28, 28)
+    >>> codec = ev.Codec(model)            # lossy compression to .evz containers
+    >>> images = codec.decompress(codec.compress(images, quality="balanced"))
+
+Names are imported on first use (PEP 562), so ``edgevae --help`` and other light commands
+do not pay for numpy and onnxruntime.
 """
 
-from edgevae.runtime.errors import BundleError, EdgeVAEError, InputError, OutputError
-from edgevae.runtime.model import EdgeVAE, MixtureParams, load
+from __future__ import annotations
 
-__all__ = ["load", "EdgeVAE", "MixtureParams", "EdgeVAEError", "InputError", "OutputError", "BundleError"]
+import importlib
+from typing import Any
+
+from edgevae.runtime.errors import BundleError, ContainerError, EdgeVAEError, InputError, OutputError
+
+#: Public name -> module that defines it.
+_LAZY = {
+    "load": "edgevae.runtime.model",
+    "EdgeVAE": "edgevae.runtime.model",
+    "MixtureParams": "edgevae.runtime.model",
+    "Codec": "edgevae.runtime.codec",
+    "ContainerInfo": "edgevae.runtime.codec",
+}
+
+__all__ = ["EdgeVAEError", "InputError", "OutputError", "BundleError", "ContainerError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgevae.runtime' has no attribute {name!r}")

@@ -135,6 +135,8 @@ def read_images(
                 )
             if array.dtype != np.uint8:
                 raise InputError(f"{path}: holds {array.dtype} values, expected uint8 pixels")
+            if len(array) == 0:
+                raise InputError(f"{path}: holds no images")
             arrays.append(array)
             names += [f"{path.stem}-{i:04d}" for i in range(len(array))]
         elif path.is_dir():

@@ -26,7 +26,11 @@ CHUNK = 1024
 
 @dataclass(frozen=True)
 class MixtureParams:
-    """Decoder likelihood parameters in pixel units, each float32 (N, K, C, H, W)."""
+    """Decoder likelihood parameters, each float32 (N, K, C, H, W).
+
+    Means and log-scales are in the normalized domain where pixel value v sits at
+    v / 127.5 - 1 (see :mod:`edgevae.runtime.contract`).
+    """
 
     logits: np.ndarray
     means: np.ndarray
@@ -127,7 +131,7 @@ class EdgeVAE:
         return self._run_decoder(latents, ["pixels"])[0]
 
     def likelihood(self, latents: np.ndarray) -> MixtureParams:
-        """The decoder's discretized-logistic-mixture parameters for latents (N, D), pixel units."""
+        """The decoder's discretized-logistic-mixture parameters for latents (N, D) (normalized domain)."""
         logits, means, log_scales = self._run_decoder(
             latents, ["mixture_logits", "mixture_means", "mixture_log_scales"]
         )
@@ -139,6 +143,8 @@ class EdgeVAE:
         """``n`` new images decoded from z = temperature * eps, eps ~ N(0, I) seeded by ``seed``."""
         if n < 0:
             raise InputError(f"number of samples must be >= 0, got {n}")
+        if seed is not None and seed < 0:
+            raise InputError(f"seed must be >= 0, got {seed}")
         if not np.isfinite(temperature) or temperature < 0:
             raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
         eps = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)

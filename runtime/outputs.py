@@ -64,6 +64,25 @@ def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Pa
     return target
 
 
+def write_files(files: Sequence[tuple[str | Path, bytes]], force: bool = False) -> list[Path]:
+    """Write several files all or nothing: every target is checked first, and if one write
+    fails the files this call already wrote are removed again."""
+    paths = [Path(p) for p, _ in files]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise OutputError("two outputs name the same file")
+    for path in paths:
+        _check_target(path, force)
+    written: list[Path] = []
+    try:
+        for path, (_, data) in zip(paths, files):
+            written.append(atomic_write_bytes(path, data, force))
+    except OutputError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode one uint8 (C, H, W) image as PNG bytes."""
     buffer = io.BytesIO()
@@ -117,20 +136,12 @@ def write_images(
     except OSError as e:
         raise OutputError(f"{target}: cannot create folder ({e.strerror})") from None
     paths = folder_targets(target, names, len(images))
-    written: list[Path] = []
     try:
-        for path in paths:
-            _check_target(path, force)
-        for image, path in zip(images, paths):
-            written.append(atomic_write_bytes(path, png_bytes(image), force))
+        return write_files([(path, png_bytes(image)) for image, path in zip(images, paths)], force)
     except OutputError:
-        # All or nothing: take back what this call wrote (only files it created).
-        for path in written:
-            path.unlink(missing_ok=True)
         if created:
             try:
                 target.rmdir()
             except OSError:
                 pass
         raise
-    return written
