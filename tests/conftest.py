@@ -83,3 +83,168 @@ def tiny_model(tiny_bundle: Path):
     from edgevae.runtime import load
 
     return load(tiny_bundle)
+
+
+# --- Shared cases: the same damaged bundles, bad inputs and bad latents drive the library
+# --- tests and the CLI tests (appended for tests/test_runtime.py, test_cli.py, test_images_outputs.py).
+
+import json
+import os
+import shutil
+
+#: Ways to damage a copy of a bundle -> a phrase the resulting BundleError must contain.
+BUNDLE_DAMAGE_KINDS = (
+    "tampered_encoder", "tampered_decoder", "partial", "no_manifest", "garbled_manifest",
+    "future_version", "not_edgevae_manifest", "incomplete_manifest", "unknown_likelihood", "no_folder",
+)
+
+
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_manifest(folder: Path, edit) -> None:
+    manifest = json.loads((folder / "model.json").read_text())
+    edit(manifest)
+    (folder / "model.json").write_text(json.dumps(manifest))
+
+
+def damage_bundle(kind: str, bundle: Path, folder: Path) -> tuple[Path, str]:
+    """Copy ``bundle`` to ``folder / kind``, break it as ``kind`` says; returns (path, phrase)."""
+    target = folder / kind
+    shutil.copytree(bundle, target)
+    if kind == "tampered_encoder":
+        _flip_middle_byte(target / "encoder.onnx")
+        return target, "sha256 does not match"
+    if kind == "tampered_decoder":
+        _flip_middle_byte(target / "decoder.onnx")
+        return target, "sha256 does not match"
+    if kind == "partial":
+        (target / "decoder.onnx").unlink()
+        return target, "partial"
+    if kind == "no_manifest":
+        (target / "model.json").unlink()
+        return target, "no model.json"
+    if kind == "garbled_manifest":
+        (target / "model.json").write_text('{"format": "edgevae-bundle", "format_vers')
+        return target, "unreadable manifest"
+    if kind == "future_version":
+        _edit_manifest(target, lambda m: m.update(format_version=99))
+        return target, "version 99 is not supported"
+    if kind == "not_edgevae_manifest":
+        (target / "model.json").write_text("[1, 2, 3]")
+        return target, "not an edgevae bundle manifest"
+    if kind == "incomplete_manifest":
+        _edit_manifest(target, lambda m: m.pop("latent"))
+        return target, "incomplete"
+    if kind == "unknown_likelihood":
+        _edit_manifest(target, lambda m: m["likelihood"].update(kind="bernoulli"))
+        return target, "unknown likelihood"
+    if kind == "no_folder":
+        shutil.rmtree(target)
+        return target, "no such model bundle folder"
+    raise ValueError(kind)
+
+
+#: Bad image inputs for a gray 28x28 model -> phrases the InputError must contain.
+BAD_INPUT_KINDS = (
+    "missing", "not_an_image", "truncated_png", "wrong_size", "wrong_channels", "empty_folder",
+    "npy_wrong_shape", "npy_wrong_dtype", "npy_garbage",
+)
+
+
+def make_bad_input(kind: str, folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """Create the bad input ``kind`` in ``folder``; returns its path and the expected phrases."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = synthetic_images(1, seed=5)
+    if kind == "missing":
+        return folder / "absent.png", ("absent.png", "no such file")
+    if kind == "not_an_image":
+        path = folder / "notes.png"
+        path.write_text("this is text, not a picture\n")
+        return path, ("notes.png", "not a readable image")
+    if kind == "truncated_png":
+        [full] = write_pngs(good, folder / "full")
+        path = folder / "truncated.png"
+        path.write_bytes(full.read_bytes()[:60])
+        return path, ("truncated.png", "not a readable image")
+    if kind == "wrong_size":
+        path = folder / "big.png"
+        Image.fromarray(synthetic_images(1, seed=6, shape=(1, 32, 40))[0, 0], mode="L").save(path)
+        return path, ("big.png", "40x32", "28x28", "--resize")
+    if kind == "wrong_channels":
+        path = folder / "photo.png"
+        Image.fromarray(synthetic_images(1, seed=7, shape=(3, 28, 28))[0].transpose(1, 2, 0), mode="RGB").save(path)
+        return path, ("photo.png", "3 channel", "RGB", "--resize")
+    if kind == "empty_folder":
+        path = folder / "empty"
+        path.mkdir()
+        (path / "readme.txt").write_text("no images here")
+        return path, ("empty", "no images")
+    if kind == "npy_wrong_shape":
+        path = folder / "small.npy"
+        np.save(path, np.zeros((2, 1, 14, 14), np.uint8))
+        return path, ("small.npy", "(2, 1, 14, 14)")
+    if kind == "npy_wrong_dtype":
+        path = folder / "floats.npy"
+        np.save(path, good.astype(np.float32) / 255)
+        return path, ("floats.npy", "float32", "uint8")
+    if kind == "npy_garbage":
+        path = folder / "garbage.npy"
+        path.write_bytes(b"\x93NUMPY not really")
+        return path, ("garbage.npy", "not a valid .npy")
+    raise ValueError(kind)
+
+
+#: Bad latents for a model with latent size D -> phrase the InputError must contain.
+BAD_LATENT_KINDS = ("nan", "inf", "minus_inf", "wrong_width", "three_dims", "strings")
+
+
+def make_bad_latents(kind: str, latent_dim: int) -> tuple[np.ndarray, str]:
+    """An array of latents that ``decode`` must refuse, and the phrase its error must contain."""
+    z = np.random.default_rng(0).standard_normal((3, latent_dim)).astype(np.float32)
+    if kind == "nan":
+        z[1, 0] = np.nan
+        return z, "NaN or Inf"
+    if kind == "inf":
+        z[2, -1] = np.inf
+        return z, "NaN or Inf"
+    if kind == "minus_inf":
+        z[0, 0] = -np.inf
+        return z, "NaN or Inf"
+    if kind == "wrong_width":
+        return np.zeros((3, latent_dim + 1), np.float32), f"(N, {latent_dim})"
+    if kind == "three_dims":
+        return np.zeros((3, 1, latent_dim), np.float32), f"(N, {latent_dim})"
+    if kind == "strings":
+        return np.array([["a"] * latent_dim]), "floating point"
+    raise ValueError(kind)
+
+
+def is_root() -> bool:
+    """True when file permissions do not bind us (root reads chmod-000 files)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path):
+    """A folder nobody may create files in: chmod 555 in tmp, or (as root, whom chmod does not
+    stop) a sysfs folder that refuses new files even to root."""
+    if not is_root():
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    folder = Path("/sys")
+    probe = folder / "edgevae-probe"
+    try:
+        probe.write_bytes(b"")
+    except OSError:
+        yield folder
+        return
+    probe.unlink()
+    pytest.skip("running as root and no folder refuses writes to root")
