@@ -1,0 +1,29 @@
+# The two commands of README.md. Each builds its own virtual environment from scratch-safe steps.
+#   make demo  runtime-only install (no torch), then sample / reconstruct / interpolate / compress
+#   make test  torch==2.13.0 first (an unpinned torch can pull a multi-GB CUDA build), then .[train,test], then pytest
+PYTHON ?= python3
+DEMO_VENV := .venv-demo
+TEST_VENV := .venv-test
+OUT := demo-out
+
+.PHONY: demo test clean
+
+demo:
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/pip install -q .
+	@$(DEMO_VENV)/bin/python -c "import importlib.util, sys; sys.exit('torch is installed in the runtime venv' if importlib.util.find_spec('torch') else 0)"
+	mkdir -p $(OUT)
+	$(DEMO_VENV)/bin/edgevae info
+	$(DEMO_VENV)/bin/edgevae sample -n 64 --seed 0 -o $(OUT)/samples.png --force
+	$(DEMO_VENV)/bin/edgevae reconstruct examples/*.png -o $(OUT)/reconstructions.png --force
+	$(DEMO_VENV)/bin/edgevae interpolate examples/sneaker.png examples/ankle-boot.png --steps 10 -o $(OUT)/interpolation.png --force
+	@echo "demo outputs in $(OUT)/"
+
+test:
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install -q torch==2.13.0
+	$(TEST_VENV)/bin/pip install -q ".[train,test]"
+	$(TEST_VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO_VENV) $(TEST_VENV) $(OUT) build *.egg-info
