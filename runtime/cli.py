@@ -350,38 +350,10 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
 
 def _write_split(containers: list[bytes], folder: str, names: list[str], force: bool) -> list[str]:
     """One NAME.evz per image in ``folder``: all targets checked first, all or nothing."""
-    from pathlib import Path
-
     from edgevae.runtime.container import SUFFIX
-    from edgevae.runtime.errors import OutputError
-    from edgevae.runtime.outputs import atomic_write_bytes, folder_targets
+    from edgevae.runtime.outputs import write_folder
 
-    target = Path(folder)
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{target}: exists and is not a folder (--split writes one .evz per image into a folder)")
-    paths = [p.with_suffix(SUFFIX) for p in folder_targets(target, names, len(containers))]
-    existing = [p for p in paths if p.exists()]
-    if existing and not force:
-        raise OutputError(f"{existing[0]}: already exists; pass --force to overwrite it")
-    created = not target.exists()
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{target}: cannot create folder ({e.strerror})") from None
-    written: list[Path] = []
-    try:
-        for data, path in zip(containers, paths):
-            written.append(atomic_write_bytes(path, data, force))
-    except OutputError:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created:
-            try:
-                target.rmdir()
-            except OSError:
-                pass
-        raise
-    return [str(p) for p in written]
+    return [str(p) for p in write_folder(folder, containers, names, SUFFIX, force)]
 
 
 def _bits_per_pixel(total_bytes: int, count: int, image_shape: tuple[int, int, int]) -> float:

@@ -97,8 +97,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def folder_targets(folder: Path, names: Sequence[str] | None, count: int) -> list[Path]:
-    """File paths for ``count`` images in ``folder``: ``<name>.png``, or ``0000.png``... if unnamed.
+def folder_targets(folder: Path, names: Sequence[str] | None, count: int, suffix: str = ".png") -> list[Path]:
+    """File paths for ``count`` items in ``folder``: ``<name><suffix>``, or ``0000<suffix>``... if unnamed.
 
     Duplicate names get ``-1``, ``-2``... suffixes so no output overwrites another.
     """
@@ -109,7 +109,7 @@ def folder_targets(folder: Path, names: Sequence[str] | None, count: int) -> lis
     for stem in stems:
         n = seen.get(stem, 0)
         seen[stem] = n + 1
-        paths.append(folder / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png"))
+        paths.append(folder / (f"{stem}{suffix}" if n == 0 else f"{stem}-{n}{suffix}"))
     return paths
 
 
@@ -128,16 +128,28 @@ def write_images(
         return [atomic_write_bytes(target, png_bytes(grid(images)), force)]
     if kind == "npy":
         return [atomic_write_bytes(target, npy_bytes(images), force)]
+    return write_folder(target, [png_bytes(image) for image in images], names, ".png", force)
+
+
+def write_folder(folder: str | Path, payloads: Sequence[bytes], names: Sequence[str] | None = None,
+                 suffix: str = ".png", force: bool = False) -> list[Path]:
+    """Write one ``<name><suffix>`` file per payload into ``folder`` (created if needed), all or
+    nothing: if any write fails, the files written and a folder this call created are removed."""
+    target = Path(folder)
     if target.exists() and not target.is_dir():
         raise OutputError(f"{target}: exists and is not a folder")
+    paths = folder_targets(target, names, len(payloads), suffix)
+    if not force:  # refuse before creating anything
+        existing = [p for p in paths if p.exists()]
+        if existing:
+            raise OutputError(f"{existing[0]}: already exists; pass --force to overwrite it")
     created = not target.exists()
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"{target}: cannot create folder ({e.strerror})") from None
-    paths = folder_targets(target, names, len(images))
     try:
-        return write_files([(path, png_bytes(image)) for image, path in zip(images, paths)], force)
+        return write_files(list(zip(paths, payloads)), force)
     except OutputError:
         if created:
             try:
