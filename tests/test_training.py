@@ -520,3 +520,25 @@ def test_export_cli(cli_run: tuple[Path, object], tmp_path: Path) -> None:
     assert again.exit_code == 2
     assert again.stderr.splitlines() == [f"Error: {bundle} already exists; pass --force to replace it"]
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_evaluate_and_export_use_the_split_training_held_out(tiny_run: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder data set's test split depends on the training seed; evaluate and export must
+    hold out the same images, not those of seed 0."""
+    import shutil
+
+    from edgevae.training import evaluate as evaluate_mod
+    from edgevae.training.export import export_run
+
+    run = tmp_path / "seed7"
+    shutil.copytree(tiny_run, run)
+    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    checkpoint["train_config"]["seed"] = 7
+    torch.save(checkpoint, run / "last.pt")
+    seeds: list[int] = []
+    real = data_mod.load_dataset
+    monkeypatch.setattr(data_mod, "load_dataset", lambda *a, **k: seeds.append(k.get("seed", 0)) or real(*a, **k))
+    evaluate_mod.evaluate_run(run, k=2, limit=4)
+    export_run(run, tmp_path / "bundle")
+    assert seeds and set(seeds) == {7}, seeds

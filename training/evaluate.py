@@ -95,7 +95,8 @@ def evaluate_run(
 
     checkpoint = load_checkpoint(run_dir)
     model = model_from_checkpoint(checkpoint)
-    data = load_dataset(checkpoint["train_config"]["dataset"], model.config.image_shape, data_dir)
+    data = load_dataset(checkpoint["train_config"]["dataset"], model.config.image_shape, data_dir,
+                        seed=checkpoint["train_config"].get("seed", 0))  # the split training held out
     images = data.test[:limit] if limit else data.test
     metrics = evaluate_model(model, images, k=k, seed=seed, progress=progress)
     metrics.update({"data": data.name, "split": "test", "epochs_trained": checkpoint["epoch"]})

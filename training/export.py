@@ -311,7 +311,8 @@ def export_run(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | Path
     model = model_from_checkpoint(checkpoint)
     evaluation_path = run / EVALUATION_FILE
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
-    data = load_dataset(checkpoint["train_config"]["dataset"], model.config.image_shape, data_dir)
+    data = load_dataset(checkpoint["train_config"]["dataset"], model.config.image_shape, data_dir,
+                        seed=checkpoint["train_config"].get("seed", 0))  # the split training held out
     if precision != "fp32":
         return export_variant(lambda folder: export_model(model, checkpoint, folder, data.test, evaluation=evaluation,
                                                           codec_images=data.train),
