@@ -1,5 +1,5 @@
 # The two commands of README.md. Each builds its own virtual environment from scratch-safe steps.
-#   make demo  runtime-only install (no torch), then sample / reconstruct / interpolate / compress
+#   make demo  runtime-only install (no torch), then sample / reconstruct / interpolate / compress + decompress (lossy and lossless)
 #   make test  torch==2.13.0 first (an unpinned torch can pull a multi-GB CUDA build), then .[train,test], then pytest
 PYTHON ?= python3
 DEMO_VENV := .venv-demo
@@ -17,6 +17,15 @@ demo:
 	$(DEMO_VENV)/bin/edgevae sample -n 64 --seed 0 -o $(OUT)/samples.png --force
 	$(DEMO_VENV)/bin/edgevae reconstruct examples/*.png -o $(OUT)/reconstructions.png --force
 	$(DEMO_VENV)/bin/edgevae interpolate examples/sneaker.png examples/ankle-boot.png --steps 10 -o $(OUT)/interpolation.png --force
+	$(DEMO_VENV)/bin/edgevae compress examples/*.png -o $(OUT)/examples.evz --force
+	$(DEMO_VENV)/bin/edgevae info $(OUT)/examples.evz
+	$(DEMO_VENV)/bin/edgevae decompress $(OUT)/examples.evz -o $(OUT)/decompressed.png --force
+	$(DEMO_VENV)/bin/edgevae compress examples/*.png -o $(OUT)/examples-lossless.evz --lossless --force
+	$(DEMO_VENV)/bin/edgevae decompress $(OUT)/examples-lossless.evz -o $(OUT)/lossless.npy --force
+	@$(DEMO_VENV)/bin/python -c "import sys, numpy as np; from PIL import Image; \
+	  orig = np.stack([np.asarray(Image.open(f))[None] for f in sys.argv[1:]]); \
+	  assert np.array_equal(np.load('$(OUT)/lossless.npy'), orig), 'lossless round trip differs'; \
+	  print('lossless round trip: all', len(orig), 'images exact')" examples/*.png
 	@echo "demo outputs in $(OUT)/"
 
 test:

@@ -222,17 +222,14 @@ def test_determinism_on_fashion_mnist(active_bundle: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fashion_mnist_rate_distortion_bands(active_bundle: Path) -> None:
-    """On 1,000 test images the best level is within 0.3 dB of the unquantized reconstruction.
-    With the shipped model (once exported/fashion-mnist/ exists; a broken one fails here, no
-    skip; until then the tiny model, out of its domain here) also: sizes grow and PSNR does not
-    fall with quality, and single-image files of ~20 bytes, far below WebP's smallest (~103
-    bytes at ~21.8 dB)."""
+def test_fashion_mnist_rate_distortion_bands() -> None:
+    """The shipped model on 1,000 test images: the best level is within 0.3 dB of the
+    unquantized reconstruction, sizes grow and PSNR does not fall with quality, and single-image
+    files are ~20 bytes, far below WebP's smallest (~103 bytes at ~21.8 dB)."""
     from edgevae.exported import DEFAULT_BUNDLE
     from edgevae.training.data import load_fashion_mnist
 
-    shipped = DEFAULT_BUNDLE.exists()
-    codec = ev.Codec(ev.load(DEFAULT_BUNDLE if shipped else active_bundle))
+    codec = ev.Codec(ev.load(DEFAULT_BUNDLE))
     x = load_fashion_mnist().test[:1000]
 
     def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -245,13 +242,12 @@ def test_fashion_mnist_rate_distortion_bands(active_bundle: Path) -> None:
         sizes.append(np.mean([len(c) for c in codec.compress_each(x, q)]))
         quality.append(psnr(x, codec.decompress(codec.compress(x, q))))
     assert quality[-1] >= recon - 0.3, (quality, recon)
-    if shipped:
-        assert all(a < b for a, b in zip(sizes, sizes[1:])), sizes
-        assert all(b >= a - 0.05 for a, b in zip(quality, quality[1:])), quality
-        balanced = codec.qualities.index(codec.default_quality)
-        assert 10 <= sizes[balanced] <= 24, sizes
-        assert quality[balanced] >= 20.0, quality
-        assert sizes[-1] <= 30 and sizes[0] >= 7, sizes
+    assert all(a < b for a, b in zip(sizes, sizes[1:])), sizes
+    assert all(b >= a - 0.05 for a, b in zip(quality, quality[1:])), quality
+    balanced = codec.qualities.index(codec.default_quality)
+    assert 10 <= sizes[balanced] <= 24, sizes
+    assert quality[balanced] >= 20.0, quality
+    assert sizes[-1] <= 30 and sizes[0] >= 7, sizes
 
 
 # -- tables ------------------------------------------------------------------------------------------

@@ -120,10 +120,9 @@ def test_zero_images(model: ev.EdgeVAE) -> None:
 
 
 @pytest.fixture(scope="module")
-def fashion_model(tiny_bundle: Path) -> ev.EdgeVAE:
-    """The shipped Fashion-MNIST model once exported/fashion-mnist/ exists (a broken one fails
-    here, no skip); until then the tiny model, so the test still runs on real images."""
-    return ev.load(DEFAULT_BUNDLE if DEFAULT_BUNDLE.exists() else tiny_bundle)
+def fashion_model() -> ev.EdgeVAE:
+    """The shipped Fashion-MNIST model."""
+    return ev.load(DEFAULT_BUNDLE)
 
 
 @pytest.mark.slow
