@@ -112,3 +112,16 @@ def test_int8_bundle_is_within_its_quality_bound(shipped: ev.EdgeVAE, test_image
     int8 = ev.load(INT8_BUNDLE)
     loss = psnr(test_images, shipped.reconstruct(test_images)) - psnr(test_images, int8.reconstruct(test_images))
     assert loss <= INT8_PSNR_LOSS_BAR, loss
+
+
+def test_package_data_ships_every_bundle_file() -> None:
+    """pip installs only what pyproject's package-data names: every file of every bundle must
+    match a pattern, or an installed edgevae has a partial bundle."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edgevae.exported"]
+    source = ROOT / "exported"
+    files = [p.relative_to(source).as_posix() for p in source.glob("*/*") if p.is_file()]
+    assert files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
