@@ -54,12 +54,16 @@ def model_options(fn: F) -> F:
     return fn
 
 
+FORCE = click.option("--force", is_flag=True, help="Overwrite existing output files.")
+JSON_SUMMARY = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary.")
+JSON_SIZES = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (count, bytes, bits per pixel).")
+
+
 def output_options(fn: F) -> F:
     """-o/--out, --force and --json, shared by every command that writes images or arrays."""
-    fn = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary.")(fn)
-    fn = click.option("--force", is_flag=True, help="Overwrite existing output files.")(fn)
-    fn = click.option("-o", "--out", required=True, type=click.Path(), help=OUT_HELP)(fn)
-    return fn
+    fn = JSON_SUMMARY(fn)
+    fn = FORCE(fn)
+    return click.option("-o", "--out", required=True, type=click.Path(), help=OUT_HELP)(fn)
 
 
 RESIZE = click.option("--resize", is_flag=True,
@@ -232,8 +236,8 @@ def interpolate(a: str, b: str, steps: int, resize: bool, out: str, force: bool,
               help="A .npy file for the posterior means, float32 (N, D).")
 @click.option("--logvar", "logvar_out", type=click.Path(), default=None,
               help="Also write the posterior log-variances, float32 (N, D), to this .npy file.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary.")
+@FORCE
+@JSON_SUMMARY
 @RESIZE
 @model_options
 @guard
@@ -369,8 +373,8 @@ def _bits_per_pixel(total_bytes: int, count: int, image_shape: tuple[int, int, i
 @click.option("--split", is_flag=True, help="Write one single-image container per input image, keeping names.")
 @click.option("--lossless", is_flag=True,
               help="Keep every pixel exactly (bits-back coding): about 3.2 bits/pixel instead of ~0.2; no --quality.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (count, bytes, bits per pixel).")
+@FORCE
+@JSON_SIZES
 @RESIZE
 @model_options
 @guard
@@ -439,8 +443,8 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
               help=OUT_HELP + " '-' writes one PNG to stdout (a grid if there are several images).")
 @click.option("--index", "indices", type=click.IntRange(min=0), multiple=True,
               help="Decode only image N of the container (0-based, repeatable); needs a single input.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (count, bytes, bits per pixel).")
+@FORCE
+@JSON_SIZES
 @model_options
 @guard
 def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], force: bool, as_json: bool,
