@@ -47,6 +47,7 @@ from PIL import Image
 
 import edgevae.runtime as ev
 from edgevae.runtime import container as fmt
+from edgevae.runtime.images import psnr
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -62,13 +63,6 @@ BARS = {"WebP": 1 / 5, "JPEG": 1 / 10}
 
 
 # -- metrics -----------------------------------------------------------------------------------
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """PSNR in dB of each uint8 image pair (N, ...); identical images get 100 dB (MSE floor 1e-10)."""
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    mse = (diff**2).reshape(len(a), -1).mean(1)
-    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
 
 
 def _gaussian(size: int = 11, sigma: float = 1.5) -> np.ndarray:

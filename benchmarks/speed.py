@@ -462,16 +462,16 @@ def rate_distortion(model: Any, images: np.ndarray) -> list[dict[str, Any]]:
     if model.bundle.codec_path is None:
         return []
     from edgevae.runtime.codec import Codec
+    from edgevae.runtime.images import psnr
 
     codec = Codec(model)
     points = []
     for quality in codec.qualities:
         data = codec.compress(images, quality=quality)
         decoded = codec.decompress(data)
-        mse = ((decoded.astype(np.float64) - images) ** 2).reshape(len(images), -1).mean(1)
         points.append({"quality": quality, "default": quality == codec.default_quality,
                        "bits_per_pixel": 8 * len(data) / images.size,
-                       "psnr_db": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))})
+                       "psnr_db": float(psnr(images, decoded).mean())})
     return points
 
 

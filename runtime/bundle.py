@@ -141,16 +141,17 @@ def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
         raise BundleError(f"{manifest_path}: unreadable manifest ({type(e).__name__})") from None
     _check_manifest(manifest, manifest_path)
     bundle = Bundle(folder, manifest)
-    for spec in contract.GRAPHS:
-        graph = bundle.graph_path(spec)
-        if not graph.is_file():
-            raise BundleError(f"{folder}: bundle is partial, {graph.name} is missing")
-        if sha256_file(graph) != manifest["graphs"][spec.key]["sha256"]:
-            raise BundleError(f"{graph}: sha256 does not match model.json (file altered or from another bundle)")
-    codec = bundle.codec_path
-    if codec is not None:
-        if not codec.is_file():
-            raise BundleError(f"{folder}: bundle is partial, {codec.name} is missing")
-        if sha256_file(codec) != manifest["codec"]["sha256"]:
-            raise BundleError(f"{codec}: sha256 does not match model.json (file altered or from another bundle)")
+    files = [(bundle.graph_path(spec), manifest["graphs"][spec.key]["sha256"]) for spec in contract.GRAPHS]
+    if bundle.codec_path is not None:
+        files.append((bundle.codec_path, manifest["codec"]["sha256"]))
+    for file, expected in files:
+        if not file.is_file():
+            raise BundleError(f"{folder}: bundle is partial, {file.name} is missing")
+        if sha256_file(file) != expected:
+            raise digest_mismatch(file)
     return bundle
+
+
+def digest_mismatch(path: Path) -> BundleError:
+    """The error for a bundle file whose sha256 is not the one model.json records."""
+    return BundleError(f"{path}: sha256 does not match model.json (file altered or from another bundle)")

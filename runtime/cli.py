@@ -185,22 +185,15 @@ def sample(count: int, seed: int | None, temperature: float, out: str, force: bo
 def reconstruct(inputs: tuple[str, ...], resize: bool, out: str, force: bool, as_json: bool,
                 model_path: str | None, threads: int | None) -> None:
     """Encode INPUTS (image files, folders, .npy arrays) and decode them again."""
-    from edgevae.runtime.images import read_images
+    from edgevae.runtime.images import psnr, read_images
 
     model = _load(model_path, threads)
     images, names = read_images(list(inputs), model.image_shape, resize=resize)
     recon = model.reconstruct(images)
     paths = _write(recon, out, force, names)
-    psnr = _psnr(images, recon)
+    psnr = float(psnr(images, recon).mean())
     _report(as_json, {"command": "reconstruct", "count": len(images), "mean_psnr_db": psnr, "outputs": paths},
             f"reconstructed {len(images)} image(s), mean PSNR {psnr:.2f} dB, to {_describe_written(paths)}")
-
-
-def _psnr(a: Any, b: Any) -> float:
-    import numpy as np
-
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
 
 
 @main.command()
@@ -391,7 +384,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
     """
     from edgevae.runtime.codec import Codec
     from edgevae.runtime.errors import OutputError
-    from edgevae.runtime.outputs import atomic_write_bytes
+    from edgevae.runtime.outputs import atomic_write_bytes, check_target
 
     if split and out == STDIO:
         raise OutputError("--split writes a folder of .evz files; it cannot write to stdout")
@@ -405,8 +398,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
 
         if Path(out).is_dir():
             raise OutputError(f"{out}: is a folder; pass --split to write one .evz per image into it")
-        if Path(out).exists() and not force:
-            raise OutputError(f"{out}: already exists; pass --force to overwrite it")
+        check_target(Path(out), force)
     # Lossless coding runs its own parallel lanes: one onnxruntime thread each unless asked otherwise.
     model = _load(model_path, threads or (1 if lossless else None))
     codec = Codec(model)

@@ -44,7 +44,7 @@ import numpy as np
 
 from edgevae.runtime import container as fmt
 from edgevae.runtime.container import DEFAULT_QUALITY, QUALITY_LEVELS, QualityLevel
-from edgevae.runtime.bundle import Bundle
+from edgevae.runtime.bundle import Bundle, digest_mismatch
 from edgevae.runtime.errors import BundleError, ContainerError, InputError
 
 if TYPE_CHECKING:
@@ -301,7 +301,7 @@ def load_tables(bundle: Bundle) -> CodecTables:
         raise BundleError(f"{path}: cannot read codec tables ({e.strerror})") from None
     # Re-check the hash of the bytes actually parsed: the file may have changed since load().
     if hashlib.sha256(raw).hexdigest() != bundle.manifest["codec"]["sha256"]:
-        raise BundleError(f"{path}: sha256 does not match model.json (file altered or from another bundle)")
+        raise digest_mismatch(path)
     return parse_tables(raw, bundle.latent_dim, str(path))
 
 

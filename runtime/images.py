@@ -94,6 +94,14 @@ def grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     return out
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """PSNR in dB of each pair of uint8 images (N, ...): 10 log10(255^2 / MSE); identical images
+    get 100 dB (MSE floored at 1e-10). Float64 (N,)."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    mse = (diff**2).reshape(len(a), -1).mean(1)
+    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
+
+
 def to_pil(image: np.ndarray) -> Image.Image:
     """uint8 (C, H, W) with C in {1, 3} -> Pillow image (mode L or RGB)."""
     if image.shape[0] == 1:

@@ -33,7 +33,8 @@ def output_kind(out: str | Path) -> str:
     return "folder"
 
 
-def _check_target(path: Path, force: bool) -> None:
+def check_target(path: Path, force: bool) -> None:
+    """OutputError unless ``path`` can be written as a file now (``force`` allows replacing one)."""
     if path.is_dir():
         raise OutputError(f"{path}: is a folder, cannot write a file there")
     if path.exists() and not force:
@@ -48,7 +49,7 @@ def _check_target(path: Path, force: bool) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
     target = Path(path)
-    _check_target(target, force)
+    check_target(target, force)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
@@ -71,7 +72,7 @@ def write_files(files: Sequence[tuple[str | Path, bytes]], force: bool = False) 
     if len({p.resolve() for p in paths}) != len(paths):
         raise OutputError("two outputs name the same file")
     for path in paths:
-        _check_target(path, force)
+        check_target(path, force)
     written: list[Path] = []
     try:
         for path, (_, data) in zip(paths, files):

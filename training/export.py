@@ -240,8 +240,7 @@ def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None)
     ``model.json`` is replaced atomically. Containers made with the old tables no longer
     decode (the bundle fingerprint covers the tables). Returns the tables.
     """
-    import os
-
+    from edgevae.runtime.outputs import atomic_write_bytes
     from edgevae.training.data import load_dataset
 
     bundle = read_bundle(bundle_dir)
@@ -249,9 +248,7 @@ def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None)
     train_config = manifest["training"]["train_config"]
     data = load_dataset(train_config["dataset"], bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
     tables = write_codec_tables(bundle.path, manifest, data.train, source={"data": data.name, "split": "train"})
-    staged = bundle.path / f".{contract.MANIFEST_FILE}.tmp"
-    staged.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(staged, bundle.path / contract.MANIFEST_FILE)
+    atomic_write_bytes(bundle.path / contract.MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode(), force=True)
     return tables
 
 

@@ -56,6 +56,7 @@ import numpy as np
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import read_bundle, sha256_file
 from edgevae.runtime.errors import ExportError, InputError, OutputError
+from edgevae.runtime.images import psnr
 
 #: Precisions a bundle can have; ``fp32`` is the exporter's own output.
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -239,8 +240,7 @@ def bundle_quality(model: Any, images: np.ndarray, seed: int = SEED, batch: int 
         x = images[start : start + batch]
         mean, logvar = model.encode(x)
         pixels = model.decode(mean)
-        mse = ((pixels.astype(np.float64) - x) ** 2).reshape(len(x), -1).mean(1)
-        psnr_sum += float(np.sum(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+        psnr_sum += float(psnr(x, pixels).sum())
         z = mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape, dtype=np.float32)
         params = model.likelihood(z)
         with torch.inference_mode():
