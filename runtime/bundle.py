@@ -1,7 +1,8 @@
 """Finding, reading and verifying model bundles (``model.json`` + the ONNX files it names).
 
-A bundle is resolved in one place: an explicit path, else ``$EDGEVAE_MODEL``, else the
-default bundle shipped in :mod:`edgevae.exported`. Before any ONNX session exists, every
+A bundle is resolved in one place: an explicit path (or the name of a bundle shipped in
+:mod:`edgevae.exported`, such as ``fashion-mnist-int8``), else ``$EDGEVAE_MODEL``, else the
+default shipped bundle. Before any ONNX session exists, every
 file named by the manifest is checked against its sha256.
 """
 
@@ -92,13 +93,27 @@ def default_bundle_path() -> Path:
     return DEFAULT_BUNDLE
 
 
+def shipped_bundles() -> dict[str, Path]:
+    """Name -> folder of every bundle shipped inside the package."""
+    from edgevae.exported import BUNDLES
+
+    return {p.name: p for p in sorted(BUNDLES.iterdir()) if (p / contract.MANIFEST_FILE).is_file()}
+
+
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:
-    """Explicit path, else ``$EDGEVAE_MODEL``, else the shipped default bundle."""
-    if path is not None:
-        return Path(path)
-    if os.environ.get(MODEL_ENV):
-        return Path(os.environ[MODEL_ENV])
-    return default_bundle_path()
+    """Explicit path, else ``$EDGEVAE_MODEL``, else the shipped default bundle.
+
+    A path that does not exist but is the bare name of a shipped bundle (``fashion-mnist-int8``)
+    means that bundle: an installed package's bundles have no convenient path of their own.
+    A folder of that name in the working directory wins.
+    """
+    chosen = path if path is not None else os.environ.get(MODEL_ENV) or None
+    if chosen is None:
+        return default_bundle_path()
+    folder = Path(chosen)
+    if not folder.exists() and len(folder.parts) == 1:
+        return shipped_bundles().get(folder.name, folder)
+    return folder
 
 
 def _check_manifest(manifest: Any, where: Path) -> None:
@@ -131,7 +146,8 @@ def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     """Read and verify a bundle folder (or the default). Raises BundleError on any problem."""
     folder = resolve_path(path)
     if not folder.is_dir():
-        raise BundleError(f"{folder}: no such model bundle folder")
+        names = ", ".join(shipped_bundles())
+        raise BundleError(f"{folder}: no such model bundle folder (shipped bundles by name: {names})")
     manifest_path = folder / contract.MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text())

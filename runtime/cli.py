@@ -49,7 +49,8 @@ def model_options(fn: F) -> F:
     fn = click.option("--threads", type=click.IntRange(min=1), default=None,
                       help="ONNX Runtime threads (default: one per core).")(fn)
     fn = click.option("--model", "model_path", type=click.Path(), default=None, envvar="EDGEVAE_MODEL",
-                      help="Bundle folder (encoder.onnx, decoder.onnx, model.json). "
+                      help="Bundle folder (encoder.onnx, decoder.onnx, model.json) or the name of a shipped "
+                           "bundle (fashion-mnist, fashion-mnist-int8). "
                            "Default: $EDGEVAE_MODEL, else the shipped Fashion-MNIST model.")(fn)
     return fn
 

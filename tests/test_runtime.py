@@ -14,7 +14,7 @@ import edgevae.exported
 import edgevae.runtime as ev
 from conftest import BAD_LATENT_KINDS, BUNDLE_DAMAGE_KINDS, damage_bundle, make_bad_latents, synthetic_images
 from edgevae.runtime import contract
-from edgevae.runtime.bundle import MODEL_ENV, read_bundle, sha256_file
+from edgevae.runtime.bundle import MODEL_ENV, read_bundle, resolve_path, sha256_file, shipped_bundles
 from edgevae.runtime.errors import BundleError, EdgeVAEError, InputError
 
 SHAPE = (1, 28, 28)
@@ -55,6 +55,21 @@ def test_load_none_uses_env_then_default(tiny_bundle: Path, tmp_path: Path, monk
     # An explicit path wins over the environment.
     monkeypatch.setenv(MODEL_ENV, str(tmp_path / "elsewhere"))
     assert ev.load(tiny_bundle).bundle.path == tiny_bundle
+
+
+def test_shipped_bundles_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    shipped = shipped_bundles()
+    assert {"fashion-mnist", "fashion-mnist-int8"} <= set(shipped)
+    assert resolve_path("fashion-mnist-int8") == shipped["fashion-mnist-int8"]
+    monkeypatch.setenv(MODEL_ENV, "fashion-mnist-int8")
+    assert resolve_path(None) == shipped["fashion-mnist-int8"]
+    # A folder of that name in the working directory wins; paths with a folder part never resolve by name.
+    (tmp_path / "fashion-mnist-int8").mkdir()
+    assert resolve_path("fashion-mnist-int8") == Path("fashion-mnist-int8")
+    assert resolve_path("sub/fashion-mnist") == Path("sub/fashion-mnist")
+    with pytest.raises(BundleError, match=r"nope: no such model bundle folder \(shipped bundles by name: .*fashion-mnist-int8"):
+        read_bundle("nope")
 
 
 @pytest.mark.parametrize("kind", BUNDLE_DAMAGE_KINDS)
