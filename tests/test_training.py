@@ -31,7 +31,7 @@ from edgevae.training.data import (
     read_idx_images,
 )
 from edgevae.training.evaluate import evaluate_model
-from edgevae.training.model import ModelConfig
+from edgevae.training.model import VAE, ModelConfig
 from edgevae.training.train import TrainConfig, load_checkpoint, model_from_checkpoint, train, train_command
 
 
@@ -396,6 +396,38 @@ def test_train_command_reproduces_the_configuration(tiny_run: Path) -> None:
     for key in ("dataset", "epochs", "batch_size", "lr", "beta", "kl_warmup_epochs", "free_bits", "seed"):
         assert params[key] == config[key], key
     assert params["run_dir"] == "runs/again"
+    assert "--distortion-sigma" not in argv and params["distortion_sigma"] == 0  # a plain ELBO run says so by omission
+
+
+def test_distortion_term_trains_a_different_model_and_is_in_the_command(small_data: Dataset, tmp_path: Path) -> None:
+    train(small_data, SMALL, small_config(epochs=1), tmp_path / "elbo", log=quiet)
+    train(small_data, SMALL, small_config(epochs=1, distortion_sigma=8.0), tmp_path / "codec", log=quiet)
+    assert any(not torch.equal(x, y) for x, y in zip(state(tmp_path / "elbo").values(),
+                                                     state(tmp_path / "codec").values()))
+    checkpoint = load_checkpoint(tmp_path / "codec")
+    argv = shlex.split(train_command(checkpoint, "runs/again"))
+    with train_cli.commands["train"].make_context("train", argv[2:]) as ctx:
+        assert ctx.params["distortion_sigma"] == 8.0
+
+
+def test_loss_terms_sse_is_the_squared_error_of_the_mean_image(small_data: Dataset) -> None:
+    torch.manual_seed(0)
+    model = VAE(SMALL)
+    x = torch.from_numpy(small_data.test[:5])
+    torch.manual_seed(1)
+    terms = model.loss_terms(x)
+    torch.manual_seed(1)
+    mean, logvar = model.encoder(x)
+    z = model.reparameterize(mean, logvar)
+    logits, means, _ = model.split(model.decoder(z))
+    expected = (likelihood.mean_pixels(logits, means) - x.float()).pow(2).flatten(1).sum(1)
+    assert torch.allclose(terms.sse, expected) and terms.sse.shape == (5,) and bool((terms.sse > 0).all())
+
+
+def test_train_cli_refuses_a_negative_distortion_sigma(tmp_path: Path) -> None:
+    result = CliRunner().invoke(train_cli, ["train", "--distortion-sigma", "-1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--distortion-sigma must be >= 0" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 # -- evaluation ---------------------------------------------------------------------------------

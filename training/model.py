@@ -138,6 +138,8 @@ class LossTerms:
     recon: torch.Tensor
     kl: torch.Tensor
     kl_per_dim: torch.Tensor = field(repr=False)
+    #: Squared error of the decoder's mean image, summed over pixels, in pixel levels^2.
+    sse: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(()))
 
 
 class VAE(nn.Module):
@@ -160,8 +162,14 @@ class VAE(nn.Module):
 
     def recon_nll(self, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) in nats per image, shape (N,)."""
+        return self._recon(images, latents)[0]
+
+    def _recon(self, images: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-log p(x|z) in nats, squared error of the mean image in levels^2), each (N,)."""
         logits, means, log_scales = self.split(self.decoder(latents))
-        return -likelihood.log_prob(images, logits, means, log_scales).flatten(1).sum(1)
+        nll = -likelihood.log_prob(images, logits, means, log_scales).flatten(1).sum(1)
+        error = likelihood.mean_pixels(logits, means) - images.to(torch.float32)
+        return nll, error.pow(2).flatten(1).sum(1)
 
     def loss_terms(self, images: torch.Tensor) -> LossTerms:
         """One-sample estimate of reconstruction NLL and the analytic KL to N(0, I)."""
@@ -169,7 +177,8 @@ class VAE(nn.Module):
         z = self.reparameterize(mean, logvar)
         # KL(N(mu, sigma^2) || N(0, 1)) per dimension, Kingma & Welling 2014, appendix B.
         kl_per_dim = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-        return LossTerms(recon=self.recon_nll(images, z), kl=kl_per_dim.sum(1), kl_per_dim=kl_per_dim)
+        nll, sse = self._recon(images, z)
+        return LossTerms(recon=nll, kl=kl_per_dim.sum(1), kl_per_dim=kl_per_dim, sse=sse)
 
     def log_weights(self, images: torch.Tensor, k: int) -> torch.Tensor:
         """log p(x, z_i) - log q(z_i | x) for k posterior samples; shape (k, N), in nats."""
