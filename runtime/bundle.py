@@ -142,9 +142,11 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         raise BundleError(f"{where}: manifest is incomplete (missing or invalid {e})") from None
 
 
-def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
-    """Read and verify a bundle folder (or the default). Raises BundleError on any problem."""
-    folder = resolve_path(path)
+def read_manifest(folder: Path) -> Bundle:
+    """A bundle from its checked manifest alone: its files are not hashed (see :func:`read_bundle`).
+
+    Enough for its name, shapes and fingerprint, which come from the manifest.
+    """
     if not folder.is_dir():
         names = ", ".join(shipped_bundles())
         raise BundleError(f"{folder}: no such model bundle folder (shipped bundles by name: {names})")
@@ -156,7 +158,13 @@ def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{manifest_path}: unreadable manifest ({type(e).__name__})") from None
     _check_manifest(manifest, manifest_path)
-    bundle = Bundle(folder, manifest)
+    return Bundle(folder, manifest)
+
+
+def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
+    """Read and verify a bundle folder (or the default). Raises BundleError on any problem."""
+    bundle = read_manifest(resolve_path(path))
+    folder, manifest = bundle.path, bundle.manifest
     files = [(bundle.graph_path(spec), manifest["graphs"][spec.key]["sha256"]) for spec in contract.GRAPHS]
     if bundle.codec_path is not None:
         files.append((bundle.codec_path, manifest["codec"]["sha256"]))

@@ -444,13 +444,14 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
                model_path: str | None, threads: int | None) -> None:
     """Decompress .evz containers (INPUTS; '-' reads stdin) to images.
 
-    A damaged or truncated file, or one made by another model, is an error: nothing is written.
+    Without --model each container is decoded by the shipped bundle that made it (containers
+    record their model's fingerprint). A damaged or truncated file, or one made by a model
+    that is not given, is an error: nothing is written.
     """
     from pathlib import Path
 
     import numpy as np
 
-    from edgevae.runtime.codec import Codec
     from edgevae.runtime.container import read_header
     from edgevae.runtime.errors import InputError
     from edgevae.runtime.images import grid
@@ -463,11 +464,12 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
     counts = [header.count for header in headers]
     # Lossless decoding runs its own parallel lanes: one onnxruntime thread each unless asked otherwise.
     lossless = all(header.mode_name == "lossless" for header in headers)
-    model = _load(model_path, threads or (1 if lossless else None))
-    codec = Codec(model)
+    loaded: dict[str, Any] = {}
+    codecs = [_codec_for(blob, model_path, threads or (1 if lossless else None), loaded) for blob in blobs]
+    model = codecs[0].model
     parts, names = [], []
     with _progress(len(indices) or sum(counts), "decompressing") as progress:
-        for item, blob, stored in zip(inputs, blobs, counts):
+        for item, blob, stored, codec in zip(inputs, blobs, counts, codecs):
             images = codec.decompress(blob, indices=list(indices) or None, progress=progress)
             stem = "stdin" if item == STDIO else Path(item).stem
             chosen = list(indices) or list(range(len(images)))
@@ -488,15 +490,33 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
                err=out == STDIO)
 
 
+def _codec_for(data: bytes, model_path: str | None, threads: int | None, loaded: dict[str, Any]) -> Any:
+    """The Codec to decode container ``data``: --model / $EDGEVAE_MODEL if given, else the shipped
+    bundle that made it (found by fingerprint), else the default bundle. ``loaded`` caches one
+    Codec per bundle across the containers of one command."""
+    from edgevae.runtime.codec import Codec, shipped_bundle_for
+
+    if model_path is None:
+        shipped = shipped_bundle_for(data)
+        model_path = str(shipped.path) if shipped else None
+    key = model_path or ""
+    if key not in loaded:
+        loaded[key] = Codec(_load(model_path, threads))
+    return loaded[key]
+
+
 def _describe_container(source: str, model_path: str | None, as_json: bool) -> None:
     """``edgevae info IN.evz``: the container's header, checked against the model if one is available."""
     from edgevae.runtime.bundle import read_bundle
-    from edgevae.runtime.codec import describe, load_tables
+    from edgevae.runtime.codec import describe, load_tables, shipped_bundle_for
     from edgevae.runtime.errors import BundleError
 
     data = _read_bytes(source)
     bundle = tables = None
     note = ""
+    if model_path is None:
+        shipped = shipped_bundle_for(data)
+        model_path = str(shipped.path) if shipped else None
     try:
         bundle = read_bundle(model_path)
         tables = load_tables(bundle)

@@ -44,7 +44,7 @@ import numpy as np
 
 from edgevae.runtime import container as fmt
 from edgevae.runtime.container import DEFAULT_QUALITY, QUALITY_LEVELS, QualityLevel
-from edgevae.runtime.bundle import Bundle, digest_mismatch
+from edgevae.runtime.bundle import Bundle, digest_mismatch, read_manifest, shipped_bundles
 from edgevae.runtime.errors import BundleError, ContainerError, InputError
 
 if TYPE_CHECKING:
@@ -490,6 +490,31 @@ class ContainerInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+
+def shipped_bundle_for(data: bytes) -> Bundle | None:
+    """The shipped bundle whose fingerprint made container ``data`` (prefix and checksum match), or None.
+
+    Only manifests are read (the fingerprint comes from them); load the result to verify its files.
+    None also for a container too damaged to parse: decoding it then reports what is wrong.
+    """
+    try:
+        parsed = fmt.parse(data)
+    except ContainerError:
+        return None
+    for folder in shipped_bundles().values():
+        try:
+            bundle = read_manifest(folder)
+        except BundleError:
+            continue
+        if parsed.header.fingerprint_prefix != fmt.fingerprint_prefix(bundle.fingerprint):
+            continue
+        try:
+            parsed.verify(bundle.fingerprint, bundle.image_shape)
+        except ContainerError:
+            continue
+        return bundle
+    return None
 
 
 def describe(data: bytes, bundle: Bundle | None = None, tables: CodecTables | None = None) -> ContainerInfo:

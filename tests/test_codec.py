@@ -672,6 +672,32 @@ def test_cli_info_lists_qualities_and_foreign_containers(active_bundle: Path, sp
     assert done.code == 0 and json.loads(done.stdout)["model_matches"] is False
 
 
+def test_cli_decodes_each_container_with_the_shipped_bundle_that_made_it(active_bundle: Path, png_folder: Path,
+                                                                        tmp_path: Path) -> None:
+    images = synthetic_images(3, seed=5)
+    np.save(tmp_path / "x.npy", images)
+    names = ("fashion-mnist-int8", "fashion-mnist")
+    for name in names:
+        done = edgevae("runner", "compress", tmp_path / "x.npy", "-o", tmp_path / f"{name}.evz", "--model", name)
+        assert done.code == 0, done
+    containers = [(tmp_path / f"{name}.evz").read_bytes() for name in names]
+    assert containers[0] != containers[1]
+    done = edgevae("runner", "decompress", *(tmp_path / f"{name}.evz" for name in names), "-o", tmp_path / "back.npy")
+    assert done.code == 0, done
+    expected = [ev.Codec(ev.load(name)).decompress(data) for name, data in zip(names, containers)]
+    assert np.array_equal(np.load(tmp_path / "back.npy"), np.concatenate(expected))
+    done = edgevae("runner", "info", tmp_path / "fashion-mnist-int8.evz")
+    assert done.code == 0 and "model       fashion-mnist-int8 (" in done.stdout and "fingerprint matches" in done.stdout
+    # An explicit --model still decides, and a container of an unshipped bundle needs it.
+    assert_clean_error(edgevae("runner", "decompress", tmp_path / "fashion-mnist-int8.evz", "-o", tmp_path / "no.npy",
+                               "--model", "fashion-mnist"), "made by another model")
+    done = edgevae("runner", "compress", png_folder, "-o", tmp_path / "tiny.evz", "--model", active_bundle)
+    assert done.code == 0, done
+    assert_clean_error(edgevae("runner", "decompress", tmp_path / "tiny.evz", "-o", tmp_path / "no.npy"),
+                       "made by another model")
+    assert not (tmp_path / "no.npy").exists()
+
+
 def test_codec_tables_command(tiny_bundle: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
