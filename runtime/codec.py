@@ -305,6 +305,13 @@ def load_tables(bundle: Bundle) -> CodecTables:
     return parse_tables(raw, bundle.latent_dim, str(path))
 
 
+def bundle_step_factors(bundle: Bundle) -> list[float] | None:
+    """The step factors of a bundle's quality levels, or None if it has no codec tables."""
+    if bundle.codec_path is None:
+        return None
+    return [table.step_factor for table in load_tables(bundle).qualities]
+
+
 # -- entropy coding of one image ------------------------------------------------------------------
 
 

@@ -26,9 +26,11 @@ against the bytes actually present before anything is built from it.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 from edgevae.runtime.errors import ContainerError
 
@@ -137,10 +139,27 @@ QUALITY_LEVELS: tuple[QualityLevel, ...] = (
     QualityLevel("small", 5.0, "small files, slight loss against the model's best"),
     QualityLevel("balanced", 3.5, "default: quantization noise about the posterior's own"),
     QualityLevel("high", 2.5, "close to the model's best reconstruction"),
-    QualityLevel("best", 1.5, "the model's best reconstruction (within ~0.1 dB), largest files"),
+    QualityLevel("best", 1.5, "closest to the model's own reconstruction, largest files"),
 )
 #: The quality used when none is asked for.
 DEFAULT_QUALITY = "balanced"
+
+
+def quality_levels(step_factors: Sequence[float] | None = None) -> tuple[QualityLevel, ...]:
+    """:data:`QUALITY_LEVELS` with other step factors (``None``: the standard ones).
+
+    A bundle whose posteriors are narrow for its decoder (a codec bundle trained with a
+    distortion term) reaches its best PSNR with coarser steps; its export picks its own factors.
+    ValueError unless there is one positive factor per level, strictly decreasing.
+    """
+    if step_factors is None:
+        return QUALITY_LEVELS
+    factors = [float(f) for f in step_factors]
+    if len(factors) != len(QUALITY_LEVELS):
+        raise ValueError(f"need {len(QUALITY_LEVELS)} step factors (one per quality level), got {len(factors)}")
+    if not all(math.isfinite(f) and f > 0 for f in factors) or any(a <= b for a, b in zip(factors, factors[1:])):
+        raise ValueError("step factors must be positive and strictly decreasing (smallest files first)")
+    return tuple(QualityLevel(level.name, f, level.description) for level, f in zip(QUALITY_LEVELS, factors))
 
 
 @dataclass(frozen=True)

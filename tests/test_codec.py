@@ -712,6 +712,39 @@ def test_codec_tables_command(tiny_bundle: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no such model bundle folder" in result.stderr
 
 
+def test_codec_tables_step_factors(tiny_bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgevae.training.cli import main as train_cli
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    result = CliRunner().invoke(train_cli, ["codec-tables", str(bundle), "--step-factors", "16,10,6,4,2.5"])
+    assert result.exit_code == 0, result.output
+    assert C.bundle_step_factors(read_bundle(bundle)) == [16, 10, 6, 4, 2.5]
+    assert "step x16" in result.stdout
+    assert read_bundle(bundle).fingerprint != read_bundle(tiny_bundle).fingerprint
+    # A refit without the option keeps the bundle's own levels.
+    assert CliRunner().invoke(train_cli, ["codec-tables", str(bundle)]).exit_code == 0
+    assert C.bundle_step_factors(read_bundle(bundle)) == [16, 10, 6, 4, 2.5]
+    before = (bundle / fmt.TABLES_FILE).read_bytes()
+    for bad, phrase in (("8,5,3", "need 5 step factors"), ("8,5,5,2,1", "strictly decreasing"),
+                        ("8,5,3,2,0", "positive"), ("8,x,3,2,1", "not a list of numbers")):
+        result = CliRunner().invoke(train_cli, ["codec-tables", str(bundle), "--step-factors", bad])
+        assert result.exit_code == 2 and phrase in result.stderr, (bad, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (bundle / fmt.TABLES_FILE).read_bytes() == before
+
+
+def test_quality_levels() -> None:
+    assert fmt.quality_levels(None) == fmt.QUALITY_LEVELS
+    levels = fmt.quality_levels([9, 7, 5, 3, 1])
+    assert [q.name for q in levels] == [q.name for q in fmt.QUALITY_LEVELS]
+    assert [q.step_factor for q in levels] == [9, 7, 5, 3, 1]
+    for bad in ([1, 2, 3, 4, 5], [5, 4, 3, 2], [5, 4, 3, 2, float("nan")], [5, 4, 3, 2, -1]):
+        with pytest.raises(ValueError):
+            fmt.quality_levels(bad)
+
+
 # -- fuzzing ---------------------------------------------------------------------------------------
 
 

@@ -248,3 +248,16 @@ def test_export_cli_precision(tiny_run: Path, tmp_path: Path) -> None:
     bad = runner.invoke(main, ["export", str(tiny_run), "-o", str(tmp_path / "b"), "--precision", "int4"])
     assert bad.exit_code == 2 and "int4" in bad.output
     assert not (tmp_path / "b").exists()
+
+
+def test_a_variant_keeps_the_fp32_bundles_quality_levels(tiny_bundle: Path, tiny_data, tmp_path: Path) -> None:
+    import shutil
+
+    from edgevae.runtime.codec import bundle_step_factors
+    from edgevae.training.export import add_codec_tables
+
+    fp32 = tmp_path / "fp32"
+    shutil.copytree(tiny_bundle, fp32)
+    add_codec_tables(fp32, step_factors=[12, 9, 6, 4, 2])
+    precision.make_variant(fp32, tmp_path / "int8", "int8", tiny_data.train, tiny_data.test, enforce=False)
+    assert bundle_step_factors(read_bundle(tmp_path / "int8")) == [12, 9, 6, 4, 2]

@@ -426,7 +426,7 @@ def test_loss_terms_sse_is_the_squared_error_of_the_mean_image(small_data: Datas
 
 def test_train_cli_refuses_a_negative_distortion_sigma(tmp_path: Path) -> None:
     result = CliRunner().invoke(train_cli, ["train", "--distortion-sigma", "-1", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "--distortion-sigma must be >= 0" in result.stderr
+    assert result.exit_code == 2 and result.stderr == "Error: --distortion-sigma must be >= 0 (0 = off)\n"
     assert not (tmp_path / "run").exists()
 
 

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import click
 
 from edgevae.runtime.cli import guard
+from edgevae.runtime.errors import InputError
 
 
 def _parse_ints(text: str, sep: str, what: str) -> tuple[int, ...]:
@@ -21,6 +22,21 @@ def _parse_ints(text: str, sep: str, what: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise click.BadParameter(f"{what} must be positive, got {text!r}")
     return values
+
+
+def _parse_factors(text: str | None) -> tuple[float, ...] | None:
+    """--step-factors: five comma-separated numbers, checked by the codec's quality_levels."""
+    if text is None:
+        return None
+    from edgevae.runtime.container import quality_levels
+
+    try:
+        factors = tuple(float(part) for part in text.split(","))
+        quality_levels(factors)
+    except ValueError as e:
+        message = str(e) if "factor" in str(e) else f"{text!r} is not a list of numbers"
+        raise InputError(f"--step-factors: {message}") from None
+    return factors
 
 
 @contextlib.contextmanager
@@ -90,7 +106,7 @@ def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int,
     if threads:
         torch.set_num_threads(threads)
     if distortion_sigma < 0:
-        raise click.BadParameter("--distortion-sigma must be >= 0 (0 = off)")
+        raise InputError("--distortion-sigma must be >= 0 (0 = off)")
     shape = _parse_ints(image_shape, ",", "--image-shape")
     if len(shape) != 3:
         raise click.BadParameter("--image-shape needs C,H,W")
@@ -154,11 +170,15 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the Fashion-MNIST IDX files, for the parity check on real test images.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
+@click.option("--step-factors", default=None, metavar="F,F,F,F,F",
+              help="Codec quality levels smallest..best: latent step = factor x median posterior std. "
+                   "Default 8,5,3.5,2.5,1.5; a codec bundle (trained with --distortion-sigma) needs coarser ones.")
 @click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True,
               help="Arithmetic of the graphs: int8 (static QDQ quantization calibrated on training images) "
                    "and fp16 are made from the checked fp32 graphs and checked against them.")
 @guard
-def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, precision: str) -> None:
+def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, step_factors: str | None,
+           precision: str) -> None:
     """Export RUN_DIR's model to ONNX and check ONNX Runtime against PyTorch.
 
     Fails (exit 2, nothing written) if the graphs do not match PyTorch within 1e-4, or if an
@@ -166,7 +186,9 @@ def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, pre
     """
     from edgevae.training.export import export_run
 
-    manifest = export_run(run_dir, bundle_dir, data_dir=data_dir, force=force, precision=precision)
+    factors = _parse_factors(step_factors)
+    manifest = export_run(run_dir, bundle_dir, data_dir=data_dir, force=force, precision=precision,
+                          step_factors=factors)
     parity = manifest["parity"]
     click.echo(f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, model.json ({manifest['precision']})")
     for graph, outputs in parity["max_abs_diff"].items():
@@ -183,8 +205,11 @@ def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, pre
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the Fashion-MNIST IDX files (as for train).")
+@click.option("--step-factors", default=None, metavar="F,F,F,F,F",
+              help="Quality levels smallest..best as multiples of the median posterior std "
+                   "(default: the bundle's current ones, else 8,5,3.5,2.5,1.5).")
 @guard
-def codec_tables(bundle_dir: str, data_dir: str | None) -> None:
+def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None) -> None:
     """Fit the lossy codec's tables (codec.json) of an existing bundle on its training set.
 
     export already writes them; this adds or refits them in place (model.json is updated).
@@ -192,7 +217,7 @@ def codec_tables(bundle_dir: str, data_dir: str | None) -> None:
     """
     from edgevae.training.export import add_codec_tables
 
-    tables = add_codec_tables(bundle_dir, data_dir=data_dir)
+    tables = add_codec_tables(bundle_dir, data_dir=data_dir, step_factors=_parse_factors(step_factors))
     click.echo(f"wrote {bundle_dir}/codec.json: fitted on {tables['fitted_on']['images']} training images")
     for q in tables["qualities"]:
         click.echo(f"  {q['name']:<10} step x{q['step_factor']:<5g} {q['train_bits_per_image'] / 8:6.2f} bytes/image "

@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +31,9 @@ from torch import nn
 
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import read_bundle, sha256_file
-from edgevae.runtime.codec import fit_tables
-from edgevae.runtime.container import TABLES_FILE
-from edgevae.runtime.errors import ExportError, OutputError
+from edgevae.runtime.codec import bundle_step_factors, fit_tables
+from edgevae.runtime.container import QUALITY_LEVELS, TABLES_FILE, QualityLevel, quality_levels
+from edgevae.runtime.errors import BundleError, ExportError, InputError, OutputError
 from edgevae.training import likelihood
 from edgevae.training.model import VAE
 from edgevae.training.evaluate import EVALUATION_FILE
@@ -211,7 +211,8 @@ CODEC_FIT_BATCH = 256
 
 
 def write_codec_tables(folder: Path, manifest: dict[str, Any], images: np.ndarray,
-                       source: dict[str, Any] | None = None) -> dict[str, Any]:
+                       source: dict[str, Any] | None = None,
+                       levels: Sequence[QualityLevel] = QUALITY_LEVELS) -> dict[str, Any]:
     """Fit the lossy codec's integer tables on ``images`` (uint8 (N, C, H, W), the training set)
     with ``folder``'s own encoder.onnx, write ``codec.json`` there and record its sha256 in
     ``manifest`` (which the caller then writes). Any bundle variant (int8, fp16) must call this
@@ -224,7 +225,7 @@ def write_codec_tables(folder: Path, manifest: dict[str, Any], images: np.ndarra
         mean, logvar = session.run(None, {contract.ENCODER.inputs[0].name: images[start : start + CODEC_FIT_BATCH]})
         means.append(mean)
         logvars.append(logvar)
-    tables = fit_tables(np.concatenate(means), np.concatenate(logvars), source=source)
+    tables = fit_tables(np.concatenate(means), np.concatenate(logvars), levels=levels, source=source)
     path = folder / TABLES_FILE
     path.write_text(json.dumps(tables, separators=(",", ":")) + "\n")
     manifest["codec"] = {"file": TABLES_FILE, "sha256": sha256_file(path),
@@ -233,11 +234,13 @@ def write_codec_tables(folder: Path, manifest: dict[str, Any], images: np.ndarra
     return tables
 
 
-def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, Any]:
+def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None,
+                     step_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """Fit (or refit) the codec tables of an existing bundle on its training data set.
 
-    The data set is the one recorded in the manifest; ``codec.json`` is written, then
-    ``model.json`` is replaced atomically. Containers made with the old tables no longer
+    ``step_factors`` (one per quality level) default to the bundle's current ones, else the
+    standard ones. The data set is the one recorded in the manifest; ``codec.json`` is written,
+    then ``model.json`` is replaced atomically. Containers made with the old tables no longer
     decode (the bundle fingerprint covers the tables). Returns the tables.
     """
     from edgevae.runtime.outputs import atomic_write_bytes
@@ -247,17 +250,28 @@ def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None)
     manifest = json.loads(json.dumps(bundle.manifest))  # a deep copy
     train_config = manifest["training"]["train_config"]
     data = load_dataset(train_config["dataset"], bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
-    tables = write_codec_tables(bundle.path, manifest, data.train, source={"data": data.name, "split": "train"})
+    try:
+        levels = quality_levels(step_factors if step_factors is not None else bundle_step_factors(bundle))
+    except ValueError as e:
+        if step_factors is not None:
+            raise InputError(str(e)) from None
+        levels = QUALITY_LEVELS  # tables of another layout: refit the standard levels
+    except BundleError:
+        levels = QUALITY_LEVELS  # unreadable old tables are being replaced anyway
+    tables = write_codec_tables(bundle.path, manifest, data.train, source={"data": data.name, "split": "train"},
+                                levels=levels)
     atomic_write_bytes(bundle.path / contract.MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode(), force=True)
     return tables
 
 
 def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path, images: np.ndarray,
                  evaluation: dict[str, Any] | None = None, force: bool = False,
-                 codec_images: np.ndarray | None = None) -> dict[str, Any]:
+                 codec_images: np.ndarray | None = None,
+                 levels: Sequence[QualityLevel] = QUALITY_LEVELS) -> dict[str, Any]:
     """Export ``model`` into ``bundle_dir``; validation images are uint8 (N, C, H, W).
 
-    The codec tables are fitted on ``codec_images`` (the training set; default: ``images``).
+    The codec tables (quality ``levels``) are fitted on ``codec_images`` (the training set;
+    default: ``images``).
     """
     target = Path(bundle_dir)
     if target.exists() and not force:
@@ -277,7 +291,8 @@ def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path,
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
         manifest["parity"] = _validate(model, staging, images)
         write_codec_tables(staging, manifest, images if codec_images is None else codec_images,
-                           source={"data": checkpoint["data"], "split": "train" if codec_images is not None else "test"})
+                           source={"data": checkpoint["data"], "split": "train" if codec_images is not None else "test"},
+                           levels=levels)
         (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -293,8 +308,11 @@ def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path,
 
 
 def export_run(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | Path | None = None,
-               force: bool = False, precision: str = "fp32") -> dict[str, Any]:
+               force: bool = False, precision: str = "fp32",
+               step_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """Export the last checkpoint of a run, with its evaluation (if run) in the manifest.
+
+    ``step_factors`` set the codec's quality levels (see :func:`edgevae.runtime.container.quality_levels`).
 
     ``precision`` int8 or fp16 exports and checks fp32 first, then converts it with
     :mod:`edgevae.training.precision` (int8 calibrated on the run's training images).
@@ -303,6 +321,10 @@ def export_run(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | Path
     from edgevae.training.precision import check_precision, export_variant
 
     check_precision(precision)
+    try:
+        levels = quality_levels(step_factors)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     run = Path(run_dir)
     checkpoint = load_checkpoint(run)
     model = model_from_checkpoint(checkpoint)
@@ -312,7 +334,7 @@ def export_run(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | Path
                         seed=checkpoint["train_config"].get("seed", 0))  # the split training held out
     if precision != "fp32":
         return export_variant(lambda folder: export_model(model, checkpoint, folder, data.test, evaluation=evaluation,
-                                                          codec_images=data.train),
+                                                          codec_images=data.train, levels=levels),
                               bundle_dir, precision, data.train, data.test, force=force)
     return export_model(model, checkpoint, bundle_dir, data.test, evaluation=evaluation, force=force,
-                        codec_images=data.train)
+                        codec_images=data.train, levels=levels)
