@@ -230,10 +230,13 @@ def speed(codec: Any, images: np.ndarray, repeats: int, model_path: str, threads
         png = Path(tmp) / "one.png"
         Image.fromarray(images[0, 0], mode="L").save(png)
         env = {**os.environ, "EDGEVAE_MODEL": model_path}
+        # The console script of the Python running this benchmark (its venv need not be activated).
+        script = Path(sys.executable).with_name("edgevae")
+        edgevae = [str(script)] if script.exists() else [sys.executable, "-m", "edgevae.runtime"]
         commands = {
-            "compress": ["edgevae", "compress", str(png), "-o", str(Path(tmp) / "one.evz"), "--force",
+            "compress": [*edgevae, "compress", str(png), "-o", str(Path(tmp) / "one.evz"), "--force",
                          "--threads", str(threads)],
-            "decompress": ["edgevae", "decompress", str(Path(tmp) / "one.evz"), "-o", str(Path(tmp) / "back.png"),
+            "decompress": [*edgevae, "decompress", str(Path(tmp) / "one.evz"), "-o", str(Path(tmp) / "back.png"),
                            "--force", "--threads", str(threads)],
         }
         walls: dict[str, list[float]] = {name: [] for name in commands}
@@ -338,7 +341,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="Bundle folder (default: $EDGEVAE_MODEL, else the shipped model).")
+    parser.add_argument("--model", default=None, help="Bundle folder or shipped bundle name (default: $EDGEVAE_MODEL, "
+                                                      "else fashion-mnist-codec, what 'edgevae compress' uses).")
     parser.add_argument("--data", default=None, help="Folder with the Fashion-MNIST IDX files.")
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N test images.")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the speed figures.")
@@ -346,11 +350,11 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULTS), help="Folder for rd.json, rd.md and rd.png.")
     args = parser.parse_args()
 
-    from edgevae.runtime.bundle import resolve_path
+    from edgevae.runtime.bundle import MODEL_ENV, default_codec_bundle_path, resolve_path
     from edgevae.training.data import load_fashion_mnist
 
     images = load_fashion_mnist(args.data).test[: args.limit]
-    model_path = str(resolve_path(args.model).resolve())
+    model_path = str(resolve_path(args.model or os.environ.get(MODEL_ENV) or default_codec_bundle_path()).resolve())
     codec = ev.Codec(ev.load(model_path, threads=args.threads))
     started = time.perf_counter()
     per_image, container_rows = edgevae_curves(codec, images)

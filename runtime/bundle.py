@@ -93,6 +93,13 @@ def default_bundle_path() -> Path:
     return DEFAULT_BUNDLE
 
 
+def default_codec_bundle_path() -> Path:
+    """The shipped bundle trained for lossy compression (``edgevae compress``'s default)."""
+    from edgevae.exported import DEFAULT_CODEC_BUNDLE
+
+    return DEFAULT_CODEC_BUNDLE
+
+
 def shipped_bundles() -> dict[str, Path]:
     """Name -> folder of every bundle shipped inside the package."""
     from edgevae.exported import BUNDLES

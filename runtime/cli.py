@@ -142,13 +142,19 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
         f"model       {bundle.name} ({bundle.path})",
         f"images      {'x'.join(map(str, bundle.image_shape))} (C x H x W), uint8 0..255",
         f"latent      {bundle.latent_dim} dimensions, prior N(0, I)",
-        f"likelihood  {m['likelihood']['kind']}, {bundle.components} components",
+        f"likelihood  {m['likelihood']['kind']}, {bundle.components} component{'s' if bundle.components != 1 else ''}",
         f"precision   {bundle.precision}",
         f"trained by  {m.get('training', {}).get('command', 'unknown')}",
     ]
     if m.get("codec"):
         names = [f"{q} (default)" if q == m["codec"].get("default_quality") else q for q in m["codec"]["qualities"]]
         lines.append(f"codec       qualities {', '.join(names)}")
+    if model_path is None:
+        from edgevae.runtime.bundle import default_codec_bundle_path, shipped_bundles
+
+        shipped = [name + (" (compress's lossy default)" if path == default_codec_bundle_path() else "")
+                   for name, path in shipped_bundles().items()]
+        lines.append(f"shipped     {', '.join(shipped)}; pick one with --model NAME")
     if evaluation:
         lines.append(
             f"test set    negative ELBO {evaluation['nelbo_bpd']:.3f} bits/dim, IWAE(k={evaluation['k']}) "
@@ -376,6 +382,9 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
              as_json: bool, resize: bool, model_path: str | None, threads: int | None) -> None:
     """Compress INPUTS (image files, folders, .npy arrays; '-' reads stdin) to an .evz container.
 
+    Lossy coding uses the shipped codec bundle (fashion-mnist-codec, trained for PSNR per byte)
+    and --lossless the default model, unless --model or $EDGEVAE_MODEL names another.
+
     \b
     Examples:
       edgevae compress shirt.png -o shirt.evz                 one image, about 20 bytes
@@ -400,6 +409,10 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
         if Path(out).is_dir():
             raise OutputError(f"{out}: is a folder; pass --split to write one .evz per image into it")
         check_target(Path(out), force)
+    if model_path is None and not lossless:
+        from edgevae.runtime.bundle import default_codec_bundle_path
+
+        model_path = str(default_codec_bundle_path())
     # Lossless coding runs its own parallel lanes: one onnxruntime thread each unless asked otherwise.
     model = _load(model_path, threads or (1 if lossless else None))
     codec = Codec(model)

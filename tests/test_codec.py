@@ -221,33 +221,52 @@ def test_determinism_on_fashion_mnist(active_bundle: Path) -> None:
     assert np.array_equal(ev.Codec(one).decompress(data), ev.Codec(two, batch_size=999).decompress(data))
 
 
-@pytest.mark.slow
-def test_fashion_mnist_rate_distortion_bands() -> None:
-    """The shipped model on 1,000 test images: the best level is within 0.3 dB of the
-    unquantized reconstruction, sizes grow and PSNR does not fall with quality, and single-image
-    files are ~20 bytes, far below WebP's smallest (~103 bytes at ~21.8 dB)."""
-    from edgevae.exported import DEFAULT_BUNDLE
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+@pytest.fixture(scope="module")
+def shipped_rd() -> dict[str, tuple[float, list[float], list[float]]]:
+    """Per shipped bundle, on 1,000 real test images: unquantized reconstruction PSNR, then
+    mean single-file bytes and PSNR at every quality level."""
+    from edgevae.exported import DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE
     from edgevae.training.data import load_fashion_mnist
 
-    codec = ev.Codec(ev.load(DEFAULT_BUNDLE))
     x = load_fashion_mnist().test[:1000]
+    out = {}
+    for bundle in (DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE):
+        codec = ev.Codec(ev.load(bundle))
+        sizes = [float(np.mean([len(c) for c in codec.compress_each(x, q)])) for q in codec.qualities]
+        quality = [_psnr(x, codec.decompress(codec.compress(x, q))) for q in codec.qualities]
+        out[bundle.name] = (_psnr(x, codec.model.reconstruct(x)), sizes, quality)
+    return out
 
-    def psnr(a: np.ndarray, b: np.ndarray) -> float:
-        mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
-        return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
 
-    recon = psnr(x, codec.model.reconstruct(x))
-    sizes, quality = [], []
-    for q in codec.qualities:
-        sizes.append(np.mean([len(c) for c in codec.compress_each(x, q)]))
-        quality.append(psnr(x, codec.decompress(codec.compress(x, q))))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fashion-mnist", "fashion-mnist-codec"])
+def test_fashion_mnist_rate_distortion_bands(name: str, shipped_rd: dict) -> None:
+    """Each shipped bundle: the best level is within 0.3 dB of the unquantized reconstruction,
+    sizes grow and PSNR does not fall with quality, and single-image files are ~20 bytes, far
+    below WebP's smallest (~103 bytes at ~21.8 dB)."""
+    recon, sizes, quality = shipped_rd[name]
     assert quality[-1] >= recon - 0.3, (quality, recon)
     assert all(a < b for a, b in zip(sizes, sizes[1:])), sizes
     assert all(b >= a - 0.05 for a, b in zip(quality, quality[1:])), quality
-    balanced = codec.qualities.index(codec.default_quality)
+    balanced = 2
     assert 10 <= sizes[balanced] <= 24, sizes
     assert quality[balanced] >= 20.0, quality
     assert sizes[-1] <= 30 and sizes[0] >= 7, sizes
+
+
+@pytest.mark.slow
+def test_the_codec_bundle_gives_more_psnr_per_byte(shipped_rd: dict) -> None:
+    """What fashion-mnist-codec is shipped for: at its default level it beats the ELBO bundle's
+    default by >= 0.3 dB for at most 1.5 more bytes, and its best level by >= 0.5 dB."""
+    _, elbo_sizes, elbo_quality = shipped_rd["fashion-mnist"]
+    _, sizes, quality = shipped_rd["fashion-mnist-codec"]
+    assert quality[2] >= elbo_quality[2] + 0.3 and sizes[2] <= elbo_sizes[2] + 1.5, (sizes, quality)
+    assert quality[-1] >= elbo_quality[-1] + 0.5, (quality, elbo_quality)
 
 
 # -- tables ------------------------------------------------------------------------------------------
@@ -696,6 +715,24 @@ def test_cli_decodes_each_container_with_the_shipped_bundle_that_made_it(active_
     assert_clean_error(edgevae("runner", "decompress", tmp_path / "tiny.evz", "-o", tmp_path / "no.npy"),
                        "made by another model")
     assert not (tmp_path / "no.npy").exists()
+
+
+def test_cli_compress_defaults_to_the_codec_bundle_and_lossless_to_the_model(tmp_path: Path) -> None:
+    from edgevae.exported import DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE
+
+    np.save(tmp_path / "x.npy", synthetic_images(2, seed=6))
+    made = {}
+    for name, extra, env in (("lossy", (), None), ("exact", ("--lossless",), None),
+                             ("int8", (), {"EDGEVAE_MODEL": "fashion-mnist-int8"})):
+        done = edgevae("runner", "compress", tmp_path / "x.npy", "-o", tmp_path / f"{name}.evz", *extra, env=env)
+        assert done.code == 0, done
+        made[name] = C.shipped_bundle_for((tmp_path / f"{name}.evz").read_bytes()).path
+    assert made == {"lossy": DEFAULT_CODEC_BUNDLE, "exact": DEFAULT_BUNDLE,
+                    "int8": DEFAULT_BUNDLE.parent / "fashion-mnist-int8"}
+    done = edgevae("runner", "decompress", tmp_path / "exact.evz", tmp_path / "lossy.evz", "-o", tmp_path / "back.npy")
+    assert done.code == 0, done
+    back = np.load(tmp_path / "back.npy")
+    assert np.array_equal(back[:2], synthetic_images(2, seed=6)) and back.shape == (4, 1, 28, 28)
 
 
 def test_codec_tables_command(tiny_bundle: Path, tmp_path: Path) -> None:

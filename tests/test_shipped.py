@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import edgevae.runtime as ev
-from edgevae.exported import BUNDLES, DEFAULT_BUNDLE
+from edgevae.exported import BUNDLES, DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE
 from edgevae.runtime import bitsback as bb
 from edgevae.training.data import load_fashion_mnist
 
@@ -51,7 +51,7 @@ def shipped() -> ev.EdgeVAE:
     return ev.load(DEFAULT_BUNDLE)
 
 
-@pytest.mark.parametrize("bundle", [DEFAULT_BUNDLE, INT8_BUNDLE], ids=lambda b: b.name)
+@pytest.mark.parametrize("bundle", [DEFAULT_BUNDLE, INT8_BUNDLE, DEFAULT_CODEC_BUNDLE], ids=lambda b: b.name)
 def test_bundle_is_complete_small_and_verified(bundle: Path) -> None:
     size = sum(f.stat().st_size for f in bundle.iterdir())
     assert size <= BUNDLE_BYTES_BAR, size
@@ -76,6 +76,17 @@ def test_readme_records_the_command_that_made_the_bundle() -> None:
     assert words[:2] == ["edgevae-train", "train"] and "--seed" in words
     assert re.search(r"edgevae-train export \S+ -o exported/fashion-mnist\b", readme)
     assert re.search(r"edgevae-train export \S+ -o exported/fashion-mnist-int8 --precision int8", readme)
+
+
+def test_readme_records_the_commands_that_made_the_codec_bundle() -> None:
+    info = manifest(DEFAULT_CODEC_BUNDLE)
+    command = info["training"]["command"]
+    readme = (ROOT / "README.md").read_text()
+    assert "--distortion-sigma" in command
+    assert command.replace("RUN_DIR", "runs/fashion-mnist-codec") in readme
+    factors = json.loads((DEFAULT_CODEC_BUNDLE / "codec.json").read_text())["qualities"]
+    flag = "--step-factors " + ",".join(f"{q['step_factor']:g}" for q in factors)
+    assert f"edgevae-train export runs/fashion-mnist-codec -o exported/fashion-mnist-codec {flag}" in readme
 
 
 def test_runtime_likelihood_matches_the_manifest(shipped: ev.EdgeVAE, test_images: np.ndarray) -> None:

@@ -276,6 +276,12 @@ def test_mean_pixels_and_sampling_stay_in_range() -> None:
     assert draws.dtype == torch.uint8 and draws.shape == (1, 1, 6, 6)
 
 
+def test_mean_pixels_of_one_component_is_exactly_the_softmax_formula() -> None:
+    logits, means, _ = mixture(1, (4, 6, 6), 4)
+    general = ((torch.softmax(logits, dim=1) * means).sum(dim=1) + 1.0) * likelihood.PIXEL_SCALE
+    assert torch.equal(likelihood.mean_pixels(logits, means), general.clamp(0.0, 255.0))
+
+
 # -- training loop ------------------------------------------------------------------------------
 
 SMALL = ModelConfig(image_shape=TINY_SHAPE, latent_dim=4, channels=(4, 8), res_blocks=0, mixture_components=2)
