@@ -293,6 +293,9 @@ class _Likelihood:
         drop = np.minimum(steps.max(axis=1, keepdims=True) - steps, len(t.weight_of) - 1)
         #: Mixture weight tables, constriction floats (B, P, K).
         self.weights = _categorical(t.weight_of[drop].transpose(0, 2, 1))
+        #: One component: k is always 0 and carries no information, so it is not coded at all
+        #: (constriction cannot represent a one-symbol distribution, and it would cost 0 bits).
+        self.single = components == 1
         self.padded = t.padded
 
     def component_posterior(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -518,7 +521,7 @@ def _encode_lane(job: _Coding, batch: np.ndarray, pixels: np.ndarray, coders: li
             latents = t.centers[z]
         likelihood = _Likelihood(job.model.likelihood(latents), t)
         component_posterior, best = likelihood.component_posterior(x)
-        if step == 0:
+        if step == 0 or likelihood.single:
             k = best
         else:
             k = np.stack([s.decode(family, component_posterior[i]) for i, s in enumerate(stacks)])
@@ -529,7 +532,8 @@ def _encode_lane(job: _Coding, batch: np.ndarray, pixels: np.ndarray, coders: li
         for i, s in enumerate(stacks):
             s.encode_reverse(x_rest[i], family, x_within[i])
             s.encode_reverse(x_group[i], family, x_groups[i])
-            s.encode_reverse(k[i], family, likelihood.weights[i])
+            if not likelihood.single:
+                s.encode_reverse(k[i], family, likelihood.weights[i])
             s.encode_reverse(z[i], job.group_prior if step == 0 else job.prior)
         if step == 0:
             initial_bits = sum(s.num_valid_bits() for s in stacks)
@@ -544,7 +548,10 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         stacks = [coders[c] for c in lane[: len(images)]]
         z = np.stack([s.decode(job.group_prior if step == 0 else job.prior, dim) for s in stacks])
         likelihood = _Likelihood(job.model.likelihood(t.group_centers[z] if step == 0 else t.centers[z]), t)
-        k = np.stack([s.decode(family, likelihood.weights[i]) for i, s in enumerate(stacks)])
+        if likelihood.single:
+            k = np.zeros(likelihood.weights.shape[:2], dtype=np.int32)
+        else:
+            k = np.stack([s.decode(family, likelihood.weights[i]) for i, s in enumerate(stacks)])
         first = likelihood.chosen(k)
         x_groups = likelihood.groups(first)
         x_group = np.stack([s.decode(family, x_groups[i]) for i, s in enumerate(stacks)])
@@ -552,9 +559,10 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         x = x_group * PIXEL_GROUP + np.stack([s.decode(family, x_within[i]) for i, s in enumerate(stacks)])
         out[images] = x
         if step > 0:
-            component_posterior, _ = likelihood.component_posterior(x)
-            for i, s in enumerate(stacks):
-                s.encode_reverse(k[i], family, component_posterior[i])
+            if not likelihood.single:
+                component_posterior, _ = likelihood.component_posterior(x)
+                for i, s in enumerate(stacks):
+                    s.encode_reverse(k[i], family, component_posterior[i])
             posterior = _Posterior(t, *job.model.encode(x.astype(np.uint8).reshape(len(images), *job.shape)))
             z_group = (z // t.fine).astype(np.int32)
             groups, within = posterior.groups(), posterior.within(z_group)

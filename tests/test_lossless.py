@@ -413,3 +413,20 @@ def test_cli_lossless_round_trip_and_errors(mode: str, tiny_bundle: Path, tmp_pa
     assert_clean_error(edgevae(mode, "decompress", tmp_path / "bad.evz", "-o", tmp_path / "bad.npy", env=env),
                        "damaged")
     assert files_under(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_a_one_component_bundle_round_trips_losslessly() -> None:
+    """fashion-mnist-codec has one logistic per pixel: the component is not coded (constriction
+    cannot represent a one-symbol distribution), and every pixel still comes back."""
+    from edgevae.exported import DEFAULT_CODEC_BUNDLE
+    from edgevae.training.data import load_fashion_mnist
+
+    model = ev.load(DEFAULT_CODEC_BUNDLE)
+    assert model.bundle.components == 1
+    codec = ev.Codec(model)
+    x = np.concatenate([load_fashion_mnist().test[:40], synthetic_images(8, seed=21)])
+    data = codec.compress(x, lossless=True)
+    assert np.array_equal(codec.decompress(data), x)
+    assert np.array_equal(codec.decompress(data, indices=[41]), x[41:42])
+    assert 2.0 < 8 * len(data) / x.size < 4.5
