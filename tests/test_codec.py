@@ -729,6 +729,10 @@ def test_cli_compress_defaults_to_the_codec_bundle_and_lossless_to_the_model(tmp
         made[name] = C.shipped_bundle_for((tmp_path / f"{name}.evz").read_bytes()).path
     assert made == {"lossy": DEFAULT_CODEC_BUNDLE, "exact": DEFAULT_BUNDLE,
                     "int8": DEFAULT_BUNDLE.parent / "fashion-mnist-int8"}
+    # `edgevae info` names every shipped bundle and which one compress uses.
+    done = edgevae("runner", "info")
+    assert done.code == 0 and ("shipped     fashion-mnist, fashion-mnist-codec (compress's lossy default), "
+                               "fashion-mnist-int8; pick one with --model NAME") in done.stdout
     done = edgevae("runner", "decompress", tmp_path / "exact.evz", tmp_path / "lossy.evz", "-o", tmp_path / "back.npy")
     assert done.code == 0, done
     back = np.load(tmp_path / "back.npy")
