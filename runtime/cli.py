@@ -503,15 +503,24 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
                err=out == STDIO)
 
 
+def _container_model(data: bytes, model_path: str | None) -> str | None:
+    """--model / $EDGEVAE_MODEL if given, else the shipped bundle that made container ``data``
+    (None: the default bundle, which then reports the mismatch)."""
+    if model_path is not None:
+        return model_path
+    from edgevae.runtime.codec import shipped_bundle_for
+
+    shipped = shipped_bundle_for(data)
+    return str(shipped.path) if shipped else None
+
+
 def _codec_for(data: bytes, model_path: str | None, threads: int | None, loaded: dict[str, Any]) -> Any:
     """The Codec to decode container ``data``: --model / $EDGEVAE_MODEL if given, else the shipped
     bundle that made it (found by fingerprint), else the default bundle. ``loaded`` caches one
     Codec per bundle across the containers of one command."""
-    from edgevae.runtime.codec import Codec, shipped_bundle_for
+    from edgevae.runtime.codec import Codec
 
-    if model_path is None:
-        shipped = shipped_bundle_for(data)
-        model_path = str(shipped.path) if shipped else None
+    model_path = _container_model(data, model_path)
     key = model_path or ""
     if key not in loaded:
         loaded[key] = Codec(_load(model_path, threads))
@@ -521,15 +530,13 @@ def _codec_for(data: bytes, model_path: str | None, threads: int | None, loaded:
 def _describe_container(source: str, model_path: str | None, as_json: bool) -> None:
     """``edgevae info IN.evz``: the container's header, checked against the model if one is available."""
     from edgevae.runtime.bundle import read_bundle
-    from edgevae.runtime.codec import describe, load_tables, shipped_bundle_for
+    from edgevae.runtime.codec import describe, load_tables
     from edgevae.runtime.errors import BundleError
 
     data = _read_bytes(source)
     bundle = tables = None
     note = ""
-    if model_path is None:
-        shipped = shipped_bundle_for(data)
-        model_path = str(shipped.path) if shipped else None
+    model_path = _container_model(data, model_path)
     try:
         bundle = read_bundle(model_path)
         tables = load_tables(bundle)

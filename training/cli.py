@@ -32,10 +32,12 @@ def _parse_factors(text: str | None) -> tuple[float, ...] | None:
 
     try:
         factors = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"--step-factors: {text!r} is not a list of numbers") from None
+    try:
         quality_levels(factors)
     except ValueError as e:
-        message = str(e) if "factor" in str(e) else f"{text!r} is not a list of numbers"
-        raise InputError(f"--step-factors: {message}") from None
+        raise InputError(f"--step-factors: {e}") from None
     return factors
 
 

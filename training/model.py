@@ -162,14 +162,11 @@ class VAE(nn.Module):
 
     def recon_nll(self, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) in nats per image, shape (N,)."""
-        return self._recon(images, latents)[0]
+        return self._nll(images, *self.split(self.decoder(latents)))
 
-    def _recon(self, images: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-log p(x|z) in nats, squared error of the mean image in levels^2), each (N,)."""
-        logits, means, log_scales = self.split(self.decoder(latents))
-        nll = -likelihood.log_prob(images, logits, means, log_scales).flatten(1).sum(1)
-        error = likelihood.mean_pixels(logits, means) - images.to(torch.float32)
-        return nll, error.pow(2).flatten(1).sum(1)
+    @staticmethod
+    def _nll(images: torch.Tensor, logits: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+        return -likelihood.log_prob(images, logits, means, log_scales).flatten(1).sum(1)
 
     def loss_terms(self, images: torch.Tensor) -> LossTerms:
         """One-sample estimate of reconstruction NLL and the analytic KL to N(0, I)."""
@@ -177,8 +174,10 @@ class VAE(nn.Module):
         z = self.reparameterize(mean, logvar)
         # KL(N(mu, sigma^2) || N(0, 1)) per dimension, Kingma & Welling 2014, appendix B.
         kl_per_dim = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-        nll, sse = self._recon(images, z)
-        return LossTerms(recon=nll, kl=kl_per_dim.sum(1), kl_per_dim=kl_per_dim, sse=sse)
+        logits, means, log_scales = self.split(self.decoder(z))
+        error = likelihood.mean_pixels(logits, means) - images.to(torch.float32)
+        return LossTerms(recon=self._nll(images, logits, means, log_scales), kl=kl_per_dim.sum(1),
+                         kl_per_dim=kl_per_dim, sse=error.pow(2).flatten(1).sum(1))
 
     def log_weights(self, images: torch.Tensor, k: int) -> torch.Tensor:
         """log p(x, z_i) - log q(z_i | x) for k posterior samples; shape (k, N), in nats."""
