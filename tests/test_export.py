@@ -263,3 +263,32 @@ def test_failed_parity_writes_nothing(tiny_run: Path, tmp_path: Path, monkeypatc
     with pytest.raises(ExportError, match="export validation failed"):
         export_run(tiny_run, tmp_path / "bundle")
     assert list(tmp_path.iterdir()) == []  # neither the bundle nor the staging folder
+
+
+def test_a_nearest_upsampling_model_exports_and_quantizes(image_folder: Path, tmp_path: Path) -> None:
+    """The resize + conv decoder goes through the same export, parity check and int8 variant,
+    with no DepthToSpace left for onnxruntime to reorder around."""
+    from edgevae.runtime import load
+    from edgevae.training import precision
+    from edgevae.training.model import ModelConfig
+    from edgevae.training.train import TrainConfig, train
+
+    data = load_dataset(str(image_folder), TINY_SHAPE)
+    config = ModelConfig(image_shape=TINY_SHAPE, latent_dim=8, channels=(8, 16, 16), res_blocks=0,
+                         mixture_components=3, upsample="nearest")  # res_blocks as the shipped bundles
+    train(data, config, TrainConfig(dataset=str(image_folder), epochs=1, batch_size=32, warmup_steps=5, seed=0),
+          tmp_path / "run", log=lambda _: None)
+    export_run(tmp_path / "run", tmp_path / "fp32")
+    manifest = json.loads((tmp_path / "fp32" / "model.json").read_text())
+    assert manifest["training"]["model_config"]["upsample"] == "nearest"
+    assert "--upsample nearest" in manifest["training"]["command"]
+    assert all(d <= (1 if name == "pixels" else contract.PARITY_TOLERANCE)
+               for diffs in manifest["parity"]["max_abs_diff"].values() for name, d in diffs.items())
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fp32" / "decoder.onnx")).graph.node}
+    assert "Resize" in ops and "DepthToSpace" not in ops
+    precision.make_variant(tmp_path / "fp32", tmp_path / "int8", "int8", data.train, data.test, enforce=False)
+    int8 = onnx.load(str(tmp_path / "int8" / "decoder.onnx")).graph.node
+    resized = {n.output[0] for n in int8 if n.op_type == "Resize"}
+    assert resized and resized <= {n.input[0] for n in int8 if n.op_type == "QuantizeLinear"}  # the conv after is int8
+    pixels = load(tmp_path / "int8").decode(np.zeros((3, 8), np.float32))
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, *TINY_SHAPE)

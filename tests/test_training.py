@@ -416,6 +416,37 @@ def test_distortion_term_trains_a_different_model_and_is_in_the_command(small_da
         assert ctx.params["distortion_sigma"] == 8.0
 
 
+def test_nearest_upsampling_trains_and_is_in_the_command(small_data: Dataset, tmp_path: Path) -> None:
+    nearest = ModelConfig(**{**SMALL.to_dict(), "upsample": "nearest"})
+    model = VAE(nearest)
+    assert any(isinstance(m, torch.nn.Upsample) for m in model.decoder.modules())
+    assert not any(isinstance(m, torch.nn.PixelShuffle) for m in model.decoder.modules())
+    # Same output geometry and the same number of weights as the depth-to-space decoder but one level's
+    # bias: conv(C, 4C') + shuffle has 4C' biases where resize + conv(C, C') has C'.
+    assert model.decoder(torch.zeros(2, SMALL.latent_dim)).shape == VAE(SMALL).decoder(torch.zeros(2, SMALL.latent_dim)).shape
+    train(small_data, nearest, small_config(epochs=1), tmp_path / "run", log=quiet)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert ModelConfig.from_dict(checkpoint["model_config"]) == nearest
+    argv = shlex.split(train_command(checkpoint, "runs/again"))
+    with train_cli.commands["train"].make_context("train", argv[2:]) as ctx:
+        assert ctx.params["upsample"] == "nearest"
+
+
+def test_configs_from_before_the_upsample_choice_mean_pixel_shuffle(tiny_run: Path) -> None:
+    saved = load_checkpoint(tiny_run)["model_config"]
+    old = {k: v for k, v in saved.items() if k != "upsample"}
+    assert ModelConfig.from_dict(old).upsample == "pixel-shuffle"
+    assert "--upsample" not in train_command(load_checkpoint(tiny_run))  # the default says so by omission
+
+
+def test_train_cli_refuses_an_unknown_upsample_mode(image_folder: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(train_cli, ["train", "--dataset", str(image_folder), "--upsample", "bilinear",
+                                            "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr == "Error: --upsample must be one of pixel-shuffle, nearest, got 'bilinear'\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_loss_terms_sse_is_the_squared_error_of_the_mean_image(small_data: Dataset) -> None:
     torch.manual_seed(0)
     model = VAE(SMALL)

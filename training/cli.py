@@ -76,6 +76,9 @@ def main() -> None:
               help="Convolution widths per resolution level; each level after the first halves H and W.")
 @click.option("--res-blocks", default=0, show_default=True, help="Residual blocks per lower-resolution level.")
 @click.option("--components", default=5, show_default=True, help="Logistic mixture components per pixel.")
+@click.option("--upsample", default="pixel-shuffle", show_default=True,
+              help="How the decoder doubles H and W: 'pixel-shuffle' (conv + depth-to-space) or 'nearest' (nearest "
+                   "resize + conv): same FLOPs, 'nearest' is ~1.2x faster in onnxruntime and slower to train.")
 @click.option("--epochs", default=30, show_default=True, help="Passes over the training set (the LR schedule spans them all).")
 @click.option("--batch-size", default=128, show_default=True, help="Images per optimizer step.")
 @click.option("--lr", default=2e-3, show_default=True, help="Peak Adam learning rate (cosine decay).")
@@ -91,7 +94,7 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored).")
 @guard
 def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int, widths: str, res_blocks: int,
-          components: int, epochs: int, batch_size: int, lr: float, beta: float, kl_warmup_epochs: float,
+          components: int, upsample: str, epochs: int, batch_size: int, lr: float, beta: float, kl_warmup_epochs: float,
           free_bits: float, distortion_sigma: float, seed: int, threads: int | None, run_dir: str, resume: bool) -> None:
     """Train a VAE; checkpoints every epoch into --out (Ctrl-C keeps the last one).
 
@@ -102,13 +105,15 @@ def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int,
 
     from edgevae.training import report
     from edgevae.training.data import load_dataset
-    from edgevae.training.model import ModelConfig
+    from edgevae.training.model import UPSAMPLE_MODES, ModelConfig
     from edgevae.training.train import TrainConfig, train as run_training
 
     if threads:
         torch.set_num_threads(threads)
     if distortion_sigma < 0:
         raise InputError("--distortion-sigma must be >= 0 (0 = off)")
+    if upsample not in UPSAMPLE_MODES:
+        raise InputError(f"--upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
     shape = _parse_ints(image_shape, ",", "--image-shape")
     if len(shape) != 3:
         raise click.BadParameter("--image-shape needs C,H,W")
@@ -116,7 +121,7 @@ def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int,
     try:
         model_config = ModelConfig(image_shape=data.image_shape, latent_dim=latent_dim,
                                    channels=_parse_ints(widths, ",", "--widths"), res_blocks=res_blocks,
-                                   mixture_components=components)
+                                   mixture_components=components, upsample=upsample)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     config = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta,

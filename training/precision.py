@@ -30,7 +30,7 @@ int8 choices, each measured on the Fashion-MNIST model (see benchmarks/speed.py)
   onnxruntime recommends for conv nets on CPU (dynamic quantization would give ConvInteger).
 - ``reduce_range`` (7-bit weights): without VNNI, x86 CPUs multiply u8 x s8 with a saturating
   instruction; full-range weights cost ~1 dB PSNR there. A bundle must be right on every CPU.
-- Quantized: the convolution bodies (Conv, Relu, DepthToSpace: the ReLUs fold into the
+- Quantized: the convolution bodies (Conv, Relu, DepthToSpace or Resize: the ReLUs fold into the
   convolutions' output ranges) and the linear layers (Gemm), whose outputs stay float: the
   encoder head's outputs are the latents, and 8-bit latents would be a codec of their own.
   The decoder's last convolution stays fp32: its outputs are the likelihood parameters.
@@ -73,7 +73,7 @@ CHECK_IMAGES = 2000
 CHECK_BATCH = 500
 
 #: Operator types quantized to int8 (see the module docstring).
-INT8_OPS = ["Conv", "Relu", "DepthToSpace", "Gemm"]
+INT8_OPS = ["Conv", "Relu", "DepthToSpace", "Resize", "Gemm"]
 #: Operator types whose outputs stay float in the int8 graphs.
 INT8_FLOAT_OUTPUTS = ["Gemm"]
 #: Operator types computed in fp16; everything else (normalization, likelihood head, pixel

@@ -20,7 +20,7 @@ import torch
 
 from edgevae.runtime.errors import DataError, InputError
 from edgevae.training.data import Dataset
-from edgevae.training.model import VAE, ModelConfig
+from edgevae.training.model import UPSAMPLE_MODES, VAE, ModelConfig
 
 CHECKPOINT = "last.pt"
 CONFIG = "config.json"
@@ -238,6 +238,7 @@ def train_command(checkpoint: dict[str, Any], run_dir: str = "RUN_DIR") -> str:
         f"--widths {','.join(str(w) for w in m['channels'])}",
         f"--res-blocks {m['res_blocks']}",
         f"--components {m['mixture_components']}",
+        *([f"--upsample {m['upsample']}"] if m.get("upsample", UPSAMPLE_MODES[0]) != UPSAMPLE_MODES[0] else []),
         f"--epochs {t['epochs']}",
         f"--batch-size {t['batch_size']}",
         f"--lr {t['lr']:g}",
