@@ -718,25 +718,28 @@ def test_cli_decodes_each_container_with_the_shipped_bundle_that_made_it(active_
 
 
 def test_cli_compress_defaults_to_the_codec_bundle_and_lossless_to_the_model(tmp_path: Path) -> None:
-    from edgevae.exported import DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE
+    from edgevae.exported import DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE, HQ_CODEC_BUNDLE
 
     np.save(tmp_path / "x.npy", synthetic_images(2, seed=6))
     made = {}
     for name, extra, env in (("lossy", (), None), ("exact", ("--lossless",), None),
-                             ("int8", (), {"EDGEVAE_MODEL": "fashion-mnist-int8"})):
+                             ("int8", (), {"EDGEVAE_MODEL": "fashion-mnist-int8"}),
+                             ("hq", ("--model", "fashion-mnist-codec-hq", "--quality", "best"), None)):
         done = edgevae("runner", "compress", tmp_path / "x.npy", "-o", tmp_path / f"{name}.evz", *extra, env=env)
         assert done.code == 0, done
         made[name] = C.shipped_bundle_for((tmp_path / f"{name}.evz").read_bytes()).path
     assert made == {"lossy": DEFAULT_CODEC_BUNDLE, "exact": DEFAULT_BUNDLE,
-                    "int8": DEFAULT_BUNDLE.parent / "fashion-mnist-int8"}
+                    "int8": DEFAULT_BUNDLE.parent / "fashion-mnist-int8", "hq": HQ_CODEC_BUNDLE}
     # `edgevae info` names every shipped bundle and which one compress uses.
     done = edgevae("runner", "info")
     assert done.code == 0 and ("shipped     fashion-mnist, fashion-mnist-codec (compress's lossy default), "
-                               "fashion-mnist-int8; pick one with --model NAME") in done.stdout
-    done = edgevae("runner", "decompress", tmp_path / "exact.evz", tmp_path / "lossy.evz", "-o", tmp_path / "back.npy")
+                               "fashion-mnist-codec-hq, fashion-mnist-int8; pick one with --model NAME") in done.stdout
+    # Each container is decoded by the bundle that made it, found by its fingerprint alone.
+    done = edgevae("runner", "decompress", tmp_path / "exact.evz", tmp_path / "lossy.evz", tmp_path / "hq.evz",
+                   "-o", tmp_path / "back.npy")
     assert done.code == 0, done
     back = np.load(tmp_path / "back.npy")
-    assert np.array_equal(back[:2], synthetic_images(2, seed=6)) and back.shape == (4, 1, 28, 28)
+    assert np.array_equal(back[:2], synthetic_images(2, seed=6)) and back.shape == (6, 1, 28, 28)
 
 
 def test_codec_tables_command(tiny_bundle: Path, tmp_path: Path) -> None:
