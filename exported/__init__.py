@@ -19,5 +19,5 @@ DEFAULT_CODEC_BUNDLE = BUNDLES / "fashion-mnist-codec"
 
 #: An extra lossy-codec bundle for the highest qualities: the codec bundle's training at the
 #: default bundle's full widths. More PSNR at every size (its best level passes 24 dB) for a
-#: decoder with 4x the FLOPs: ~1/3 of DEFAULT_CODEC_BUNDLE's decompression speed.
+#: decoder with 4x the FLOPs: ~1/5 of DEFAULT_CODEC_BUNDLE's decompression speed.
 HQ_CODEC_BUNDLE = BUNDLES / "fashion-mnist-codec-hq"
