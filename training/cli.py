@@ -105,15 +105,17 @@ def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int,
 
     from edgevae.training import report
     from edgevae.training.data import load_dataset
-    from edgevae.training.model import UPSAMPLE_MODES, ModelConfig
+    from edgevae.training.model import ModelConfig, check_upsample
     from edgevae.training.train import TrainConfig, train as run_training
 
     if threads:
         torch.set_num_threads(threads)
     if distortion_sigma < 0:
         raise InputError("--distortion-sigma must be >= 0 (0 = off)")
-    if upsample not in UPSAMPLE_MODES:
-        raise InputError(f"--upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
+    try:
+        check_upsample(upsample)  # before loading the data set, which takes seconds
+    except ValueError as e:
+        raise InputError(f"--{e}") from None
     shape = _parse_ints(image_shape, ",", "--image-shape")
     if len(shape) != 3:
         raise click.BadParameter("--image-shape needs C,H,W")

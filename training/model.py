@@ -31,6 +31,12 @@ from edgevae.training import likelihood
 UPSAMPLE_MODES = ("pixel-shuffle", "nearest")
 
 
+def check_upsample(mode: str) -> None:
+    """Raise ValueError naming the choices unless ``mode`` is one of :data:`UPSAMPLE_MODES`."""
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes that define a VAE; stored in checkpoints and in the bundle manifest."""
@@ -51,8 +57,7 @@ class ModelConfig:
             raise ValueError(f"image height and width must be divisible by {factor}, got {h}x{w}")
         if self.latent_dim < 1 or self.mixture_components < 1:
             raise ValueError("latent_dim and mixture_components must be positive")
-        if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {self.upsample!r}")
+        check_upsample(self.upsample)
 
     @property
     def bottom_shape(self) -> tuple[int, int, int]:
