@@ -558,6 +558,25 @@ def test_evaluate_cli(cli_run: tuple[Path, object]) -> None:
     assert json.loads((run / "evaluation.json").read_text()) == metrics
 
 
+def test_threads_option_sets_torch_threads_for_evaluate(cli_run: tuple[Path, object]) -> None:
+    run, _ = cli_run
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = CliRunner().invoke(train_cli, ["evaluate", str(run), "--k", "2", "--limit", "4", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "codec-tables"])
+def test_every_training_command_refuses_zero_threads(command: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(train_cli, [command, "--threads", "0", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "Invalid value for '--threads': 0 is not in the range x>=1." in result.stderr
+
+
 def test_training_cli_errors_in_a_real_process(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "edgevae.training", "evaluate", str(tmp_path / "no-run")],
                           capture_output=True, text=True, timeout=300)

@@ -41,6 +41,22 @@ def _parse_factors(text: str | None) -> tuple[float, ...] | None:
     return factors
 
 
+def threads_option(command: Any) -> Any:
+    """``--threads N``: torch's CPU threads for a command (training, evaluation and export all run torch).
+
+    Set before any work, so two runs can share a machine one core each.
+    """
+    def set_threads(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+        if value is not None:
+            import torch
+
+            torch.set_num_threads(value)
+        return value
+
+    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True,
+                        callback=set_threads, help="Torch CPU threads (default: torch's choice, all cores).")(command)
+
+
 @contextlib.contextmanager
 def _progress(total: int, label: str) -> Iterator[Any]:
     """A click progress bar that shows the object's ``loss`` text live."""
@@ -89,27 +105,23 @@ def main() -> None:
               help="Pixel levels. > 0 also scores the mean image as a Gaussian of this std (adds SSE/(2 sigma^2)): "
                    "sharper reconstructions for more latent bits, i.e. a codec bundle. 0 = the plain ELBO.")
 @click.option("--seed", default=0, show_default=True, help="Seeds initialisation, shuffling and noise: same seed, same run.")
-@click.option("--threads", default=None, type=int, help="Torch CPU threads (default: torch's choice).")
+@threads_option
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored).")
 @guard
 def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int, widths: str, res_blocks: int,
           components: int, upsample: str, epochs: int, batch_size: int, lr: float, beta: float, kl_warmup_epochs: float,
-          free_bits: float, distortion_sigma: float, seed: int, threads: int | None, run_dir: str, resume: bool) -> None:
+          free_bits: float, distortion_sigma: float, seed: int, run_dir: str, resume: bool) -> None:
     """Train a VAE; checkpoints every epoch into --out (Ctrl-C keeps the last one).
 
     Writes config.json, last.pt, metrics.jsonl (one line per epoch with test metrics),
     and at the end curve.png and samples.png.
     """
-    import torch
-
     from edgevae.training import report
     from edgevae.training.data import load_dataset
     from edgevae.training.model import ModelConfig, check_upsample
     from edgevae.training.train import TrainConfig, train as run_training
 
-    if threads:
-        torch.set_num_threads(threads)
     if distortion_sigma < 0:
         raise InputError("--distortion-sigma must be >= 0 (0 = off)")
     try:
@@ -148,6 +160,7 @@ def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int,
 @click.option("--limit", default=None, type=int, help="Evaluate only the first N test images (default: all).")
 @click.option("--seed", default=0, show_default=True, help="Seeds the posterior samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@threads_option
 @guard
 def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed: int, as_json: bool) -> None:
     """Negative ELBO and IWAE bound (bits/dim) and reconstruction PSNR on the test set.
@@ -185,6 +198,7 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
 @click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True,
               help="Arithmetic of the graphs: int8 (static QDQ quantization calibrated on training images) "
                    "and fp16 are made from the checked fp32 graphs and checked against them.")
+@threads_option
 @guard
 def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, step_factors: str | None,
            precision: str) -> None:
@@ -217,6 +231,7 @@ def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, ste
 @click.option("--step-factors", default=None, metavar="F,F,F,F,F",
               help="Quality levels smallest..best as multiples of the median posterior std "
                    "(default: the bundle's current ones, else 8,5,3.5,2.5,1.5).")
+@threads_option
 @guard
 def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None) -> None:
     """Fit the lossy codec's tables (codec.json) of an existing bundle on its training set.
