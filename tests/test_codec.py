@@ -262,11 +262,12 @@ def test_fashion_mnist_rate_distortion_bands(name: str, shipped_rd: dict) -> Non
 @pytest.mark.slow
 def test_the_codec_bundle_gives_more_psnr_per_byte(shipped_rd: dict) -> None:
     """What fashion-mnist-codec is shipped for: at its default level it beats the ELBO bundle's
-    default by >= 0.3 dB for at most 1.5 more bytes, and its best level by >= 0.5 dB."""
+    default by >= 0.3 dB for at most 1.5 more bytes, and its best level the ELBO bundle's best
+    by >= 0.3 dB in smaller files."""
     _, elbo_sizes, elbo_quality = shipped_rd["fashion-mnist"]
     _, sizes, quality = shipped_rd["fashion-mnist-codec"]
     assert quality[2] >= elbo_quality[2] + 0.3 and sizes[2] <= elbo_sizes[2] + 1.5, (sizes, quality)
-    assert quality[-1] >= elbo_quality[-1] + 0.5, (quality, elbo_quality)
+    assert quality[-1] >= elbo_quality[-1] + 0.3 and sizes[-1] < elbo_sizes[-1], (sizes, quality, elbo_sizes)
 
 
 # -- tables ------------------------------------------------------------------------------------------
