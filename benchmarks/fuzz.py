@@ -47,7 +47,8 @@ import numpy as np
 
 import edgevae.runtime as ev
 from edgevae.runtime import container as fmt
-from edgevae.runtime.codec import Codec, describe, load_tables
+from edgevae.runtime.codec import Codec, LosslessCodec, describe
+from edgevae.runtime.tables import load_tables
 from edgevae.runtime.errors import EdgeVAEError
 
 RAW_KINDS = ("bit_flip", "byte_set", "truncate", "extend", "insert", "delete", "splice", "random_bytes")
@@ -70,8 +71,8 @@ def specimens(codec: Codec, seed: int) -> list[tuple[bytes, np.ndarray]]:
     made = [codec.compress(images[0], quality) for quality in codec.qualities]
     made += [codec.compress(images[1:3]), codec.compress(images[2:12], codec.qualities[-1])]
     many = codec.model.sample(70, seed=seed + 1)
-    made += [codec.compress(images[0], lossless=True), codec.compress(images[4:12], lossless=True),
-             codec.compress(many, lossless=True)]
+    lossless = LosslessCodec(codec.model)
+    made += [lossless.compress(images[0]), lossless.compress(images[4:12]), lossless.compress(many)]
     return [(data, codec.decompress(data)) for data in made]
 
 

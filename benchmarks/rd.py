@@ -211,7 +211,7 @@ def speed(codec: Any, images: np.ndarray, repeats: int, model_path: str, threads
     t_decompress = best_time(lambda: codec.decompress(data), repeats)
     mean, _ = codec.model.encode(images)
     table = codec.tables.default
-    from edgevae.runtime.codec import decode_payloads, encode_payloads
+    from edgevae.runtime.rangecode import decode_payloads, encode_payloads
 
     t_encoder = best_time(lambda: codec.model.encode(images), repeats)
     t_entropy_enc = best_time(lambda: encode_payloads(table, mean), repeats)

@@ -3,8 +3,9 @@
     >>> import edgevae.runtime as ev
     >>> model = ev.load()                  # the shipped Fashion-MNIST model
     >>> images = model.sample(16, seed=0)  # uint8 (16, 1, 28, 28)
-    >>> codec = ev.Codec(model)            # lossy compression to .evz containers
+    >>> codec = ev.open_codec("lossy")     # the shipped codec bundle (or "lossless": exact pixels)
     >>> images = codec.decompress(codec.compress(images, quality="balanced"))
+    >>> ev.codec_for_container(data).decompress(data)   # the shipped bundle that made ``data``
 
 Names are imported on first use (PEP 562), so ``edgevae --help`` and other light commands
 do not pay for numpy and onnxruntime.
@@ -23,7 +24,10 @@ _LAZY = {
     "EdgeVAE": "edgevae.runtime.model",
     "MixtureParams": "edgevae.runtime.model",
     "Codec": "edgevae.runtime.codec",
+    "LosslessCodec": "edgevae.runtime.codec",
     "ContainerInfo": "edgevae.runtime.codec",
+    "open_codec": "edgevae.runtime.selection",
+    "codec_for_container": "edgevae.runtime.selection",
 }
 
 __all__ = ["EdgeVAEError", "InputError", "OutputError", "BundleError", "ContainerError", *_LAZY]

@@ -289,11 +289,10 @@ STDIO = "-"
 
 
 def _quality_help() -> str:
-    from edgevae.runtime.container import DEFAULT_QUALITY, QUALITY_LEVELS
+    from edgevae.runtime.quality import QUALITY_LEVELS, describe_levels
 
-    names = ", ".join(f"{q.name} (default)" if q.name == DEFAULT_QUALITY else q.name for q in QUALITY_LEVELS)
-    return (f"Quality level, smallest files first: {names}; or its index 0..{len(QUALITY_LEVELS) - 1}. "
-            "'edgevae info' lists the model's own levels.")
+    return (f"Quality level, smallest files first: {describe_levels()}; or its index 0..{len(QUALITY_LEVELS) - 1}. "
+            "A bundle may define its own levels: 'edgevae info' lists them.")
 
 
 def _read_bytes(source: str) -> bytes:
@@ -392,39 +391,29 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
       edgevae compress photos/ -o evz/ --split                evz/NAME.evz per image
       edgevae compress scans/ -o scans.evz --lossless         exact pixels back
     """
-    from edgevae.runtime.codec import Codec
-    from edgevae.runtime.errors import OutputError
+    from pathlib import Path
+
+    from edgevae.runtime.errors import InputError, OutputError
     from edgevae.runtime.outputs import atomic_write_bytes, check_target
+    from edgevae.runtime.selection import open_codec
 
     if split and out == STDIO:
         raise OutputError("--split writes a folder of .evz files; it cannot write to stdout")
     if lossless and quality is not None:
-        from edgevae.runtime.errors import InputError
-
         raise InputError("--quality does not apply to --lossless (lossless keeps every pixel)")
-    if not split and out != STDIO:
-        # Fail before the work, not after it.
-        from pathlib import Path
-
+    if not split and out != STDIO:  # fail before the work, not after it
         if Path(out).is_dir():
             raise OutputError(f"{out}: is a folder; pass --split to write one .evz per image into it")
         check_target(Path(out), force)
-    if model_path is None and not lossless:
-        from edgevae.runtime.bundle import default_codec_bundle_path
-
-        model_path = str(default_codec_bundle_path())
-    # Lossless coding runs its own parallel lanes: one onnxruntime thread each unless asked otherwise.
-    model = _load(model_path, threads or (1 if lossless else None))
-    codec = Codec(model)
-    table = None if lossless else codec.tables.lookup(quality)
-    level = "lossless" if table is None else table.name
-    images, names = _gather(inputs, model.image_shape, resize)
+    codec = open_codec("lossless" if lossless else "lossy", model_path, threads)
+    options = {} if lossless else {"quality": codec.tables.lookup(quality).index}
+    level = "lossless" if lossless else codec.tables.lookup(quality).name
+    images, names = _gather(inputs, codec.model.image_shape, resize)
     with _progress(len(images), "compressing") as progress:
-        index = None if table is None else table.index
         if split:
-            containers = codec.compress_each(images, quality=index, progress=progress, lossless=lossless)
+            containers = codec.compress_each(images, progress=progress, **options)
         else:
-            containers = [codec.compress(images, quality=index, progress=progress, lossless=lossless)]
+            containers = [codec.compress(images, progress=progress, **options)]
     total = sum(len(c) for c in containers)
     if split:
         paths = _write_split(containers, out, names, force)
@@ -434,7 +423,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
         paths = [STDIO]
     else:
         paths = [str(atomic_write_bytes(out, containers[0], force))]
-    bpp = _bits_per_pixel(total, len(images), model.image_shape)
+    bpp = _bits_per_pixel(total, len(images), codec.model.image_shape)
     summary = {"command": "compress", "count": len(images), "bytes": total, "bytes_per_image": total / len(images),
                "bits_per_pixel": bpp, "quality": level, "lossless": lossless, "outputs": paths}
     how = "losslessly" if lossless else f"at quality {level}"
@@ -469,16 +458,14 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
     from edgevae.runtime.errors import InputError
     from edgevae.runtime.images import grid
     from edgevae.runtime.outputs import png_bytes
+    from edgevae.runtime.selection import codec_for_container
 
     if indices and len(inputs) != 1:
         raise InputError("--index selects images of one container; give a single input")
     blobs = [_read_bytes(item) for item in inputs]
-    headers = [read_header(blob)[0] for blob in blobs]
-    counts = [header.count for header in headers]
-    # Lossless decoding runs its own parallel lanes: one onnxruntime thread each unless asked otherwise.
-    lossless = all(header.mode_name == "lossless" for header in headers)
-    loaded: dict[str, Any] = {}
-    codecs = [_codec_for(blob, model_path, threads or (1 if lossless else None), loaded) for blob in blobs]
+    cache: dict[str, Any] = {}
+    codecs = [codec_for_container(blob, model_path, threads, cache) for blob in blobs]
+    counts = [read_header(blob)[0].count for blob in blobs]
     model = codecs[0].model
     parts, names = [], []
     with _progress(len(indices) or sum(counts), "decompressing") as progress:
@@ -503,67 +490,39 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
                err=out == STDIO)
 
 
-def _container_model(data: bytes, model_path: str | None) -> str | None:
-    """--model / $EDGEVAE_MODEL if given, else the shipped bundle that made container ``data``
-    (None: the default bundle, which then reports the mismatch)."""
-    if model_path is not None:
-        return model_path
-    from edgevae.runtime.codec import shipped_bundle_for
-
-    shipped = shipped_bundle_for(data)
-    return str(shipped.path) if shipped else None
-
-
-def _codec_for(data: bytes, model_path: str | None, threads: int | None, loaded: dict[str, Any]) -> Any:
-    """The Codec to decode container ``data``: --model / $EDGEVAE_MODEL if given, else the shipped
-    bundle that made it (found by fingerprint), else the default bundle. ``loaded`` caches one
-    Codec per bundle across the containers of one command."""
-    from edgevae.runtime.codec import Codec
-
-    model_path = _container_model(data, model_path)
-    key = model_path or ""
-    if key not in loaded:
-        loaded[key] = Codec(_load(model_path, threads))
-    return loaded[key]
-
-
 def _describe_container(source: str, model_path: str | None, as_json: bool) -> None:
-    """``edgevae info IN.evz``: the container's header, checked against the model if one is available."""
-    from edgevae.runtime.bundle import read_bundle
-    from edgevae.runtime.codec import describe, load_tables
-    from edgevae.runtime.errors import BundleError
+    """``edgevae info IN.evz``: the container's header, checked against the bundle that made it.
+
+    Exit code 2 after the description when no bundle can vouch for the container.
+    """
+    from edgevae.runtime.errors import ContainerError
+    from edgevae.runtime.selection import inspect_container, unvouched
 
     data = _read_bytes(source)
-    bundle = tables = None
-    note = ""
-    model_path = _container_model(data, model_path)
-    try:
-        bundle = read_bundle(model_path)
-        tables = load_tables(bundle)
-    except BundleError as e:
-        if model_path is not None and bundle is None:
-            raise  # an explicitly named bundle must load
-        note = str(e)
-    info = describe(data, bundle, tables)
+    info, bundle = inspect_container(data, model_path)
     if as_json:
         click.echo(json.dumps({"path": source, **info.to_dict(), "model": str(bundle.path) if bundle else None}))
-        return
-    quality = f"{info.quality_index}" + (f" ({info.quality})" if info.quality else "")
-    quality = "" if info.mode == "lossless" else f", quality {quality}"
-    lines = [
-        f"container   {source}: {info.count} image(s), {info.bytes} bytes"
-        + (f", {info.bits_per_pixel:.3f} bits/pixel" if info.bits_per_pixel is not None else ""),
-        f"format      edgevae container version {info.version}, {info.mode}{quality}",
-        f"payload     {info.payload_bytes} bytes entropy-coded + {info.overhead_bytes} bytes of header, "
-        f"lengths and checksum",
-    ]
-    if bundle is None:
-        lines.append(f"model       fingerprint {info.fingerprint_prefix}.. (no model to check against: {note})")
-    elif info.model_matches:
-        shape = "x".join(map(str, info.image_shape or ()))
-        lines.append(f"model       {bundle.name} ({bundle.path}): fingerprint matches, checksum ok")
-        lines.append(f"images      {shape} (C x H x W)")
     else:
-        lines.append(f"model       made by another model (fingerprint {info.fingerprint_prefix}.., "
-                     f"{bundle.name} is {bundle.fingerprint.hex()[0]}..): pass --model to check it")
-    click.echo("\n".join(lines))
+        quality = f"{info.quality_index}" + (f" ({info.quality})" if info.quality else "")
+        quality = "" if info.mode == "lossless" else f", quality {quality}"
+        lines = [
+            f"container   {source}: {info.count} image(s), {info.bytes} bytes"
+            + (f", {info.bits_per_pixel:.3f} bits/pixel" if info.bits_per_pixel is not None else ""),
+            f"format      edgevae container version {info.version}, {info.mode}{quality}",
+            f"payload     {info.payload_bytes} bytes entropy-coded + {info.overhead_bytes} bytes of header, "
+            f"lengths and checksum",
+        ]
+        if bundle is None:
+            lines.append(f"model       fingerprint {info.fingerprint_prefix}.. (no shipped bundle made it)")
+        elif info.model_matches:
+            shape = "x".join(map(str, info.image_shape or ()))
+            lines.append(f"model       {bundle.name} ({bundle.path}): fingerprint matches, checksum ok")
+            lines.append(f"images      {shape} (C x H x W)")
+        else:
+            lines.append(f"model       not {bundle.name}: fingerprint {info.fingerprint_prefix}.., "
+                         f"{bundle.name} is {bundle.fingerprint.hex()[0]}..")
+        click.echo("\n".join(lines))
+    if not info.vouched:
+        raise unvouched(data) if bundle is None else ContainerError(
+            f"container was made by another model than {bundle.name} (fingerprint {info.fingerprint_prefix}..) "
+            "or is damaged; pass the bundle that made it with --model")

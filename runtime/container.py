@@ -26,11 +26,9 @@ against the bytes actually present before anything is built from it.
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Sequence
 
 from edgevae.runtime.errors import ContainerError
 
@@ -101,65 +99,13 @@ MAX_ALPHABET = 4096
 #: Escaped symbols are coded uniformly over 2**ESCAPE_BITS values (integer-exact in constriction).
 ESCAPE_BITS = 20
 #: constriction's RangeEncoder/RangeDecoder (default preset): 32-bit words, read big-endian from the
-#: payload (zero-padded), and 24-bit probability precision.
+#: payload (zero-padded).
 WORD_BYTES = 4
-CONSTRICTION_PRECISION = 24
 
 #: Identifies a bundle's codec.json and its version.
 TABLES_FORMAT = "edgevae-codec-tables"
 TABLES_VERSION = 1
 TABLES_FILE = "codec.json"
-
-
-# -- quality levels ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QualityLevel:
-    """One quality level fitted at export: its name and its step as a multiple of the posterior std.
-
-    A container stores the level's index into its bundle's ``codec.json``; the names below
-    are what export writes there. (A future quality could name another bundle, trained for
-    another rate-distortion trade-off: the container's fingerprint already says which bundle
-    made it.)
-    """
-
-    name: str
-    step_factor: float
-    description: str
-
-
-#: Quality levels fitted into every bundle, smallest files first. The step of latent dimension
-#: d is ``step_factor * median posterior std of d``. Quantization noise of a step s has std
-#: s / sqrt(12), so the balanced factor 3.5 (~sqrt(12)) adds about as much noise to the latents
-#: as the VAE was trained to tolerate; much finer steps buy almost no PSNR (the decoder was
-#: trained on latents that noisy), coarser ones trade PSNR for bytes.
-QUALITY_LEVELS: tuple[QualityLevel, ...] = (
-    QualityLevel("smallest", 8.0, "fewest bytes; visibly blurrier than the model's best"),
-    QualityLevel("small", 5.0, "small files, slight loss against the model's best"),
-    QualityLevel("balanced", 3.5, "default: quantization noise about the posterior's own"),
-    QualityLevel("high", 2.5, "close to the model's best reconstruction"),
-    QualityLevel("best", 1.5, "closest to the model's own reconstruction, largest files"),
-)
-#: The quality used when none is asked for.
-DEFAULT_QUALITY = "balanced"
-
-
-def quality_levels(step_factors: Sequence[float] | None = None) -> tuple[QualityLevel, ...]:
-    """:data:`QUALITY_LEVELS` with other step factors (``None``: the standard ones).
-
-    A bundle whose posteriors are narrow for its decoder (a codec bundle trained with a
-    distortion term) reaches its best PSNR with coarser steps; its export picks its own factors.
-    ValueError unless there is one positive factor per level, strictly decreasing.
-    """
-    if step_factors is None:
-        return QUALITY_LEVELS
-    factors = [float(f) for f in step_factors]
-    if len(factors) != len(QUALITY_LEVELS):
-        raise ValueError(f"need {len(QUALITY_LEVELS)} step factors (one per quality level), got {len(factors)}")
-    if not all(math.isfinite(f) and f > 0 for f in factors) or any(a <= b for a, b in zip(factors, factors[1:])):
-        raise ValueError("step factors must be positive and strictly decreasing (smallest files first)")
-    return tuple(QualityLevel(level.name, f, level.description) for level, f in zip(QUALITY_LEVELS, factors))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ import edgevae.runtime as ev
 from conftest import synthetic_images, write_pngs
 from edgevae.runtime import codec as C
 from edgevae.runtime import container as fmt
+from edgevae.runtime import quality as Q
+from edgevae.runtime import rangecode as R
+from edgevae.runtime import selection as S
+from edgevae.runtime import tables as T
 from edgevae.runtime.bundle import read_bundle, sha256_file
 from edgevae.runtime.errors import BundleError, ContainerError, EdgeVAEError, InputError
 from test_cli import assert_clean_error, edgevae, files_under
@@ -45,7 +49,7 @@ def active_bundle(tiny_bundle: Path, image_folder: Path, tiny_model: ev.EdgeVAE,
     shutil.copytree(tiny_bundle, bundle)
     means, _ = tiny_model.encode(read_images([image_folder], tiny_model.image_shape)[0])
     narrow = np.full_like(means, 2 * np.log(means.std(0).mean() / 20))
-    tables = C.fit_tables(means, narrow, source={"data": "tiny image_folder, narrowed posteriors"})
+    tables = T.fit_tables(means, narrow, source={"data": "tiny image_folder, narrowed posteriors"})
     (bundle / fmt.TABLES_FILE).write_text(json.dumps(tables))
     manifest = json.loads((bundle / "model.json").read_text())
     manifest["codec"]["sha256"] = sha256_file(bundle / fmt.TABLES_FILE)
@@ -73,7 +77,7 @@ def expected_latents(codec: C.Codec, images: np.ndarray, quality: str | int | No
     """What the decoder must see: the posterior means, quantized on the level's grid."""
     table = codec.tables.lookup(quality)
     mean, _ = codec.model.encode(images)
-    return C.dequantize(C.quantize(mean, table.steps), table.steps)
+    return T.dequantize(T.quantize(mean, table.steps), table.steps)
 
 
 # -- public API ------------------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def test_the_codec_bundle_gives_more_psnr_per_byte(shipped_rd: dict) -> None:
 
 def test_fit_tables_are_integer_and_normalized(tiny_bundle: Path) -> None:
     tables = json.loads((tiny_bundle / fmt.TABLES_FILE).read_text())
-    assert [q["name"] for q in tables["qualities"]] == [level.name for level in fmt.QUALITY_LEVELS]
+    assert [q["name"] for q in tables["qualities"]] == [level.name for level in Q.QUALITY_LEVELS]
     for q in tables["qualities"]:
         freqs = np.array(q["frequencies"])
         assert freqs.dtype.kind == "i" and freqs.min() >= 1
@@ -291,14 +295,14 @@ def test_unused_dimensions_cost_nothing() -> None:
     means[:, :3] = rng.standard_normal((n, 3))
     logvars[:, :3] = np.log(0.1**2)
     means[:, 3:] = 0.01 * rng.standard_normal((n, 3))
-    tables = C.fit_tables(means, logvars)
-    table = C.parse_tables(json.dumps(tables), d).lookup("balanced")
+    tables = T.fit_tables(means, logvars)
+    table = T.parse_tables(json.dumps(tables), d).lookup("balanced")
     # Code length of the dimension's usual symbol (its centre, table index 0).
     bits = -np.log2(table.frequencies[:, 0] / (1 << fmt.FREQUENCY_BITS))
     assert (bits[3:] < 0.01).all() and (bits[:3] > 1).all(), bits
     # The same holds for the real coded size: three active dimensions, three free ones.
-    payloads = C.encode_payloads(table, means[:500])
-    active_only = C.encode_payloads(table, np.concatenate([means[:500, :3], np.zeros((500, 3))], 1))
+    payloads = R.encode_payloads(table, means[:500])
+    active_only = R.encode_payloads(table, np.concatenate([means[:500, :3], np.zeros((500, 3))], 1))
     assert abs(np.mean([len(p) for p in payloads]) - np.mean([len(p) for p in active_only])) < 0.05
 
 
@@ -312,8 +316,8 @@ def test_escapes_and_clamp_round_trip(codec: C.Codec) -> None:
     means[2, 1] = 1e6  # clamped to +16
     _, u = table.symbols(means)
     assert (u >= table.escape).any()
-    latents = C.decode_payloads(table, C.encode_payloads(table, means))
-    assert np.array_equal(latents, C.dequantize(C.quantize(means, table.steps), table.steps))
+    latents = R.decode_payloads(table, R.encode_payloads(table, means))
+    assert np.array_equal(latents, T.dequantize(T.quantize(means, table.steps), table.steps))
     assert latents[2, 1] == pytest.approx(16, abs=float(table.steps[1]) / 2**16)
 
 
@@ -321,14 +325,14 @@ def test_random_symbols_round_trip_and_payloads_are_canonical(codec: C.Codec) ->
     """Many random messages, including near-empty ones: decode exactly, never end in 0x00."""
     rng = np.random.default_rng(2)
     for table in codec.tables.qualities:
-        centers = C.dequantize(table.centers, table.steps)
+        centers = T.dequantize(table.centers, table.steps)
         means = np.where(rng.random((300, len(centers))) < 0.5, centers, rng.normal(0, 2, (300, len(centers))))
-        payloads = C.encode_payloads(table, means.astype(np.float32))
+        payloads = R.encode_payloads(table, means.astype(np.float32))
         assert all(not p or p[-1] != 0 for p in payloads)
-        assert np.array_equal(C.decode_payloads(table, payloads),
-                              C.dequantize(C.quantize(means.astype(np.float32), table.steps), table.steps))
-    assert min(len(p) for p in C.encode_payloads(codec.tables.qualities[0], np.tile(
-        C.dequantize(codec.tables.qualities[0].centers, codec.tables.qualities[0].steps), (2, 1)))) <= 1
+        assert np.array_equal(R.decode_payloads(table, payloads),
+                              T.dequantize(T.quantize(means.astype(np.float32), table.steps), table.steps))
+    assert min(len(p) for p in R.encode_payloads(codec.tables.qualities[0], np.tile(
+        T.dequantize(codec.tables.qualities[0].centers, codec.tables.qualities[0].steps), (2, 1)))) <= 1
 
 
 #: A hand-written table and the payloads version 1 of the format gives for GOLDEN_MEANS. If this
@@ -343,23 +347,23 @@ GOLDEN_PAYLOADS = ["", "ea0aa0d1", "fffed3bae17fe3", "bb0961e1", "ffeb111e2c"]
 
 
 def test_golden_payloads() -> None:
-    table = C.QualityTable(0, GOLDEN_TABLE, 3, "golden")
+    table = T.QualityTable(0, GOLDEN_TABLE, 3, "golden")
     means = np.array(GOLDEN_MEANS, np.float32)
     index, u = table.symbols(means)
     assert (index == table.escape).sum() == 5  # symbols with zigzag index >= 4 are escaped
-    assert [p.hex() for p in C.encode_payloads(table, means)] == GOLDEN_PAYLOADS
-    assert C.decode_payloads(table, [bytes.fromhex(p) for p in GOLDEN_PAYLOADS]).tolist() == GOLDEN_MEANS
+    assert [p.hex() for p in R.encode_payloads(table, means)] == GOLDEN_PAYLOADS
+    assert R.decode_payloads(table, [bytes.fromhex(p) for p in GOLDEN_PAYLOADS]).tolist() == GOLDEN_MEANS
 
 
 def test_quantization_uses_exact_integers() -> None:
     steps = np.array([16, 65536, 3 * 4096])
     means = np.array([[0.00048828125, 2.5, -0.3749999]], dtype=np.float32)  # 2**-11 = 2 steps of 2**-12
-    k = C.quantize(means, steps)
+    k = T.quantize(means, steps)
     assert k.tolist() == [[2, 2, -2]]  # rint(2.5) is 2: half to even
-    z = C.dequantize(k, steps)
+    z = T.dequantize(k, steps)
     assert z.dtype == np.float32 and z.tolist() == [[2**-11, 2.0, -0.375]]
-    assert C.unzigzag(C.zigzag(np.arange(-5, 6))).tolist() == list(range(-5, 6))
-    assert C.zigzag(np.array([0, -1, 1, -2, 2])).tolist() == [0, 1, 2, 3, 4]
+    assert T.unzigzag(T.zigzag(np.arange(-5, 6))).tolist() == list(range(-5, 6))
+    assert T.zigzag(np.array([0, -1, 1, -2, 2])).tolist() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("edit, phrase", [
@@ -380,9 +384,9 @@ def test_bad_tables_are_refused(tiny_bundle: Path, edit, phrase: str) -> None:
     tables = json.loads((tiny_bundle / fmt.TABLES_FILE).read_text())
     edit(tables)
     with pytest.raises(BundleError, match=re.escape(phrase)):
-        C.parse_tables(json.dumps(tables), 8)
+        T.parse_tables(json.dumps(tables), 8)
     with pytest.raises(BundleError, match="unreadable"):
-        C.parse_tables("{not json", 8)
+        T.parse_tables("{not json", 8)
 
 
 def copy_bundle(bundle: Path, target: Path) -> Path:
@@ -412,12 +416,14 @@ def test_tampered_or_missing_tables(tiny_bundle: Path, tmp_path: Path) -> None:
 def test_refitted_tables_change_the_fingerprint(tiny_bundle: Path, tiny_model: ev.EdgeVAE, tmp_path: Path,
                                                 images: np.ndarray) -> None:
     """codec-tables (re)writes codec.json; containers of the old tables no longer decode."""
-    from edgevae.training.export import add_codec_tables
+    from edgevae.training.codec_tables import add_codec_tables
 
     codec = ev.Codec(tiny_model)
     other = copy_bundle(tiny_bundle, tmp_path / "refit")
     tables = json.loads((other / fmt.TABLES_FILE).read_text())
-    tables["qualities"][0]["description"] = "edited"  # any change of the file is a new model identity
+    # Any change of the file is a new model identity; a refit recomputes this fitted statistic (the
+    # levels' names, factors and descriptions are the bundle's own and are kept).
+    tables["qualities"][0]["train_bits_per_image"] += 1
     (other / fmt.TABLES_FILE).write_text(json.dumps(tables))
     manifest = json.loads((other / "model.json").read_text())
     manifest["codec"]["sha256"] = sha256_file(other / fmt.TABLES_FILE)
@@ -689,7 +695,11 @@ def test_cli_info_lists_qualities_and_foreign_containers(active_bundle: Path, sp
     foreign = specimens[1][:2] + bytes([specimens[1][2] ^ 0x0F]) + specimens[1][3:]
     (tmp_path / "f.evz").write_bytes(foreign)
     done = edgevae("runner", "info", tmp_path / "f.evz", "--model", active_bundle, "--json")
-    assert done.code == 0 and json.loads(done.stdout)["model_matches"] is False
+    # Described, but info cannot vouch for it: exit 2 with one line naming both causes and the fix.
+    assert done.code == 2 and json.loads(done.stdout)["model_matches"] is False
+    assert json.loads(done.stdout)["vouched"] is False
+    assert done.stderr.count("\n") == 1 and "another model" in done.stderr and "damaged" in done.stderr
+    assert "--model" in done.stderr
 
 
 def test_cli_decodes_each_container_with_the_shipped_bundle_that_made_it(active_bundle: Path, png_folder: Path,
@@ -728,7 +738,7 @@ def test_cli_compress_defaults_to_the_codec_bundle_and_lossless_to_the_model(tmp
                              ("hq", ("--model", "fashion-mnist-codec-hq", "--quality", "best"), None)):
         done = edgevae("runner", "compress", tmp_path / "x.npy", "-o", tmp_path / f"{name}.evz", *extra, env=env)
         assert done.code == 0, done
-        made[name] = C.shipped_bundle_for((tmp_path / f"{name}.evz").read_bytes()).path
+        made[name] = S.shipped_bundle_for((tmp_path / f"{name}.evz").read_bytes()).path
     assert made == {"lossy": DEFAULT_CODEC_BUNDLE, "exact": DEFAULT_BUNDLE,
                     "int8": DEFAULT_BUNDLE.parent / "fashion-mnist-int8", "hq": HQ_CODEC_BUNDLE}
     # `edgevae info` names every shipped bundle and which one compress uses.
@@ -765,12 +775,12 @@ def test_codec_tables_step_factors(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     result = CliRunner().invoke(train_cli, ["codec-tables", str(bundle), "--step-factors", "16,10,6,4,2.5"])
     assert result.exit_code == 0, result.output
-    assert C.bundle_step_factors(read_bundle(bundle)) == [16, 10, 6, 4, 2.5]
+    assert T.bundle_step_factors(read_bundle(bundle)) == [16, 10, 6, 4, 2.5]
     assert "step x16" in result.stdout
     assert read_bundle(bundle).fingerprint != read_bundle(tiny_bundle).fingerprint
     # A refit without the option keeps the bundle's own levels.
     assert CliRunner().invoke(train_cli, ["codec-tables", str(bundle)]).exit_code == 0
-    assert C.bundle_step_factors(read_bundle(bundle)) == [16, 10, 6, 4, 2.5]
+    assert T.bundle_step_factors(read_bundle(bundle)) == [16, 10, 6, 4, 2.5]
     before = (bundle / fmt.TABLES_FILE).read_bytes()
     for bad, phrase in (("8,5,3", "need 5 step factors"), ("8,5,5,2,1", "strictly decreasing"),
                         ("8,5,3,2,0", "positive"), ("8,x,3,2,1", "not a list of numbers")):
@@ -781,13 +791,13 @@ def test_codec_tables_step_factors(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_quality_levels() -> None:
-    assert fmt.quality_levels(None) == fmt.QUALITY_LEVELS
-    levels = fmt.quality_levels([9, 7, 5, 3, 1])
-    assert [q.name for q in levels] == [q.name for q in fmt.QUALITY_LEVELS]
+    assert Q.quality_levels(None) == Q.QUALITY_LEVELS
+    levels = Q.quality_levels([9, 7, 5, 3, 1])
+    assert [q.name for q in levels] == [q.name for q in Q.QUALITY_LEVELS]
     assert [q.step_factor for q in levels] == [9, 7, 5, 3, 1]
     for bad in ([1, 2, 3, 4, 5], [5, 4, 3, 2], [5, 4, 3, 2, float("nan")], [5, 4, 3, 2, -1]):
         with pytest.raises(ValueError):
-            fmt.quality_levels(bad)
+            Q.quality_levels(bad)
 
 
 # -- fuzzing ---------------------------------------------------------------------------------------

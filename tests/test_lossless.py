@@ -346,9 +346,14 @@ def codec(model: ev.EdgeVAE) -> ev.Codec:
     return ev.Codec(model)
 
 
-def test_codec_lossless_round_trip(codec: ev.Codec) -> None:
+@pytest.fixture(scope="module")
+def lossless(model: ev.EdgeVAE) -> ev.LosslessCodec:
+    return ev.LosslessCodec(model)
+
+
+def test_codec_lossless_round_trip(codec: ev.Codec, lossless: ev.LosslessCodec) -> None:
     images = np.concatenate([synthetic_images(40, seed=31), ood_images()["drawn digits"]])
-    data = codec.compress(images, lossless=True)
+    data = lossless.compress(images)
     info = codec.describe(data)
     assert info.mode == "lossless" and info.count == len(images) and info.checksum_ok
     np.testing.assert_array_equal(codec.decompress(data), images)
@@ -359,25 +364,28 @@ def test_codec_lossless_round_trip(codec: ev.Codec) -> None:
     assert not np.array_equal(codec.decompress(lossy), images)
 
 
-def test_codec_lossless_one_container_per_image(codec: ev.Codec) -> None:
+def test_codec_lossless_one_container_per_image(codec: ev.Codec, lossless: ev.LosslessCodec) -> None:
     images = synthetic_images(3, seed=32)
-    containers = codec.compress_each(images, lossless=True)
+    containers = lossless.compress_each(images)
     assert len(containers) == 3
     for image, data in zip(images, containers):
         assert codec.describe(data).count == 1
         np.testing.assert_array_equal(codec.decompress(data)[0], image)
 
 
-def test_codec_lossless_refuses_a_quality_and_no_images(codec: ev.Codec) -> None:
-    with pytest.raises(InputError, match="quality"):
-        codec.compress(synthetic_images(2), quality=codec.qualities[0], lossless=True)
+def test_codec_lossless_refuses_a_quality_and_no_images(codec: ev.Codec, lossless: ev.LosslessCodec) -> None:
+    with pytest.raises(TypeError, match="quality"):  # a lossless codec has no quality to pass
+        lossless.compress(synthetic_images(2), quality=codec.qualities[0])  # type: ignore[call-arg]
     with pytest.raises(InputError, match="no images"):
-        codec.compress(np.zeros((0, 1, 28, 28), np.uint8), lossless=True)
+        lossless.compress(np.zeros((0, 1, 28, 28), np.uint8))
+    with pytest.raises(InputError, match="no images"):
+        lossless.compress_each(np.zeros((0, 1, 28, 28), np.uint8))
 
 
-def test_codec_lossless_damage_is_an_error(codec: ev.Codec) -> None:
+def test_codec_lossless_damage_is_an_error(lossless: ev.LosslessCodec) -> None:
+    codec = lossless
     images = synthetic_images(12, seed=33)
-    data = codec.compress(images, lossless=True)
+    data = lossless.compress(images)
     for pos in (0, 2, 3, len(data) // 2, len(data) - 5, len(data) - 1):
         damaged = bytearray(data)
         damaged[pos] ^= 0x10
@@ -424,9 +432,9 @@ def test_a_one_component_bundle_round_trips_losslessly() -> None:
 
     model = ev.load(DEFAULT_CODEC_BUNDLE)
     assert model.bundle.components == 1
-    codec = ev.Codec(model)
+    codec = ev.LosslessCodec(model)
     x = np.concatenate([load_fashion_mnist().test[:40], synthetic_images(8, seed=21)])
-    data = codec.compress(x, lossless=True)
+    data = codec.compress(x)
     assert np.array_equal(codec.decompress(data), x)
     assert np.array_equal(codec.decompress(data, indices=[41]), x[41:42])
     assert 2.0 < 8 * len(data) / x.size < 4.5

@@ -1,0 +1,158 @@
+"""Which bundle and which codec do a job: per mode for compressing, per container for decoding.
+
+Model resolution itself (argument, then ``$EDGEVAE_MODEL``, then the shipped default) lives in
+runtime/bundle.py; this module adds the two choices that depend on the job, so that an app
+embedding the API makes them exactly as ``edgevae compress`` / ``decompress`` / ``info`` do:
+
+- a mode's default bundle: lossy coding uses the shipped codec bundle (trained for PSNR per
+  byte), lossless the default model (trained for likelihood, which is what bits-back spends);
+- a container's bundle: the one named by the caller or ``$EDGEVAE_MODEL``, else the shipped
+  bundle whose fingerprint made it (containers record it), else none that can vouch for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+from edgevae.runtime import container as fmt
+from edgevae.runtime.bundle import (
+    MODEL_ENV,
+    Bundle,
+    default_bundle_path,
+    default_codec_bundle_path,
+    read_manifest,
+    shipped_bundles,
+)
+from edgevae.runtime.codec import CODECS, Codec, ContainerInfo, LosslessCodec, describe
+from edgevae.runtime.errors import BundleError, ContainerError, InputError
+
+if TYPE_CHECKING:
+    from edgevae.runtime.codec import _ContainerCodec
+
+ModelRef = Union[str, "os.PathLike[str]", None]
+AnyCodec = Union[Codec, LosslessCodec]
+
+
+def default_bundle_for(mode: str) -> Path:
+    """The shipped bundle that codes ``mode`` ("lossy" or "lossless") when none is named."""
+    if mode not in CODECS:
+        raise InputError(f"unknown compression mode {mode!r}; choose one of: {', '.join(CODECS)}")
+    return default_codec_bundle_path() if mode == Codec.mode else default_bundle_path()
+
+
+def _named(model: ModelRef) -> ModelRef:
+    """The caller's model, else ``$EDGEVAE_MODEL``, else None."""
+    return model if model is not None else (os.environ.get(MODEL_ENV) or None)
+
+
+def open_codec(mode: str = "lossy", model: ModelRef = None, threads: int | None = None) -> AnyCodec:
+    """The codec that compresses in ``mode``: the named bundle (or ``$EDGEVAE_MODEL``), else the mode's default.
+
+    ``threads`` defaults to the codec's own choice (lossless runs its own parallel lanes, one
+    onnxruntime thread each).
+    """
+    from edgevae.runtime.model import load
+
+    default = default_bundle_for(mode)
+    codec_class = CODECS[mode]
+    chosen = _named(model)
+    loaded = load(chosen if chosen is not None else default,
+                  threads=threads if threads is not None else codec_class.default_threads)
+    return codec_class(loaded)  # type: ignore[return-value]
+
+
+def shipped_bundle_for(data: bytes) -> Bundle | None:
+    """The shipped bundle whose fingerprint made container ``data`` (prefix and checksum match), or None.
+
+    Only manifests are read (the fingerprint comes from them); load the result to verify its files.
+    None also for a container too damaged to parse: decoding it then reports what is wrong.
+    """
+    try:
+        parsed = fmt.parse(data)
+    except ContainerError:
+        return None
+    for folder in shipped_bundles().values():
+        try:
+            bundle = read_manifest(folder)
+        except BundleError:
+            continue
+        if parsed.header.fingerprint_prefix != fmt.fingerprint_prefix(bundle.fingerprint):
+            continue
+        try:
+            parsed.verify(bundle.fingerprint, bundle.image_shape)
+        except ContainerError:
+            continue
+        return bundle
+    return None
+
+
+def unvouched(data: bytes) -> ContainerError:
+    """The error for a container that no named or shipped bundle can vouch for: damaged, or made
+    by a bundle that is not shipped. Names both, and the fix."""
+    try:
+        header = fmt.parse(data).header
+    except ContainerError as e:
+        return e
+    return ContainerError(
+        f"container was made by another model that is not shipped (fingerprint {header.fingerprint_prefix:x}..), "
+        "or it is damaged; if you made it with your own bundle, pass that bundle with --model"
+    )
+
+
+def bundle_for_container(data: bytes, model: ModelRef = None) -> ModelRef:
+    """The bundle to decode container ``data`` with: ``model`` or ``$EDGEVAE_MODEL`` if set, else
+    the shipped bundle that made it. ContainerError if none is named and no shipped bundle made it."""
+    chosen = _named(model)
+    if chosen is not None:
+        return chosen
+    shipped = shipped_bundle_for(data)
+    if shipped is None:
+        raise unvouched(data)
+    return shipped.path
+
+
+def codec_for_container(data: bytes, model: ModelRef = None, threads: int | None = None,
+                        cache: dict[str, _ContainerCodec] | None = None) -> AnyCodec:
+    """The codec that decodes container ``data`` (see :func:`bundle_for_container`).
+
+    ``threads`` defaults to the container mode's own choice; ``cache`` (a dict the caller keeps)
+    shares one codec per bundle across the containers of one job.
+    """
+    from edgevae.runtime.model import load
+
+    path = bundle_for_container(data, model)
+    try:
+        mode = fmt.read_header(data)[0].mode_name
+    except ContainerError:
+        mode = Codec.mode  # decoding reports the damage
+    codec_class = LosslessCodec if mode == LosslessCodec.mode else Codec
+    key = f"{path}\0{codec_class.mode}"
+    if cache is not None and key in cache:
+        return cache[key]  # type: ignore[return-value]
+    codec = codec_class(load(path, threads=threads if threads is not None else codec_class.default_threads))
+    if cache is not None:
+        cache[key] = codec
+    return codec  # type: ignore[return-value]
+
+
+def inspect_container(data: bytes, model: ModelRef = None) -> tuple[ContainerInfo, Bundle | None]:
+    """Describe container ``data`` without decoding it, checked against the bundle that should have
+    made it (see :func:`bundle_for_container`); that bundle, or None when no named or shipped
+    bundle can vouch for the container (``info.vouched`` is then False).
+
+    ContainerError if the bytes are not a structurally valid container, or if the bundle's
+    fingerprint prefix matches but the checksum fails; BundleError if a named bundle is broken.
+    """
+    from edgevae.runtime.bundle import read_bundle
+    from edgevae.runtime.tables import load_tables
+
+    chosen = _named(model)
+    if chosen is None:
+        shipped = shipped_bundle_for(data)
+        chosen = shipped.path if shipped is not None else None
+    if chosen is None:
+        return describe(data), None
+    bundle = read_bundle(chosen)
+    return describe(data, bundle, load_tables(bundle) if bundle.codec_path is not None else None), bundle
