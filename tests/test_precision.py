@@ -253,8 +253,8 @@ def test_export_cli_precision(tiny_run: Path, tmp_path: Path) -> None:
 def test_a_variant_keeps_the_fp32_bundles_quality_levels(tiny_bundle: Path, tiny_data, tmp_path: Path) -> None:
     import shutil
 
-    from edgevae.runtime.codec import bundle_step_factors
-    from edgevae.training.export import add_codec_tables
+    from edgevae.runtime.tables import bundle_step_factors
+    from edgevae.training.codec_tables import add_codec_tables
 
     fp32 = tmp_path / "fp32"
     shutil.copytree(tiny_bundle, fp32)

@@ -25,20 +25,25 @@ def _parse_ints(text: str, sep: str, what: str) -> tuple[int, ...]:
 
 
 def _parse_factors(text: str | None) -> tuple[float, ...] | None:
-    """--step-factors: five comma-separated numbers, checked by the codec's quality_levels."""
+    """--step-factors: comma-separated numbers, one per quality level; export checks them against the
+    bundle's levels (runtime/quality.py)."""
     if text is None:
         return None
-    from edgevae.runtime.container import quality_levels
-
     try:
-        factors = tuple(float(part) for part in text.split(","))
+        return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise InputError(f"--step-factors: {text!r} is not a list of numbers") from None
-    try:
-        quality_levels(factors)
-    except ValueError as e:
-        raise InputError(f"--step-factors: {e}") from None
-    return factors
+
+
+def _factors_help(what: str) -> dict[str, str]:
+    """metavar and help of --step-factors, from the standard quality levels (so a new level shows)."""
+    from edgevae.runtime.quality import QUALITY_LEVELS
+
+    names = ",".join(level.name for level in QUALITY_LEVELS)
+    factors = ",".join(f"{level.step_factor:g}" for level in QUALITY_LEVELS)
+    return {"metavar": ",".join("F" for _ in QUALITY_LEVELS),
+            "help": f"Codec quality levels {names}: latent step = factor x median posterior std. {what} "
+                    f"(standard: {factors})."}
 
 
 def threads_option(command: Any) -> Any:
@@ -192,9 +197,8 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the Fashion-MNIST IDX files, for the parity check on real test images.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
-@click.option("--step-factors", default=None, metavar="F,F,F,F,F",
-              help="Codec quality levels smallest..best: latent step = factor x median posterior std. "
-                   "Default 8,5,3.5,2.5,1.5; a codec bundle (trained with --distortion-sigma) needs coarser ones.")
+@click.option("--step-factors", default=None,
+              **_factors_help("A codec bundle (trained with --distortion-sigma) needs coarser ones than the standard"))
 @click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True,
               help="Arithmetic of the graphs: int8 (static QDQ quantization calibrated on training images) "
                    "and fp16 are made from the checked fp32 graphs and checked against them.")
@@ -228,9 +232,8 @@ def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, ste
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the Fashion-MNIST IDX files (as for train).")
-@click.option("--step-factors", default=None, metavar="F,F,F,F,F",
-              help="Quality levels smallest..best as multiples of the median posterior std "
-                   "(default: the bundle's current ones, else 8,5,3.5,2.5,1.5).")
+@click.option("--step-factors", default=None,
+              **_factors_help("Default: the bundle's own levels and factors, else the standard ones"))
 @threads_option
 @guard
 def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None) -> None:
@@ -239,7 +242,7 @@ def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None
     export already writes them; this adds or refits them in place (model.json is updated).
     Containers made with the old tables no longer decode.
     """
-    from edgevae.training.export import add_codec_tables
+    from edgevae.training.codec_tables import add_codec_tables
 
     tables = add_codec_tables(bundle_dir, data_dir=data_dir, step_factors=_parse_factors(step_factors))
     click.echo(f"wrote {bundle_dir}/codec.json: fitted on {tables['fitted_on']['images']} training images")

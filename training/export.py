@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from edgevae.runtime import contract
-from edgevae.runtime.bundle import read_bundle, sha256_file
-from edgevae.runtime.codec import bundle_step_factors, fit_tables
-from edgevae.runtime.container import QUALITY_LEVELS, TABLES_FILE, QualityLevel, quality_levels
-from edgevae.runtime.errors import BundleError, ExportError, InputError, OutputError
+from edgevae.runtime.bundle import sha256_file
+from edgevae.runtime.quality import QUALITY_LEVELS, QualityLevel, quality_levels
+from edgevae.runtime.errors import ExportError, InputError, OutputError
 from edgevae.training import likelihood
 from edgevae.training.model import VAE
+from edgevae.training.codec_tables import write_codec_tables
 from edgevae.training.evaluate import EVALUATION_FILE
 from edgevae.training.train import load_checkpoint, model_from_checkpoint, train_command
 
@@ -206,64 +206,6 @@ def build_manifest(checkpoint: dict[str, Any], evaluation: dict[str, Any] | None
     }
 
 
-#: Images per encoder call while fitting the codec tables.
-CODEC_FIT_BATCH = 256
-
-
-def write_codec_tables(folder: Path, manifest: dict[str, Any], images: np.ndarray,
-                       source: dict[str, Any] | None = None,
-                       levels: Sequence[QualityLevel] = QUALITY_LEVELS) -> dict[str, Any]:
-    """Fit the lossy codec's integer tables on ``images`` (uint8 (N, C, H, W), the training set)
-    with ``folder``'s own encoder.onnx, write ``codec.json`` there and record its sha256 in
-    ``manifest`` (which the caller then writes). Any bundle variant (int8, fp16) must call this
-    with its own graphs in place: the tables belong to the encoder that made them."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(folder / contract.ENCODER.file), providers=["CPUExecutionProvider"])
-    means, logvars = [], []
-    for start in range(0, len(images), CODEC_FIT_BATCH):
-        mean, logvar = session.run(None, {contract.ENCODER.inputs[0].name: images[start : start + CODEC_FIT_BATCH]})
-        means.append(mean)
-        logvars.append(logvar)
-    tables = fit_tables(np.concatenate(means), np.concatenate(logvars), levels=levels, source=source)
-    path = folder / TABLES_FILE
-    path.write_text(json.dumps(tables, separators=(",", ":")) + "\n")
-    manifest["codec"] = {"file": TABLES_FILE, "sha256": sha256_file(path),
-                         "qualities": [q["name"] for q in tables["qualities"]],
-                         "default_quality": tables["default_quality"]}
-    return tables
-
-
-def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None,
-                     step_factors: Sequence[float] | None = None) -> dict[str, Any]:
-    """Fit (or refit) the codec tables of an existing bundle on its training data set.
-
-    ``step_factors`` (one per quality level) default to the bundle's current ones, else the
-    standard ones. The data set is the one recorded in the manifest; ``codec.json`` is written,
-    then ``model.json`` is replaced atomically. Containers made with the old tables no longer
-    decode (the bundle fingerprint covers the tables). Returns the tables.
-    """
-    from edgevae.runtime.outputs import atomic_write_bytes
-    from edgevae.training.data import load_dataset
-
-    bundle = read_bundle(bundle_dir)
-    manifest = json.loads(json.dumps(bundle.manifest))  # a deep copy
-    train_config = manifest["training"]["train_config"]
-    data = load_dataset(train_config["dataset"], bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
-    try:
-        levels = quality_levels(step_factors if step_factors is not None else bundle_step_factors(bundle))
-    except ValueError as e:
-        if step_factors is not None:
-            raise InputError(str(e)) from None
-        levels = QUALITY_LEVELS  # tables of another layout: refit the standard levels
-    except BundleError:
-        levels = QUALITY_LEVELS  # unreadable old tables are being replaced anyway
-    tables = write_codec_tables(bundle.path, manifest, data.train, source={"data": data.name, "split": "train"},
-                                levels=levels)
-    atomic_write_bytes(bundle.path / contract.MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode(), force=True)
-    return tables
-
-
 def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path, images: np.ndarray,
                  evaluation: dict[str, Any] | None = None, force: bool = False,
                  codec_images: np.ndarray | None = None,
@@ -312,7 +254,7 @@ def export_run(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | Path
                step_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """Export the last checkpoint of a run, with its evaluation (if run) in the manifest.
 
-    ``step_factors`` set the codec's quality levels (see :func:`edgevae.runtime.container.quality_levels`).
+    ``step_factors`` set the codec's quality levels (see :func:`edgevae.runtime.quality.quality_levels`).
 
     ``precision`` int8 or fp16 exports and checks fp32 first, then converts it with
     :mod:`edgevae.training.precision` (int8 calibrated on the run's training images).

@@ -359,15 +359,14 @@ def make_variant(source: str | Path, target: str | Path, precision: str, train_i
         for spec in contract.GRAPHS:
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
         if manifest.pop("codec", None) is not None:
-            from edgevae.runtime.codec import bundle_step_factors
-            from edgevae.runtime.container import quality_levels
-            from edgevae.training.export import write_codec_tables
+            from edgevae.runtime.tables import bundle_levels
+            from edgevae.training.codec_tables import write_codec_tables
 
             # The codec's tables belong to the encoder that made them: refit with this one,
             # keeping the fp32 bundle's quality levels.
             write_codec_tables(staging, manifest, train_images,
                                source={"data": manifest["training"]["data"], "split": "train"},
-                               levels=quality_levels(bundle_step_factors(fp32)))
+                               levels=bundle_levels(fp32))
         manifest["variant"] = {
             "source": {"name": fp32.name,
                        "sha256": {spec.key: fp32.manifest["graphs"][spec.key]["sha256"] for spec in contract.GRAPHS}},
