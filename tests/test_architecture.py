@@ -1,0 +1,65 @@
+"""The layout holds what docs/ARCHITECTURE.md says: every module states its job, and no module of
+edgevae.runtime or edgevae.training imports, even inside a function, one that imports it back."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"edgevae.runtime": ROOT / "runtime", "edgevae.training": ROOT / "training"}
+
+
+def _modules() -> dict[str, Path]:
+    return {f"{package}.{path.stem}": path for package, folder in PACKAGES.items()
+            for path in sorted(folder.glob("*.py")) if path.stem not in ("__init__", "__main__")}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of ``known`` that ``path`` imports anywhere (top level or inside functions)."""
+    found = set()
+    package = name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                base = package + ("." + base if base else "")
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return {module for module in found if module in known and module != name}
+
+
+def test_every_module_states_its_job() -> None:
+    for name, path in _modules().items():
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc and len(doc.split()) >= 5, f"{name} has no docstring saying its job"
+
+
+def test_no_import_cycles() -> None:
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return trail + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+        return None
+
+    cycles = [c for c in (cycle_from(name) for name in graph) if c]
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_runtime_never_imports_training() -> None:
+    modules = _modules()
+    for module, path in modules.items():
+        if module.startswith("edgevae.runtime."):
+            assert not {m for m in _imports(module, path, set(modules)) if m.startswith("edgevae.training.")}, module
