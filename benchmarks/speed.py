@@ -306,7 +306,6 @@ TORCH_SAMPLE_SCRIPT = '''
 import json, sys
 import torch
 from PIL import Image
-from edgevae.training import likelihood
 from edgevae.training.model import VAE, ModelConfig
 
 config_path, weights_path, out_path, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -318,8 +317,7 @@ model.load_state_dict(torch.load(weights_path, weights_only=True))
 model.eval()
 with torch.inference_mode():
     z = torch.randn(1, config.latent_dim, generator=torch.Generator().manual_seed(0))
-    logits, means, _ = model.split(model.decoder(z))
-    pixels = likelihood.mean_pixels(logits, means).round().to(torch.uint8)
+    pixels = model.mean_image(z)
 Image.fromarray(pixels[0, 0].numpy(), mode="L").save(out_path)
 '''
 

@@ -59,7 +59,8 @@ def tiny_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     run = tmp_path_factory.mktemp("run") / "tiny"
     data = load_dataset(str(image_folder), TINY_SHAPE)
-    model_config = ModelConfig(image_shape=TINY_SHAPE, latent_dim=8, channels=(8, 16, 16), mixture_components=3)
+    model_config = ModelConfig(image_shape=TINY_SHAPE, latent_dim=8, channels=(8, 16, 16), res_blocks=1,
+                               mixture_components=3)
     config = TrainConfig(dataset=str(image_folder), epochs=2, batch_size=32, warmup_steps=5, seed=0)
     train(data, model_config, config, run, log=lambda _: None)
     return run

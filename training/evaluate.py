@@ -12,6 +12,7 @@ both divided by (C * H * W * ln 2) to give bits per dimension. PSNR is that of t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgevae.training import likelihood
+from edgevae.runtime.images import psnr
 from edgevae.training.model import VAE
 from edgevae.training.train import load_checkpoint, model_from_checkpoint
 
@@ -46,25 +47,17 @@ def evaluate_model(
     nelbo = iwae = 0.0
     psnr_sum = 0.0
     started = time.time()
-    batches = range(0, len(images), batch_size)
-    bar_cm = progress(len(images), f"evaluating (k={k})") if progress else None
-    bar = bar_cm.__enter__() if bar_cm else None
-    try:
-        for start in batches:
+    bar_context = progress(len(images), f"evaluating (k={k})") if progress else contextlib.nullcontext()
+    with bar_context as bar:
+        for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start : start + batch_size])
             log_w = model.log_weights(x, k).double()
             nelbo -= float(log_w.mean(0).sum())
             iwae -= float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
-            mean, _ = model.encoder(x)
-            logits, means, _ = model.split(model.decoder(mean))
-            recon = likelihood.mean_pixels(logits, means).round().double()
-            mse = ((recon - x.double()) ** 2).flatten(1).mean(1).clamp(min=1e-10)
-            psnr_sum += float((10 * torch.log10(255.0**2 / mse)).sum())
+            mean, _ = model.encode(x)
+            psnr_sum += float(psnr(model.mean_image(mean).numpy(), images[start : start + batch_size]).sum())
             if bar is not None:
                 bar.update(len(x))
-    finally:
-        if bar_cm:
-            bar_cm.__exit__(None, None, None)
     n = len(images)
     to_bpd = 1.0 / (n * dims * math.log(2))
     return {

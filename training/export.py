@@ -33,7 +33,6 @@ from edgevae.runtime import contract
 from edgevae.runtime.bundle import sha256_file
 from edgevae.runtime.quality import QUALITY_LEVELS, QualityLevel, quality_levels
 from edgevae.runtime.errors import ExportError, InputError, OutputError
-from edgevae.training import likelihood
 from edgevae.training.model import VAE
 from edgevae.training.codec_tables import write_codec_tables
 from edgevae.training.evaluate import EVALUATION_FILE
@@ -68,9 +67,8 @@ class DecoderGraph(nn.Module):
         self.model = model
 
     def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits, means, log_scales = self.model.split(self.model.decoder(latents))
-        pixels = likelihood.mean_pixels(logits, means).round().to(torch.uint8)
-        return pixels, logits, means, log_scales
+        logits, means, log_scales = self.model.decode_params(latents)
+        return self.model.mean_pixels(logits, means), logits, means, log_scales
 
 
 def _versions() -> dict[str, str]:

@@ -44,7 +44,7 @@ class ModelConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)
     latent_dim: int = 32
     channels: tuple[int, ...] = (32, 64, 128)
-    res_blocks: int = 1
+    res_blocks: int = 0  # what edgevae-train train uses by default and every shipped bundle was trained with
     mixture_components: int = 5
     upsample: str = UPSAMPLE_MODES[0]
 
@@ -173,6 +173,25 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (N, C, H, W) -> the posterior q(z|x): mean and log-variance, float32 (N, D)."""
+        return self.encoder(images)
+
+    def decode_params(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latents (N, D) -> the likelihood p(x|z): mixture (logits, means, log_scales), each
+        (N, K, C, H, W), means and log-scales in the normalized domain (pixel v at v / 127.5 - 1)."""
+        return self.split(self.decoder(latents))
+
+    @staticmethod
+    def mean_pixels(logits: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """The decoder's image: the mixture's mean in pixel levels, rounded, uint8 (N, C, H, W)."""
+        return likelihood.mean_pixels(logits, means).round().to(torch.uint8)
+
+    def mean_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (N, D) -> the mean image uint8 (N, C, H, W), what decoder.onnx's ``pixels`` gives."""
+        logits, means, _ = self.decode_params(latents)
+        return self.mean_pixels(logits, means)
 
     @staticmethod
     def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

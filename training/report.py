@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from edgevae.runtime.images import grid, to_pil
-from edgevae.training import likelihood
 from edgevae.training.model import VAE
 from edgevae.training.train import METRICS
 
@@ -43,8 +42,7 @@ def write_samples(model: VAE, run_dir: str | Path, n: int = 64, seed: int = 0) -
     """Decode ``n`` latents drawn from N(0, I) and save the mixture-mean pixels as a grid."""
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(n, model.config.latent_dim, generator=generator)
-    logits, means, _ = model.split(model.decoder(z))
-    pixels = likelihood.mean_pixels(logits, means).round().to(torch.uint8).numpy()
+    pixels = model.mean_image(z).numpy()
     out = Path(run_dir) / "samples.png"
     to_pil(grid(pixels)).save(out)
     return out
