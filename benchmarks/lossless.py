@@ -4,8 +4,9 @@ classical lossless codecs, all in bits per pixel, plus speed and the initial-bit
     python benchmarks/lossless.py                         # shipped bundle, 10,000 images, 2 cores
     python benchmarks/lossless.py --model /tmp/bundle --limit 1000 --size-sample 200   # quick look
 
-Needs the Fashion-MNIST test set (/usr/share/datasets/fashion-mnist) and the training extras
-(only for ``edgevae.training.data.read_idx_images``). Writes benchmarks/results/lossless.json
+Needs the Fashion-MNIST test set (``--data``, else $EDGEVAE_DATA, else Debian's
+/usr/share/datasets/fashion-mnist, as for training) and the training extras (only for
+``edgevae.training.data.load_fashion_mnist``). Writes benchmarks/results/lossless.json
 (every number) and lossless.md (the table).
 
 Measured, on the same images:
@@ -47,7 +48,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 #: The issue's bars (issue 5).
 BAR_NET_OVER_NELBO = 1.02
@@ -226,6 +226,7 @@ def render(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="bundle folder (default: the shipped bundle)")
+    parser.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--limit", type=int, default=10_000, help="test images to use (default: all 10,000)")
     parser.add_argument("--threads", type=int, default=1,
                         help="onnxruntime intra-op threads per call (default 1: the coder runs 2 lanes in parallel "
@@ -239,9 +240,9 @@ def main() -> None:
 
     from edgevae.runtime import load
     from edgevae.runtime.bitsback import LANES
-    from edgevae.training.data import read_idx_images
+    from edgevae.training.data import load_fashion_mnist
 
-    images = read_idx_images(TEST_IMAGES)[: args.limit]
+    images = load_fashion_mnist(args.data).test[: args.limit]
     model = load(args.model, threads=args.threads)
     result: dict[str, Any] = {
         "command": "python benchmarks/lossless.py " + " ".join(sys.argv[1:]),

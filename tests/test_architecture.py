@@ -63,3 +63,18 @@ def test_the_runtime_never_imports_training() -> None:
     for module, path in modules.items():
         if module.startswith("edgevae.runtime."):
             assert not {m for m in _imports(module, path, set(modules)) if m.startswith("edgevae.training.")}, module
+
+
+def test_the_train_commands_defaults_are_the_model_configs() -> None:
+    """``edgevae-train train`` and ``ModelConfig()`` build the same model when given nothing."""
+    from edgevae.training.cli import train
+    from edgevae.training.model import ModelConfig
+
+    defaults = {p.name: p.default for p in train.params}
+    config = ModelConfig()
+    assert defaults["latent_dim"] == config.latent_dim
+    assert tuple(int(w) for w in defaults["widths"].split(",")) == config.channels
+    assert defaults["res_blocks"] == config.res_blocks
+    assert defaults["components"] == config.mixture_components
+    assert defaults["upsample"] == config.upsample
+    assert tuple(int(v) for v in defaults["image_shape"].split(",")) == config.image_shape
