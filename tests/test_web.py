@@ -278,3 +278,90 @@ def test_damaged_containers_give_the_same_errors(name: str, images: np.ndarray, 
             assert np.array_equal(np.load(tmp_path / f"{i}.npy"), value), label
     # The damage reached the decoder's own error paths, not only the framing checks.
     assert any("AssertionError" in k or "out of range" in k for k in kinds), kinds
+
+
+# -- the Node command line ----------------------------------------------------------------------
+
+
+def evz(*args: str | Path) -> subprocess.CompletedProcess:
+    return run_node(WEB / "evz.mjs", *args, check=False, timeout=120)
+
+
+def test_cli_compress_and_decompress_match_python(images: np.ndarray, tmp_path: Path) -> None:
+    np.save(tmp_path / "in.npy", images[:12])
+    codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
+    result = evz("compress", tmp_path / "in.npy", tmp_path / "out.evz", "--bundle", "fashion-mnist-codec", "--quality", "high")
+    assert result.returncode == 0, result.stderr
+    data = codec.compress(images[:12], quality="high")
+    assert (tmp_path / "out.evz").read_bytes() == data
+    # Without --bundle the container's fingerprint picks the shipped bundle; --index is random access.
+    assert evz("decompress", tmp_path / "out.evz", tmp_path / "all.npy").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "all.npy"), codec.decompress(data))
+    result = evz("decompress", tmp_path / "out.evz", tmp_path / "two.npy", "--index", "11", "--index", "3")
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.load(tmp_path / "two.npy"), codec.decompress(data, indices=[11, 3]))
+    # --split: one container per image, as `edgevae compress --split`; quality by index.
+    assert evz("compress", tmp_path / "in.npy", tmp_path / "split", "--bundle", "fashion-mnist-codec", "--split",
+               "--quality", "0").returncode == 0
+    assert [(tmp_path / "split" / f"{i}.evz").read_bytes() for i in range(12)] == codec.compress_each(images[:12], quality=0)
+    info = json.loads(evz("info", tmp_path / "out.evz").stdout)
+    assert info["count"] == 12 and info["quality"] == "high" and info["modelMatches"] is True
+
+
+def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarray, tmp_path: Path) -> None:
+    codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
+    good = codec.compress(images[:3])
+    (tmp_path / "good.evz").write_bytes(good)
+    (tmp_path / "damaged.evz").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    lossless = Codec(load(shipped_bundles()["fashion-mnist"], threads=1)).compress(images[:2], lossless=True)
+    (tmp_path / "lossless.evz").write_bytes(lossless)
+    np.save(tmp_path / "in.npy", images[:3])
+    np.save(tmp_path / "float.npy", images[:3].astype(np.float32))
+    np.save(tmp_path / "shape.npy", images[:3, :, :20])
+    (tmp_path / "exists.npy").write_bytes(b"keep")
+    out = tmp_path / "out.npy"
+    cases = {
+        "missing input": (["decompress", tmp_path / "nope.evz", out], "no such file"),
+        "damaged": (["decompress", tmp_path / "damaged.evz", out], "checksum mismatch"),
+        "lossless": (["decompress", tmp_path / "lossless.evz", out], "lossless containers (mode 1)"),
+        "not a container": (["decompress", tmp_path / "in.npy", out], "wrong magic byte"),
+        "bad index": (["decompress", tmp_path / "good.evz", out, "--index", "3"], "image index 3 is out of range"),
+        "wrong model": (["decompress", tmp_path / "good.evz", out, "--bundle", "fashion-mnist-codec-hq"], "another model"),
+        "no bundle folder": (["decompress", tmp_path / "good.evz", out, "--bundle", tmp_path / "none"], "no such model bundle"),
+        "exists": (["decompress", tmp_path / "good.evz", tmp_path / "exists.npy"], "--force"),
+        "unwritable": (["decompress", tmp_path / "good.evz", tmp_path / "no" / "dir" / "x.npy"], "cannot write"),
+        "unknown quality": (["compress", tmp_path / "in.npy", out, "--bundle", "fashion-mnist-codec", "--quality", "max"],
+                            "unknown quality 'max'"),
+        "float images": (["compress", tmp_path / "float.npy", out, "--bundle", "fashion-mnist-codec"], "uint8"),
+        "wrong shape": (["compress", tmp_path / "shape.npy", out, "--bundle", "fashion-mnist-codec"], "must have shape"),
+        "no bundle": (["compress", tmp_path / "in.npy", out], "needs --bundle"),
+        "unknown command": (["explode"], "unknown command"),
+    }
+    for label, (args, needle) in cases.items():
+        result = evz(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, f"{label}: exit {result.returncode}, {result.stderr}"
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], f"{label}: {result.stderr!r}"
+        assert not out.exists(), label
+    assert (tmp_path / "exists.npy").read_bytes() == b"keep"
+    assert not list(tmp_path.glob("*.partial-*"))
+    help_text = evz("--help")
+    assert help_text.returncode == 0 and "compress IN.npy OUT.evz" in help_text.stdout and "decompress IN.evz" in help_text.stdout
+
+
+def test_format_md_worked_examples_in_javascript() -> None:
+    """FORMAT.md §3.5's examples (toy coder states, the real container byte by byte) hold for web/."""
+    result = run_node("--test", WEB / "test" / "format.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
+def test_format_md_worked_container_is_what_python_writes() -> None:
+    """The 15-byte container FORMAT.md §3.5 walks through is Python's own output for that image."""
+    from PIL import Image
+
+    text = (ROOT / "docs" / "FORMAT.md").read_text()
+    image = np.asarray(Image.open(ROOT / "examples" / "sneaker.png"))[None]
+    data = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1)).compress(image, quality=0)
+    assert " ".join(f"{b:02x}" for b in data) in text
+    assert zlib.crc32(b"123456789") == 0xCBF43926 and "0xCBF43926" in text

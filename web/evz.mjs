@@ -4,7 +4,7 @@
 
 import { parseArgs } from "node:util";
 import { readFile, writeFile, rename, unlink, stat } from "node:fs/promises";
-import { load, Codec, shippedBundleFor, shippedBundleNames, EdgeVAEError, InputError } from "./index.js";
+import { load, Codec, container, readManifest, shippedBundleFor, shippedBundleNames, EdgeVAEError, InputError, ContainerError } from "./index.js";
 import { readNpy, writeNpy } from "./npy.js";
 
 const HELP = `usage: node web/evz.mjs COMMAND ...
@@ -90,11 +90,19 @@ async function compress(args, opts) {
   console.error(`compressed ${batched[0]} image(s) to ${bytes.length} bytes: ${output}`);
 }
 
+/** --bundle if given, else the shipped bundle that made the container (fingerprint prefix and CRC). */
 async function bundleForContainer(bytes, bundle) {
   if (bundle) return bundle;
   const shipped = await shippedBundleFor(bytes);
-  // None found: the default codec bundle reports what is wrong with the container.
-  return shipped ?? "fashion-mnist";
+  if (shipped) return shipped;
+  const { header } = container.parse(bytes); // a structural problem is reported as such
+  // A shipped bundle with the same prefix then reports the checksum mismatch, as Python does.
+  for (const name of await shippedBundleNames()) {
+    const { fingerprint } = await readManifest(name);
+    if (container.fingerprintPrefix(fingerprint) === header.fingerprintPrefix) return name;
+  }
+  throw new ContainerError(`container was made by a model that is not shipped (fingerprint ${header.fingerprintPrefix.toString(16)}..); ` +
+    "pass the bundle that made it with --bundle");
 }
 
 async function decompress(args, opts) {
