@@ -8,6 +8,7 @@ Needs Node.js and web/node_modules (`make web-deps`, which `make test` runs firs
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -365,3 +366,103 @@ def test_format_md_worked_container_is_what_python_writes() -> None:
     data = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1)).compress(image, quality=0)
     assert " ".join(f"{b:02x}" for b in data) in text
     assert zlib.crc32(b"123456789") == 0xCBF43926 and "0xCBF43926" in text
+
+
+# -- the page in headless Chromium (onnxruntime-web, WebAssembly) ---------------------------------
+
+#: onnxruntime-web's WASM kernels round a few decoder outputs differently from onnxruntime's CPU
+#: build: pixels may differ by one level, rarely. Bounds for the page's pixels against Python's.
+WASM_MAX_PIXEL_DIFFERENCE = 1
+WASM_MAX_DIFFERING_FRACTION = 1e-4
+WASM_MAX_INT8_PIXEL_DIFFERENCE = 8
+
+
+def chromium_bin() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is not installed: `make web-deps` (apt-get install chromium) sets it up"
+    return chromium
+
+
+@pytest.fixture(scope="module")
+def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Load the page in headless Chromium, use every panel, and decode/compress in it the images
+    every codec bundle's default quality codes here (the WASM parity figures)."""
+    work = tmp_path_factory.mktemp("page")
+    codecs = {name: Codec(load(shipped_bundles()[name], threads=1)) for name in CODEC_BUNDLES}
+    opened = codecs["fashion-mnist-codec"].compress(images[:40], quality="high")
+    (work / "opened.evz").write_bytes(opened)
+    bulk, expected = [], []
+    images.tofile(work / "images.raw")
+    for name, codec in codecs.items():
+        data = codec.compress(images)
+        (work / f"{name}.evz").write_bytes(data)
+        bulk.append({"bundle": name, "container": str(work / f"{name}.evz"), "images": str(work / "images.raw"),
+                     "quality": codec.default_quality})
+        expected.append({"bundle": name, "container": data, "pixels": codec.decompress(data)})
+    screenshot = ROOT / "docs" / "img" / "web.png" if os.environ.get("EDGEVAE_UPDATE_SCREENSHOT") else work / "web.png"
+    spec = {"chromium": chromium_bin(), "image": str(ROOT / "examples" / "sneaker.png"),
+            "container": str(work / "opened.evz"), "bulk": bulk, "screenshot": str(screenshot)}
+    (work / "spec.json").write_text(json.dumps(spec))
+    run_node(WEB / "test" / "page.mjs", work / "spec.json", work / "result.json", timeout=600)
+    result = json.loads((work / "result.json").read_text())
+    return {"result": result, "expected": expected, "opened": opened, "codecs": codecs, "screenshot": screenshot}
+
+
+def _pixel_differences(got: np.ndarray, want: np.ndarray) -> tuple[int, int]:
+    diff = np.abs(got.astype(int) - want.astype(int))
+    return int((diff > 0).sum()), int(diff.max(initial=0))
+
+
+def test_page_loads_offline_and_samples(page_run: dict) -> None:
+    result = page_run["result"]
+    assert result["status"].startswith("ready") or "decoded" in result["status"], result["status"]
+    assert result["console"] == [], result["console"]
+    assert result["requests"] == [], "the page fetched something from outside its own server"
+    first, second = (np.array(s["pixels"], np.uint8).reshape(32, 28, 28) for s in result["samples"])
+    assert first.std() > 20 and second.std() > 20, "samples look blank"
+    assert result["samples"][1]["seed"] == 5 and not np.array_equal(first, second), "a new seed must give new samples"
+    a, mid = (np.array(b["pixels"], np.uint8) for b in result["blend"])
+    sneaker = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(ROOT / "examples" / "sneaker.png"))[None, None]
+    reconstruction = load(shipped_bundles()["fashion-mnist"], threads=1).reconstruct(sneaker).ravel()
+    differing, largest = _pixel_differences(a, reconstruction)
+    assert largest <= WASM_MAX_PIXEL_DIFFERENCE, "the blend at A must be A's reconstruction"
+    assert not np.array_equal(mid, a)
+    assert page_run["screenshot"].stat().st_size > 20_000
+
+
+def test_page_round_trip_gives_python_bytes_and_pixels(page_run: dict) -> None:
+    from PIL import Image
+
+    result = page_run["result"]
+    codec = page_run["codecs"]["fashion-mnist-codec"]
+    image = np.asarray(Image.open(ROOT / "examples" / "sneaker.png"))[None, None]
+    data = codec.compress(image)
+    assert bytes(result["compress"]["bytes"]) == data, "the page's .evz differs from Python's"
+    assert result["compressHex"] == " ".join(f"{b:02x}" for b in data)
+    assert np.array_equal(np.array(result["compress"]["original"], np.uint8), image.ravel())
+    differing, largest = _pixel_differences(np.array(result["compress"]["decoded"], np.uint8), codec.decompress(data).ravel())
+    assert largest <= WASM_MAX_PIXEL_DIFFERENCE and differing <= 2
+    opened = np.array(result["open"]["pixels"], np.uint8)
+    want = codec.decompress(page_run["opened"]).ravel()
+    differing, largest = _pixel_differences(opened, want)
+    assert result["open"]["bundle"] == "fashion-mnist-codec" and len(opened) == len(want)
+    assert largest <= WASM_MAX_PIXEL_DIFFERENCE and differing <= WASM_MAX_DIFFERING_FRACTION * len(want) + 2
+
+
+def test_wasm_parity_figures(page_run: dict, capsys: pytest.CaptureFixture) -> None:
+    """onnxruntime-web against Python: pixels of Python's containers, and the page's own containers."""
+    lines, figures = [], []
+    for got, want in zip(page_run["result"]["bulk"], page_run["expected"]):
+        pixels = np.array(got["pixels"], np.uint8)
+        differing, largest = _pixel_differences(pixels, want["pixels"].ravel())
+        same_bytes = bytes(got["container"]) == want["container"]
+        lines.append(f"{want['bundle']}: {differing} of {pixels.size} pixels differ (max {largest}); "
+                     f"containers {'identical' if same_bytes else 'DIFFER'}")
+        figures.append((want["bundle"], differing, largest, pixels.size, same_bytes))
+    with capsys.disabled():
+        print("\nonnxruntime-web (WASM) vs onnxruntime CPU, default quality, "
+              f"{len(page_run['expected'][0]['pixels'])} images:\n  " + "\n  ".join(lines))
+    for bundle, differing, largest, size, same_bytes in figures:
+        # int8 graphs: WASM's integer kernels requantize differently, a few pixels move by more.
+        limit = WASM_MAX_INT8_PIXEL_DIFFERENCE if "int8" in bundle else WASM_MAX_PIXEL_DIFFERENCE
+        assert largest <= limit and differing <= WASM_MAX_DIFFERING_FRACTION * size, bundle
