@@ -28,9 +28,11 @@ function fromHex(text) {
   return Uint8Array.from(text.match(/../g), (h) => parseInt(h, 16));
 }
 
-/** Hex sha256 of bytes (WebCrypto: browsers in secure contexts such as localhost, and Node). */
+/** sha256 of bytes (WebCrypto: browsers in secure contexts such as localhost, and Node). */
 export async function sha256(bytes) {
-  return new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", bytes));
+  // Node 18 has WebCrypto only as node:crypto's webcrypto; browsers and Node 20+ as a global.
+  const subtle = globalThis.crypto?.subtle ?? (await import("node:crypto")).webcrypto.subtle;
+  return new Uint8Array(await subtle.digest("SHA-256", bytes));
 }
 
 /** Reads a bundle's files from a folder path (Node) or a base URL (fetch). */
