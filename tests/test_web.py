@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from edgevae.runtime import container as fmt
+from edgevae.runtime import contract
 from edgevae.runtime import load
 from edgevae.runtime.bundle import read_manifest, shipped_bundles
 from edgevae.runtime.codec import Codec
@@ -466,3 +467,76 @@ def test_wasm_parity_figures(page_run: dict, capsys: pytest.CaptureFixture) -> N
         # int8 graphs: WASM's integer kernels requantize differently, a few pixels move by more.
         limit = WASM_MAX_INT8_PIXEL_DIFFERENCE if "int8" in bundle else WASM_MAX_PIXEL_DIFFERENCE
         assert largest <= limit and differing <= WASM_MAX_DIFFERING_FRACTION * size, bundle
+
+
+# -- README's snippets --------------------------------------------------------------------------
+
+
+def readme_block(language: str, first_line: str) -> str:
+    """The README code block of ``language`` whose first line starts with ``first_line``."""
+    for block in re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"README.md has no ```{language} block starting with {first_line!r}")
+
+
+def run_snippet(code: str) -> subprocess.CompletedProcess:
+    """Run JavaScript as a module file inside web/ (so its imports resolve to web/node_modules), from the repository root."""
+    path = WEB / "test" / f".readme-snippet-{os.getpid()}.mjs"
+    path.write_text(code.replace('from "./web/index.js"', 'from "../index.js"'))
+    try:
+        return run_node(path, timeout=120)
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("name", CODEC_BUNDLES)
+def test_readme_javascript_onnx_snippet_runs(name: str) -> None:
+    """README's onnxruntime-node snippet samples an image from any bundle: D comes from model.json."""
+    code = readme_block("js", "// JavaScript: sample one image")
+    assert 'const bundle = "exported/fashion-mnist";' in code
+    out = run_snippet(code.replace('"exported/fashion-mnist"', f'"exported/{name}"')).stdout
+    c, h, w = read_manifest(shipped_bundles()[name]).image_shape
+    assert out.strip() == f"uint8 [ 1, {c}, {h}, {w} ] {c * h * w}"
+
+
+def test_readme_javascript_package_snippet_runs() -> None:
+    code = readme_block("js", "// Node, from the repository root")
+    count, *rest = run_snippet(code).stdout.split()
+    back, third = int(rest[0]), int(rest[1])
+    assert 4 * 784 == back and third == 784 and 7 + 4 < int(count) < 4 * 40
+    assert rest[2:] == list(Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1)).qualities)
+
+
+def _onnxruntime_header() -> Path | None:
+    candidates = [os.environ.get("ONNXRUNTIME_INCLUDE", ""), "/usr/include", "/usr/local/include",
+                  "/usr/include/onnxruntime", "/usr/local/include/onnxruntime"]
+    for folder in filter(None, candidates):
+        if (Path(folder) / "onnxruntime_c_api.h").is_file():
+            return Path(folder)
+    return None
+
+
+def test_readme_c_snippet_compiles_and_runs(tmp_path: Path) -> None:
+    """README's C program, compiled against onnxruntime's C library (the one inside onnxruntime-node)
+    and run on every bundle. Needs onnxruntime_c_api.h, which no registry CI reaches ships
+    (set ONNXRUNTIME_INCLUDE to its folder); checked by hand with the v1.29 API header."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    import platform
+
+    arch = {"x86_64": "x64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    libraries = sorted((WEB / "node_modules" / "onnxruntime-node").glob(f"bin/napi-*/linux/{arch}/libonnxruntime.so.1"))
+    header = _onnxruntime_header()
+    if not (compiler and libraries and header):
+        pytest.skip("onnxruntime_c_api.h is not installed (set ONNXRUNTIME_INCLUDE): the C snippet is not compiled")
+    (tmp_path / "sample.c").write_text(readme_block("c", "/* C: sample one image"))
+    library = libraries[0].resolve()
+    subprocess.run([compiler, "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{header}", str(tmp_path / "sample.c"),
+                    str(library), "-lm", f"-Wl,-rpath,{library.parent}", "-o", str(tmp_path / "sample")],
+                   check=True, capture_output=True, timeout=120)
+    for name in CODEC_BUNDLES:
+        bundle = read_manifest(shipped_bundles()[name])
+        out = subprocess.run([str(tmp_path / "sample"), str(bundle.graph_path(contract.DECODER))],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        c, h, w = bundle.image_shape
+        assert out.startswith(f"D={bundle.latent_dim} pixels uint8 [1, {c}, {h}, {w}]"), out
