@@ -182,6 +182,27 @@ def test_single_image_containers_and_random_access(parity: dict) -> None:
         assert np.array_equal(np.load(case["js_indexed"]), case["indexed"]), case["bundle"]
 
 
+def test_node_model_interpolates_as_python_and_samples_by_seed(images: np.ndarray, tmp_path: Path) -> None:
+    """interpolate() follows Python's float32 arithmetic (same pixels); sample() is seeded by its own
+    generator (numpy's stream is not required): the same seed repeats, another seed differs, and
+    temperature 0 decodes the zero latent as Python does."""
+    name = "fashion-mnist"
+    bundle = shipped_bundles()[name]
+    np.save(tmp_path / "pair.npy", images[[3, 40]])
+    jobs = [{"op": "interpolate", "bundle": str(bundle), "images": str(tmp_path / "pair.npy"), "steps": 9,
+             "out": str(tmp_path / "blend.npy")}]
+    for label, seed, temperature in (("a", 1, 1.0), ("b", 1, 1.0), ("c", 2, 1.0), ("zero", 5, 0.0)):
+        jobs.append({"op": "sample", "bundle": str(bundle), "n": 6, "seed": seed, "temperature": temperature,
+                     "out": str(tmp_path / f"{label}.npy")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json")
+    model = load(bundle, threads=1)
+    assert np.array_equal(np.load(tmp_path / "blend.npy"), model.interpolate(images[3], images[40], steps=9))
+    a, b, c = (np.load(tmp_path / f"{x}.npy") for x in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and a.std() > 20
+    assert np.array_equal(np.load(tmp_path / "zero.npy"), model.decode(np.zeros((6, model.latent_dim), np.float32)))
+
+
 # -- the same errors for damaged and wrong-model containers -------------------------------------
 
 
@@ -322,6 +343,11 @@ def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarra
     np.save(tmp_path / "shape.npy", images[:3, :, :20])
     (tmp_path / "exists.npy").write_bytes(b"keep")
     out = tmp_path / "out.npy"
+    tampered, partial = tmp_path / "tampered", tmp_path / "partial"
+    for folder in (tampered, partial):
+        shutil.copytree(shipped_bundles()["fashion-mnist-codec"], folder)
+    (tampered / "codec.json").write_text((tampered / "codec.json").read_text().replace('"balanced"', '"Balanced"', 1))
+    (partial / "decoder.onnx").unlink()
     cases = {
         "missing input": (["decompress", tmp_path / "nope.evz", out], "no such file"),
         "damaged": (["decompress", tmp_path / "damaged.evz", out], "checksum mismatch"),
@@ -337,6 +363,8 @@ def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarra
         "float images": (["compress", tmp_path / "float.npy", out, "--bundle", "fashion-mnist-codec"], "uint8"),
         "wrong shape": (["compress", tmp_path / "shape.npy", out, "--bundle", "fashion-mnist-codec"], "must have shape"),
         "no bundle": (["compress", tmp_path / "in.npy", out], "needs --bundle"),
+        "tampered bundle": (["decompress", tmp_path / "good.evz", out, "--bundle", tampered], "sha256 does not match"),
+        "partial bundle": (["decompress", tmp_path / "good.evz", out, "--bundle", partial], "bundle is partial"),
         "unknown command": (["explode"], "unknown command"),
     }
     for label, (args, needle) in cases.items():

@@ -5,6 +5,8 @@
 //
 // job {op: "decode", bundle, container, indices?, out}   -> writes pixels (.npy) or reports the error
 // job {op: "encode", bundle, images, quality, split?, out} -> writes the container(s) (split: out.0, out.1 ...)
+// job {op: "interpolate", bundle, images (two), steps, out}  -> writes the blend's pixels
+// job {op: "sample", bundle, n, seed, temperature, out}      -> writes the samples' pixels
 // RESULTS.json: one {error: message | null} per job, in order.
 
 import { readFile, writeFile } from "node:fs/promises";
@@ -35,6 +37,14 @@ for (const job of jobs) {
       } else {
         await writeFile(job.out, await codec.compress(data, { quality: job.quality }));
       }
+    } else if (job.op === "interpolate") {
+      const { data } = readNpy(new Uint8Array(await readFile(job.images)));
+      const size = codec.model.imageSize;
+      const pixels = await codec.model.interpolate(data.subarray(0, size), data.subarray(size, 2 * size), job.steps);
+      await writeFile(job.out, writeNpy(pixels, [job.steps, ...codec.model.imageShape]));
+    } else if (job.op === "sample") {
+      const pixels = await codec.model.sample(job.n, { seed: job.seed, temperature: job.temperature });
+      await writeFile(job.out, writeNpy(pixels, [job.n, ...codec.model.imageShape]));
     } else {
       throw new Error(`unknown op ${job.op}`);
     }
