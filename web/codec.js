@@ -37,7 +37,7 @@ export const maxSymbol = (step) => Math.floor((2 * (LATENT_CLAMP * 2 ** STEP_BIT
 /** The integer tables of one quality level. */
 export class QualityTable {
   constructor(index, entry, dim, where) {
-    const problem = (text) => new BundleError(`${where}: quality ${index} (${JSON.stringify(entry?.name ?? null)}) is invalid: ${text}`);
+    const problem = (text) => new BundleError(`${where}: quality ${index} ('${entry?.name ?? ""}') is invalid: ${text}`);
     if (!entry || typeof entry !== "object" || typeof entry.name !== "string" || !entry.name) throw problem("needs a name");
     const ints = (a) => Array.isArray(a) && a.every(Number.isSafeInteger);
     const { steps, centers, frequencies } = entry;
@@ -95,7 +95,7 @@ export class QualityTable {
     return u;
   }
 
-  /** Latents (float32 per dimension) of zigzag values; null if a symbol is out of range. */
+  /** Write the latents of zigzag values `u` into `out` at `offset` (float32); false if a symbol is out of range. */
   latents(u, out, offset) {
     for (let d = 0; d < u.length; d++) {
       const k = this.centers[d] + unzigzag(u[d]);
