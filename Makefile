@@ -1,12 +1,14 @@
 # The two commands of README.md. Each builds its own virtual environment from scratch-safe steps.
 #   make demo  runtime-only install (no torch), then sample / reconstruct / interpolate / compress + decompress (lossy and lossless)
 #   make test  torch==2.13.0 first (an unpinned torch can pull a multi-GB CUDA build), then .[train,test], then pytest
+#              (after web-deps: the JavaScript package's parity tests run Node and headless Chromium)
+#   make web   serve the browser page (web/index.html) on http://127.0.0.1:8000/web/
 PYTHON ?= python3
 DEMO_VENV := .venv-demo
 TEST_VENV := .venv-test
 OUT := demo-out
 
-.PHONY: demo test clean
+.PHONY: demo test clean web web-deps
 
 demo:
 	$(PYTHON) -m venv $(DEMO_VENV)
@@ -28,11 +30,31 @@ demo:
 	  print('lossless round trip: all', len(orig), 'images exact')" examples/*.png
 	@echo "demo outputs in $(OUT)/"
 
-test:
+test: web-deps
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install -q torch==2.13.0
 	$(TEST_VENV)/bin/pip install -q ".[train,test]"
 	$(TEST_VENV)/bin/python -m pytest -q
 
 clean:
-	rm -rf $(DEMO_VENV) $(TEST_VENV) $(OUT) build *.egg-info
+	rm -rf $(DEMO_VENV) $(TEST_VENV) $(OUT) build *.egg-info web/node_modules
+
+# The JavaScript package's dependencies (onnxruntime-node/-web, playwright-core to drive Debian's
+# Chromium) from web/package-lock.json. --ignore-scripts: onnxruntime-node's install script
+# fetches optional GPU extras; its CPU library ships inside the package. Node.js and Chromium
+# come from apt when missing.
+WEB_STAMP := web/node_modules/.package-lock.json
+WEB_PORT ?= 8000
+
+web-deps: $(WEB_STAMP)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium)
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+web: web-deps
+	node web/serve.mjs --port $(WEB_PORT)

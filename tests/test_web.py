@@ -1,0 +1,570 @@
+"""The JavaScript package (web/) against Python: containers made by either side decode to the
+same pixels and are byte-identical, damaged containers give the same errors, the Node command
+line, the browser page in headless Chromium, and README's JavaScript and C snippets.
+
+Needs Node.js and web/node_modules (`make web-deps`, which `make test` runs first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevae.runtime import container as fmt
+from edgevae.runtime import contract
+from edgevae.runtime import load
+from edgevae.runtime.bundle import read_manifest, shipped_bundles
+from edgevae.runtime.codec import Codec
+from edgevae.runtime.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web"
+#: Every shipped bundle with codec tables: `edgevae compress --model NAME` works for each.
+CODEC_BUNDLES = [name for name, path in shipped_bundles().items() if read_manifest(path).codec_path is not None]
+#: Real Fashion-MNIST test images in the parity run (plus the out-of-domain ones).
+REAL_IMAGES = 256
+
+
+def node_bin() -> str:
+    node = shutil.which("node")
+    assert node, "Node.js is not installed: `make web-deps` (or apt-get install nodejs) sets it up"
+    assert (WEB / "node_modules" / "onnxruntime-node").is_dir(), "web/node_modules is missing: run `make web-deps`"
+    return node
+
+
+def run_node(*args: str | Path, timeout: float = 300, check: bool = True, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    result = subprocess.run([node_bin(), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    if check and result.returncode != 0:
+        raise AssertionError(f"node {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+def _photo(path: Path, box: tuple[float, float, float, float] | None, invert: bool = False) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    image = Image.open(path).convert("L")
+    if box:
+        w, h = image.size
+        image = image.crop((int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)))
+    image = image.resize((28, 28), Image.Resampling.LANCZOS)
+    if invert:
+        image = ImageOps.invert(image)
+    return np.asarray(image)[None]
+
+
+def out_of_domain_images() -> np.ndarray:
+    """uint8 (N, 1, 28, 28): noise, flat and extreme images, patterns and resized photos."""
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (1, 28, 28)) for _ in range(6)]
+    images += [(rng.random((1, 28, 28)) < p) * 255 for p in (0.02, 0.1, 0.5, 0.9)]
+    images += [np.full((1, 28, 28), v) for v in (0, 1, 128, 254, 255)]
+    yy, xx = np.mgrid[:28, :28]
+    images += [((yy // p + xx // p) % 2 * 255)[None] for p in (1, 2, 4, 7)]
+    images += [(xx * 255 // 27)[None], (yy * 255 // 27)[None], ((xx + yy) * 255 // 54)[None], (255 - xx * 255 // 27)[None]]
+    images += [(((xx - 14) ** 2 + (yy - 14) ** 2 < r * r) * 255)[None] for r in (4, 9, 13)]
+    try:  # photos that ship with matplotlib (a test dependency): resized like any user photo
+        from matplotlib import get_data_path
+
+        samples = Path(get_data_path()) / "sample_data"
+        for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
+            for box in (None, (0.25, 0.1, 0.75, 0.6), (0.0, 0.5, 0.5, 1.0)):
+                images.append(_photo(samples / name, box))
+                images.append(_photo(samples / name, box, invert=True))
+    except ImportError:
+        pass
+    return np.stack([np.asarray(i, dtype=np.uint8) for i in images])
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """A few hundred images: real Fashion-MNIST test images (spread over the set) and out-of-domain ones."""
+    from edgevae.training.data import load_fashion_mnist
+
+    test = load_fashion_mnist().test
+    real = test[:: len(test) // REAL_IMAGES][:REAL_IMAGES]
+    return np.concatenate([real, out_of_domain_images()])
+
+
+# -- byte and pixel parity over every quality of every codec bundle ---------------------------
+
+
+@pytest.fixture(scope="module")
+def parity(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Python makes a container per bundle and quality and decodes it; Node decodes Python's and
+    compresses the same images. Returns every pair of results to compare."""
+    work = tmp_path_factory.mktemp("parity")
+    np.save(work / "images.npy", images)
+    np.save(work / "few.npy", images[:5])
+    jobs, cases = [], []
+    for name in CODEC_BUNDLES:
+        bundle = shipped_bundles()[name]
+        codec = Codec(load(bundle, threads=1))
+        for q in range(len(codec.qualities)):
+            data = codec.compress(images, quality=q)
+            stem = work / f"{name}-{q}"
+            stem.with_suffix(".evz").write_bytes(data)
+            jobs.append({"op": "decode", "bundle": str(bundle), "container": str(stem.with_suffix(".evz")),
+                         "out": f"{stem}.js.npy"})
+            jobs.append({"op": "encode", "bundle": str(bundle), "images": str(work / "images.npy"), "quality": q,
+                         "out": f"{stem}.js.evz"})
+            cases.append({"bundle": name, "quality": q, "python": data, "pixels": codec.decompress(data),
+                          "js_pixels": Path(f"{stem}.js.npy"), "js_container": Path(f"{stem}.js.evz")})
+        # Single-image containers (compress --split) and random access into a multi-image one.
+        singles = codec.compress_each(images[:5])
+        jobs.append({"op": "encode", "bundle": str(bundle), "images": str(work / "few.npy"), "split": True,
+                     "quality": None, "out": str(work / f"{name}-split")})
+        indices = [7, 0, 7, len(images) - 1]
+        first = work / f"{name}-0.evz"
+        jobs.append({"op": "decode", "bundle": str(bundle), "container": str(first), "indices": indices,
+                     "out": str(work / f"{name}-indexed.js.npy")})
+        cases.append({"bundle": name, "singles": singles, "split": work / f"{name}-split",
+                      "indexed": codec.decompress(first.read_bytes(), indices=indices),
+                      "js_indexed": work / f"{name}-indexed.js.npy"})
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", work / "jobs.json", work / "results.json", timeout=600)
+    results = json.loads((work / "results.json").read_text())
+    assert all(r["error"] is None for r in results), [r for r in results if r["error"]]
+    return {"cases": cases, "images": images}
+
+
+def test_every_shipped_codec_bundle_is_covered() -> None:
+    assert {"fashion-mnist", "fashion-mnist-codec", "fashion-mnist-codec-hq"} <= set(CODEC_BUNDLES)
+
+
+def test_node_decodes_python_containers_to_identical_pixels(parity: dict) -> None:
+    checked = 0
+    for case in parity["cases"]:
+        if "pixels" not in case:
+            continue
+        js = np.load(case["js_pixels"])
+        differ = int((js != case["pixels"]).sum())
+        assert js.shape == case["pixels"].shape
+        assert differ == 0, f"{case['bundle']} quality {case['quality']}: {differ} pixels differ"
+        checked += len(js)
+    assert checked >= 5 * len(CODEC_BUNDLES) * REAL_IMAGES
+
+
+def test_node_containers_are_byte_identical_to_python(parity: dict) -> None:
+    for case in parity["cases"]:
+        if "python" in case:
+            js = case["js_container"].read_bytes()
+            assert js == case["python"], f"{case['bundle']} quality {case['quality']}: containers differ"
+
+
+def test_escapes_are_exercised(parity: dict) -> None:
+    """Out-of-domain images must reach the escape path, or its parity is untested."""
+    from edgevae.runtime.codec import load_tables
+
+    bundle = read_manifest(shipped_bundles()["fashion-mnist-codec"])
+    tables = load_tables(bundle)
+    means = load(bundle.path, threads=1).encode(parity["images"])[0]
+    escapes = sum(int((t.symbols(means)[0] == t.escape).sum()) for t in tables.qualities)
+    assert escapes > 0
+
+
+def test_single_image_containers_and_random_access(parity: dict) -> None:
+    for case in parity["cases"]:
+        if "singles" not in case:
+            continue
+        for i, data in enumerate(case["singles"]):
+            assert Path(f"{case['split']}.{i}").read_bytes() == data, f"{case['bundle']}: single container {i} differs"
+        assert np.array_equal(np.load(case["js_indexed"]), case["indexed"]), case["bundle"]
+
+
+def test_node_model_interpolates_as_python_and_samples_by_seed(images: np.ndarray, tmp_path: Path) -> None:
+    """interpolate() follows Python's float32 arithmetic (same pixels); sample() is seeded by its own
+    generator (numpy's stream is not required): the same seed repeats, another seed differs, and
+    temperature 0 decodes the zero latent as Python does."""
+    name = "fashion-mnist"
+    bundle = shipped_bundles()[name]
+    np.save(tmp_path / "pair.npy", images[[3, 40]])
+    jobs = [{"op": "interpolate", "bundle": str(bundle), "images": str(tmp_path / "pair.npy"), "steps": 9,
+             "out": str(tmp_path / "blend.npy")}]
+    for label, seed, temperature in (("a", 1, 1.0), ("b", 1, 1.0), ("c", 2, 1.0), ("zero", 5, 0.0)):
+        jobs.append({"op": "sample", "bundle": str(bundle), "n": 6, "seed": seed, "temperature": temperature,
+                     "out": str(tmp_path / f"{label}.npy")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json")
+    model = load(bundle, threads=1)
+    assert np.array_equal(np.load(tmp_path / "blend.npy"), model.interpolate(images[3], images[40], steps=9))
+    a, b, c = (np.load(tmp_path / f"{x}.npy") for x in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and a.std() > 20
+    assert np.array_equal(np.load(tmp_path / "zero.npy"), model.decode(np.zeros((6, model.latent_dim), np.float32)))
+
+
+# -- the same errors for damaged and wrong-model containers -------------------------------------
+
+
+def _recrc(body: bytes, fingerprint: bytes) -> bytes:
+    return body + fmt.checksum(body, fingerprint, (1, 28, 28)).to_bytes(4, "big")
+
+
+def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, bytes, Codec]]:
+    """Named damaged containers (and the codec to decode them with)."""
+    fp = codec.fingerprint
+    multi = codec.compress(images[:6], quality=2)
+    single = codec.compress(images[:1], quality=4)
+    body = multi[:-4]
+    cases = [
+        ("empty", b"", codec), ("one byte", b"\xee", codec), ("wrong magic", b"\x00" + multi[1:], codec),
+        ("text", b"hello world, not a container", codec),
+        ("newer version", bytes([0xEE, 0x20]) + multi[2:], codec),
+        ("old version", bytes([0xEE, 0x00]) + multi[2:], codec),
+        ("truncated header", multi[:5], codec), ("truncated", multi[:-9], codec),
+        ("reserved mode", _recrc(bytes([0xEE, multi[1] | 0x0C]) + body[2:], fp), codec),
+        ("reserved bit", _recrc(bytes([0xEE, multi[1] | 0x01]) + body[2:], fp), codec),
+        ("flipped payload bit", multi[:20] + bytes([multi[20] ^ 4]) + multi[21:], codec),
+        ("flipped crc", multi[:-1] + bytes([multi[-1] ^ 1]), codec),
+        ("huge count", _recrc(bytes([0xEE, multi[1], multi[2], 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]) + body[4:], fp), codec),
+        ("count one", _recrc(bytes([0xEE, multi[1], multi[2], 0x01]) + body[4:], fp), codec),
+        ("over-long count", _recrc(bytes([0xEE, multi[1], multi[2], 0x86, 0x00]) + body[4:], fp), codec),
+        ("lengths past the end", _recrc(body[:4] + bytes([0x7F] * 5) + body[9:], fp), codec),
+        ("unknown quality", _recrc(bytes([0xEE, single[1], 0xF0 | single[2] & 0x0F]) + single[3:-4], fp), codec),
+        ("payload ends in zero", _recrc(single[:-4] + b"\0", fp), codec),
+        ("wrong model", multi, other),
+        ("lossless", codec.compress(images[:2], lossless=True), codec) if codec.model.bundle.name == "fashion-mnist" else
+        ("lossless header", _recrc(bytes([0xEE, 0x14, fp[0] >> 4]) + b"\x10\x01" + bytes(8), fp), codec),
+    ]
+    # Payload damage behind a valid CRC reaches the range decoder: invalid data, out-of-range symbols.
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        data = bytearray(single[:-4])
+        for _ in range(int(rng.integers(1, 4))):
+            pos = int(rng.integers(3, len(data)))
+            data[pos] = int(rng.integers(0, 256))
+        if trial % 3 == 0:
+            data += bytes(rng.integers(0, 256, int(rng.integers(1, 6))).astype(np.uint8))
+        cases.append((f"payload damage {trial}", _recrc(bytes(data), fp), codec))
+    # Hand-picked payloads that reach the range decoder's own errors: a point past the table's end
+    # (all-ones) and escapes that decode to symbols out of range, found by a seeded search.
+    from edgevae.runtime.codec import decode_payloads
+
+    table = codec.tables.qualities[single[2] >> 4]
+    cases.append(("all-ones payload", _recrc(single[:3] + b"\xff" * 9, fp), codec))
+    found: dict[str, int] = {}
+    for trial in range(4000):
+        payload = bytes([int(rng.integers(0xF0, 0x100))]) + bytes(rng.integers(0, 256, int(rng.integers(2, 12))).astype(np.uint8))
+        if payload.endswith(b"\0"):
+            continue
+        try:
+            decode_payloads(table, [payload])
+            kind = "decodes"
+        except InputError as e:
+            kind = re.sub(r"\d+", "#", str(e))
+        if found.get(kind, 0) < 4:
+            found[kind] = found.get(kind, 0) + 1
+            cases.append((f"searched payload {trial} ({kind})", _recrc(single[:3] + payload, fp), codec))
+    return cases
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist-codec", "fashion-mnist"])
+def test_damaged_containers_give_the_same_errors(name: str, images: np.ndarray, tmp_path: Path) -> None:
+    codec = Codec(load(shipped_bundles()[name], threads=1))
+    other_name = "fashion-mnist-codec-hq" if name != "fashion-mnist-codec-hq" else "fashion-mnist-codec"
+    other = Codec(load(shipped_bundles()[other_name], threads=1))
+    cases = _damaged(codec, other, images)
+    jobs, expected = [], []
+    for i, (label, data, decoder) in enumerate(cases):
+        (tmp_path / f"{i}.evz").write_bytes(data)
+        jobs.append({"op": "decode", "bundle": str(decoder.model.bundle.path), "container": str(tmp_path / f"{i}.evz"),
+                     "out": str(tmp_path / f"{i}.npy")})
+        try:
+            expected.append(("pixels", decoder.decompress(data)))
+        except InputError as e:
+            expected.append(("error", str(e)))
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json")
+    results = json.loads((tmp_path / "results.json").read_text())
+    kinds = set()
+    for i, ((label, _, _), (kind, value), result) in enumerate(zip(cases, expected, results)):
+        if label.startswith("lossless"):
+            # Python decodes mode 1 (or finds its payload damaged); the JavaScript package refuses it by name.
+            assert result["error"] and "lossless containers (mode 1)" in result["error"], label
+            continue
+        if kind == "error":
+            message = value
+            assert result["error"] == message, f"{label}: Python says {message!r}, JavaScript {result['error']!r}"
+            kinds.add(re.sub(r"\d+", "#", message))
+        else:
+            assert result["error"] is None, f"{label}: Python decodes it, JavaScript says {result['error']!r}"
+            assert np.array_equal(np.load(tmp_path / f"{i}.npy"), value), label
+    # The damage reached the decoder's own error paths, not only the framing checks.
+    assert any("AssertionError" in k or "out of range" in k for k in kinds), kinds
+
+
+# -- the Node command line ----------------------------------------------------------------------
+
+
+def evz(*args: str | Path) -> subprocess.CompletedProcess:
+    return run_node(WEB / "evz.mjs", *args, check=False, timeout=120)
+
+
+def test_cli_compress_and_decompress_match_python(images: np.ndarray, tmp_path: Path) -> None:
+    np.save(tmp_path / "in.npy", images[:12])
+    codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
+    result = evz("compress", tmp_path / "in.npy", tmp_path / "out.evz", "--bundle", "fashion-mnist-codec", "--quality", "high")
+    assert result.returncode == 0, result.stderr
+    data = codec.compress(images[:12], quality="high")
+    assert (tmp_path / "out.evz").read_bytes() == data
+    # Without --bundle the container's fingerprint picks the shipped bundle; --index is random access.
+    assert evz("decompress", tmp_path / "out.evz", tmp_path / "all.npy").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "all.npy"), codec.decompress(data))
+    result = evz("decompress", tmp_path / "out.evz", tmp_path / "two.npy", "--index", "11", "--index", "3")
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.load(tmp_path / "two.npy"), codec.decompress(data, indices=[11, 3]))
+    # --split: one container per image, as `edgevae compress --split`; quality by index.
+    assert evz("compress", tmp_path / "in.npy", tmp_path / "split", "--bundle", "fashion-mnist-codec", "--split",
+               "--quality", "0").returncode == 0
+    assert [(tmp_path / "split" / f"{i}.evz").read_bytes() for i in range(12)] == codec.compress_each(images[:12], quality=0)
+    info = json.loads(evz("info", tmp_path / "out.evz").stdout)
+    assert info["count"] == 12 and info["quality"] == "high" and info["modelMatches"] is True
+
+
+def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarray, tmp_path: Path) -> None:
+    codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
+    good = codec.compress(images[:3])
+    (tmp_path / "good.evz").write_bytes(good)
+    (tmp_path / "damaged.evz").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    lossless = Codec(load(shipped_bundles()["fashion-mnist"], threads=1)).compress(images[:2], lossless=True)
+    (tmp_path / "lossless.evz").write_bytes(lossless)
+    np.save(tmp_path / "in.npy", images[:3])
+    np.save(tmp_path / "float.npy", images[:3].astype(np.float32))
+    np.save(tmp_path / "shape.npy", images[:3, :, :20])
+    (tmp_path / "exists.npy").write_bytes(b"keep")
+    out = tmp_path / "out.npy"
+    tampered, partial = tmp_path / "tampered", tmp_path / "partial"
+    for folder in (tampered, partial):
+        shutil.copytree(shipped_bundles()["fashion-mnist-codec"], folder)
+    (tampered / "codec.json").write_text((tampered / "codec.json").read_text().replace('"balanced"', '"Balanced"', 1))
+    (partial / "decoder.onnx").unlink()
+    cases = {
+        "missing input": (["decompress", tmp_path / "nope.evz", out], "no such file"),
+        "damaged": (["decompress", tmp_path / "damaged.evz", out], "checksum mismatch"),
+        "lossless": (["decompress", tmp_path / "lossless.evz", out], "lossless containers (mode 1)"),
+        "not a container": (["decompress", tmp_path / "in.npy", out], "wrong magic byte"),
+        "bad index": (["decompress", tmp_path / "good.evz", out, "--index", "3"], "image index 3 is out of range"),
+        "wrong model": (["decompress", tmp_path / "good.evz", out, "--bundle", "fashion-mnist-codec-hq"], "another model"),
+        "no bundle folder": (["decompress", tmp_path / "good.evz", out, "--bundle", tmp_path / "none"], "no such model bundle"),
+        "exists": (["decompress", tmp_path / "good.evz", tmp_path / "exists.npy"], "--force"),
+        "unwritable": (["decompress", tmp_path / "good.evz", tmp_path / "no" / "dir" / "x.npy"], "cannot write"),
+        "unknown quality": (["compress", tmp_path / "in.npy", out, "--bundle", "fashion-mnist-codec", "--quality", "max"],
+                            "unknown quality 'max'"),
+        "float images": (["compress", tmp_path / "float.npy", out, "--bundle", "fashion-mnist-codec"], "uint8"),
+        "wrong shape": (["compress", tmp_path / "shape.npy", out, "--bundle", "fashion-mnist-codec"], "must have shape"),
+        "no bundle": (["compress", tmp_path / "in.npy", out], "needs --bundle"),
+        "tampered bundle": (["decompress", tmp_path / "good.evz", out, "--bundle", tampered], "sha256 does not match"),
+        "partial bundle": (["decompress", tmp_path / "good.evz", out, "--bundle", partial], "bundle is partial"),
+        "unknown command": (["explode"], "unknown command"),
+    }
+    for label, (args, needle) in cases.items():
+        result = evz(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, f"{label}: exit {result.returncode}, {result.stderr}"
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], f"{label}: {result.stderr!r}"
+        assert not out.exists(), label
+    assert (tmp_path / "exists.npy").read_bytes() == b"keep"
+    assert not list(tmp_path.glob("*.partial-*"))
+    help_text = evz("--help")
+    assert help_text.returncode == 0 and "compress IN.npy OUT.evz" in help_text.stdout and "decompress IN.evz" in help_text.stdout
+
+
+def test_format_md_worked_examples_in_javascript() -> None:
+    """FORMAT.md §3.5's examples (toy coder states, the real container byte by byte) hold for web/."""
+    result = run_node("--test", WEB / "test" / "format.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
+def test_format_md_worked_container_is_what_python_writes() -> None:
+    """The 15-byte container FORMAT.md §3.5 walks through is Python's own output for that image."""
+    from PIL import Image
+
+    text = (ROOT / "docs" / "FORMAT.md").read_text()
+    image = np.asarray(Image.open(ROOT / "examples" / "sneaker.png"))[None]
+    data = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1)).compress(image, quality=0)
+    assert " ".join(f"{b:02x}" for b in data) in text
+    assert zlib.crc32(b"123456789") == 0xCBF43926 and "0xCBF43926" in text
+
+
+# -- the page in headless Chromium (onnxruntime-web, WebAssembly) ---------------------------------
+
+#: onnxruntime-web's WASM kernels round a few decoder outputs differently from onnxruntime's CPU
+#: build: pixels may differ by one level, rarely. Bounds for the page's pixels against Python's.
+WASM_MAX_PIXEL_DIFFERENCE = 1
+WASM_MAX_DIFFERING_FRACTION = 1e-4
+WASM_MAX_INT8_PIXEL_DIFFERENCE = 8
+
+
+def chromium_bin() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is not installed: `make web-deps` (apt-get install chromium) sets it up"
+    return chromium
+
+
+@pytest.fixture(scope="module")
+def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Load the page in headless Chromium, use every panel, and decode/compress in it the images
+    every codec bundle's default quality codes here (the WASM parity figures)."""
+    work = tmp_path_factory.mktemp("page")
+    codecs = {name: Codec(load(shipped_bundles()[name], threads=1)) for name in CODEC_BUNDLES}
+    opened = codecs["fashion-mnist-codec"].compress(images[:40], quality="high")
+    (work / "opened.evz").write_bytes(opened)
+    bulk, expected = [], []
+    images.tofile(work / "images.raw")
+    for name, codec in codecs.items():
+        data = codec.compress(images)
+        (work / f"{name}.evz").write_bytes(data)
+        bulk.append({"bundle": name, "container": str(work / f"{name}.evz"), "images": str(work / "images.raw"),
+                     "quality": codec.default_quality})
+        expected.append({"bundle": name, "container": data, "pixels": codec.decompress(data)})
+    screenshot = ROOT / "docs" / "img" / "web.png" if os.environ.get("EDGEVAE_UPDATE_SCREENSHOT") else work / "web.png"
+    spec = {"chromium": chromium_bin(), "image": str(ROOT / "examples" / "sneaker.png"),
+            "container": str(work / "opened.evz"), "bulk": bulk, "screenshot": str(screenshot)}
+    (work / "spec.json").write_text(json.dumps(spec))
+    run_node(WEB / "test" / "page.mjs", work / "spec.json", work / "result.json", timeout=600)
+    result = json.loads((work / "result.json").read_text())
+    return {"result": result, "expected": expected, "opened": opened, "codecs": codecs, "screenshot": screenshot}
+
+
+def _pixel_differences(got: np.ndarray, want: np.ndarray) -> tuple[int, int]:
+    diff = np.abs(got.astype(int) - want.astype(int))
+    return int((diff > 0).sum()), int(diff.max(initial=0))
+
+
+def test_page_loads_offline_and_samples(page_run: dict) -> None:
+    result = page_run["result"]
+    assert result["status"].startswith("ready") or "decoded" in result["status"], result["status"]
+    assert result["console"] == [], result["console"]
+    assert result["requests"] == [], "the page fetched something from outside its own server"
+    first, second = (np.array(s["pixels"], np.uint8).reshape(32, 28, 28) for s in result["samples"])
+    assert first.std() > 20 and second.std() > 20, "samples look blank"
+    assert result["samples"][1]["seed"] == 5 and not np.array_equal(first, second), "a new seed must give new samples"
+    a, mid = (np.array(b["pixels"], np.uint8) for b in result["blend"])
+    sneaker = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(ROOT / "examples" / "sneaker.png"))[None, None]
+    reconstruction = load(shipped_bundles()["fashion-mnist"], threads=1).reconstruct(sneaker).ravel()
+    differing, largest = _pixel_differences(a, reconstruction)
+    assert largest <= WASM_MAX_PIXEL_DIFFERENCE, "the blend at A must be A's reconstruction"
+    assert not np.array_equal(mid, a)
+    assert page_run["screenshot"].stat().st_size > 20_000
+
+
+def test_page_round_trip_gives_python_bytes_and_pixels(page_run: dict) -> None:
+    from PIL import Image
+
+    result = page_run["result"]
+    codec = page_run["codecs"]["fashion-mnist-codec"]
+    image = np.asarray(Image.open(ROOT / "examples" / "sneaker.png"))[None, None]
+    data = codec.compress(image)
+    assert bytes(result["compress"]["bytes"]) == data, "the page's .evz differs from Python's"
+    assert result["compressHex"] == " ".join(f"{b:02x}" for b in data)
+    assert np.array_equal(np.array(result["compress"]["original"], np.uint8), image.ravel())
+    differing, largest = _pixel_differences(np.array(result["compress"]["decoded"], np.uint8), codec.decompress(data).ravel())
+    assert largest <= WASM_MAX_PIXEL_DIFFERENCE and differing <= 2
+    opened = np.array(result["open"]["pixels"], np.uint8)
+    want = codec.decompress(page_run["opened"]).ravel()
+    differing, largest = _pixel_differences(opened, want)
+    assert result["open"]["bundle"] == "fashion-mnist-codec" and len(opened) == len(want)
+    assert largest <= WASM_MAX_PIXEL_DIFFERENCE and differing <= WASM_MAX_DIFFERING_FRACTION * len(want) + 2
+
+
+def test_wasm_parity_figures(page_run: dict, capsys: pytest.CaptureFixture) -> None:
+    """onnxruntime-web against Python: pixels of Python's containers, and the page's own containers."""
+    lines, figures = [], []
+    for got, want in zip(page_run["result"]["bulk"], page_run["expected"]):
+        pixels = np.array(got["pixels"], np.uint8)
+        differing, largest = _pixel_differences(pixels, want["pixels"].ravel())
+        same_bytes = bytes(got["container"]) == want["container"]
+        lines.append(f"{want['bundle']}: {differing} of {pixels.size} pixels differ (max {largest}); "
+                     f"containers {'identical' if same_bytes else 'DIFFER'}")
+        figures.append((want["bundle"], differing, largest, pixels.size, same_bytes))
+    with capsys.disabled():
+        print("\nonnxruntime-web (WASM) vs onnxruntime CPU, default quality, "
+              f"{len(page_run['expected'][0]['pixels'])} images:\n  " + "\n  ".join(lines))
+    for bundle, differing, largest, size, same_bytes in figures:
+        # int8 graphs: WASM's integer kernels requantize differently, a few pixels move by more.
+        limit = WASM_MAX_INT8_PIXEL_DIFFERENCE if "int8" in bundle else WASM_MAX_PIXEL_DIFFERENCE
+        assert largest <= limit and differing <= WASM_MAX_DIFFERING_FRACTION * size, bundle
+
+
+# -- README's snippets --------------------------------------------------------------------------
+
+
+def readme_block(language: str, first_line: str) -> str:
+    """The README code block of ``language`` whose first line starts with ``first_line``."""
+    for block in re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"README.md has no ```{language} block starting with {first_line!r}")
+
+
+def run_snippet(code: str) -> subprocess.CompletedProcess:
+    """Run JavaScript as a module file inside web/ (so its imports resolve to web/node_modules), from the repository root."""
+    path = WEB / "test" / f".readme-snippet-{os.getpid()}.mjs"
+    path.write_text(code.replace('from "./web/index.js"', 'from "../index.js"'))
+    try:
+        return run_node(path, timeout=120)
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("name", CODEC_BUNDLES)
+def test_readme_javascript_onnx_snippet_runs(name: str) -> None:
+    """README's onnxruntime-node snippet samples an image from any bundle: D comes from model.json."""
+    code = readme_block("js", "// JavaScript: sample one image")
+    assert 'const bundle = "exported/fashion-mnist";' in code
+    out = run_snippet(code.replace('"exported/fashion-mnist"', f'"exported/{name}"')).stdout
+    c, h, w = read_manifest(shipped_bundles()[name]).image_shape
+    assert out.strip() == f"uint8 [ 1, {c}, {h}, {w} ] {c * h * w}"
+
+
+def test_readme_javascript_package_snippet_runs() -> None:
+    code = readme_block("js", "// Node, from the repository root")
+    count, *rest = run_snippet(code).stdout.split()
+    back, third = int(rest[0]), int(rest[1])
+    assert 4 * 784 == back and third == 784 and 7 + 4 < int(count) < 4 * 40
+    assert rest[2:] == list(Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1)).qualities)
+
+
+def _onnxruntime_header() -> Path | None:
+    candidates = [os.environ.get("ONNXRUNTIME_INCLUDE", ""), "/usr/include", "/usr/local/include",
+                  "/usr/include/onnxruntime", "/usr/local/include/onnxruntime"]
+    for folder in filter(None, candidates):
+        if (Path(folder) / "onnxruntime_c_api.h").is_file():
+            return Path(folder)
+    return None
+
+
+def test_readme_c_snippet_compiles_and_runs(tmp_path: Path) -> None:
+    """README's C program, compiled against onnxruntime's C library (the one inside onnxruntime-node)
+    and run on every bundle. Needs onnxruntime_c_api.h, which no registry CI reaches ships
+    (set ONNXRUNTIME_INCLUDE to its folder); checked by hand with the v1.29 API header."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    import platform
+
+    arch = {"x86_64": "x64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    libraries = sorted((WEB / "node_modules" / "onnxruntime-node").glob(f"bin/napi-*/linux/{arch}/libonnxruntime.so.1"))
+    header = _onnxruntime_header()
+    if not (compiler and libraries and header):
+        pytest.skip("onnxruntime_c_api.h is not installed (set ONNXRUNTIME_INCLUDE): the C snippet is not compiled")
+    (tmp_path / "sample.c").write_text(readme_block("c", "/* C: sample one image"))
+    library = libraries[0].resolve()
+    subprocess.run([compiler, "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{header}", str(tmp_path / "sample.c"),
+                    str(library), "-lm", f"-Wl,-rpath,{library.parent}", "-o", str(tmp_path / "sample")],
+                   check=True, capture_output=True, timeout=120)
+    for name in CODEC_BUNDLES:
+        bundle = read_manifest(shipped_bundles()[name])
+        out = subprocess.run([str(tmp_path / "sample"), str(bundle.graph_path(contract.DECODER))],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        c, h, w = bundle.image_shape
+        assert out.startswith(f"D={bundle.latent_dim} pixels uint8 [1, {c}, {h}, {w}]"), out

@@ -1,0 +1,242 @@
+// Finding, reading and verifying model bundles (model.json + the files it names) from a folder
+// (Node) or a URL (browsers and Node): every file is checked against its sha256 before use,
+// and the bundle's 32-byte fingerprint is computed as docs/FORMAT.md §2 specifies.
+
+import { BundleError } from "./errors.js";
+import { parseTables, TABLES_FILE } from "./codec.js";
+
+export const MANIFEST_FILE = "model.json";
+export const MANIFEST_FORMAT = "edgevae-bundle";
+export const MANIFEST_VERSION = 1;
+export const LIKELIHOOD_KIND = "discretized_logistic_mixture";
+/** The graphs in contract order (the fingerprint hashes their digests in this order). */
+export const GRAPHS = [
+  { key: "encoder", inputs: ["images"], outputs: ["mean", "logvar"] },
+  { key: "decoder", inputs: ["latents"], outputs: ["pixels", "mixture_logits", "mixture_means", "mixture_log_scales"] },
+];
+
+const isNode = typeof process !== "undefined" && !!process.versions?.node;
+
+/** The folder of the bundles shipped with edgevae (`exported/` next to `web/`), as a URL. */
+export const SHIPPED_BUNDLES = new URL("../exported/", import.meta.url);
+
+function hex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function fromHex(text) {
+  return Uint8Array.from(text.match(/../g), (h) => parseInt(h, 16));
+}
+
+/** sha256 of bytes (WebCrypto: browsers in secure contexts such as localhost, and Node). */
+export async function sha256(bytes) {
+  // Node 18 has WebCrypto only as node:crypto's webcrypto; browsers and Node 20+ as a global.
+  const subtle = globalThis.crypto?.subtle ?? (await import("node:crypto")).webcrypto.subtle;
+  return new Uint8Array(await subtle.digest("SHA-256", bytes));
+}
+
+/** Reads a bundle's files from a folder path (Node) or a base URL (fetch). */
+class Source {
+  constructor(location) {
+    if (location instanceof URL || !isNode || /^[a-z][a-z0-9+.-]*:\/\//i.test(String(location))) {
+      const base = new URL(String(location), globalThis.document?.baseURI ?? SHIPPED_BUNDLES);
+      if (!base.pathname.endsWith("/")) base.pathname += "/";
+      this.url = base;
+      this.label = base.protocol === "file:" ? decodeURIComponent(base.pathname).replace(/\/$/, "") : base.href.replace(/\/$/, "");
+    } else {
+      this.folder = String(location).replace(/\/+$/, "") || "/";
+      this.label = String(location);
+    }
+  }
+
+  where(name) {
+    return `${this.label}/${name}`;
+  }
+
+  /** Bytes of file `name`, or null if it does not exist. */
+  async read(name) {
+    if (this.url && this.url.protocol !== "file:") {
+      let response;
+      try {
+        response = await fetch(new URL(name, this.url));
+      } catch (e) {
+        throw new BundleError(`${this.where(name)}: cannot fetch (${e.message})`);
+      }
+      if (response.status === 404) return null;
+      if (!response.ok) throw new BundleError(`${this.where(name)}: cannot fetch (HTTP ${response.status})`);
+      return new Uint8Array(await response.arrayBuffer());
+    }
+    const { readFile } = await import("node:fs/promises");
+    const path = this.url ? new URL(name, this.url) : `${this.folder}/${name}`;
+    try {
+      return new Uint8Array(await readFile(path));
+    } catch (e) {
+      if (e.code === "ENOENT") return null;
+      throw new BundleError(`${this.where(name)}: cannot read (${e.code ?? e.message})`);
+    }
+  }
+
+  /** BundleError unless the location is an existing folder (Node paths only). */
+  async checkFolder() {
+    if (this.url && this.url.protocol !== "file:") return;
+    const { stat } = await import("node:fs/promises");
+    const folder = this.url ?? this.folder;
+    const isDir = await stat(folder).then((s) => s.isDirectory(), () => false);
+    if (!isDir) {
+      const names = (await shippedBundleNames()).join(", ");
+      throw new BundleError(`${this.label}: no such model bundle folder (shipped bundles by name: ${names})`);
+    }
+  }
+}
+
+/** Names of the shipped bundles (Node; in a browser an empty list). */
+export async function shippedBundleNames() {
+  if (!isNode) return [];
+  const { readdir, stat } = await import("node:fs/promises");
+  const names = await readdir(SHIPPED_BUNDLES).catch(() => []);
+  const found = [];
+  for (const name of names.sort()) {
+    if (await stat(new URL(`${name}/${MANIFEST_FILE}`, SHIPPED_BUNDLES)).then(() => true, () => false)) found.push(name);
+  }
+  return found;
+}
+
+/** A bundle location: a folder path or URL; a bare name of a shipped bundle means that bundle (Node). */
+async function resolveLocation(location) {
+  if (isNode && !(location instanceof URL) && /^[A-Za-z0-9._-]+$/.test(String(location))) {
+    const { stat } = await import("node:fs/promises");
+    const local = await stat(String(location)).then(() => true, () => false);
+    if (!local && (await shippedBundleNames()).includes(String(location))) return new URL(`${location}/`, SHIPPED_BUNDLES);
+  }
+  return location;
+}
+
+function checkManifest(manifest, where) {
+  if (!manifest || typeof manifest !== "object" || manifest.format !== MANIFEST_FORMAT) {
+    throw new BundleError(`${where}: not an edgevae bundle manifest`);
+  }
+  if (manifest.format_version !== MANIFEST_VERSION) {
+    throw new BundleError(`${where}: bundle format version ${manifest.format_version} is not supported by this edgevae ` +
+      `(supports ${MANIFEST_VERSION}); upgrade edgevae or re-export the bundle`);
+  }
+  const incomplete = (what) => new BundleError(`${where}: manifest is incomplete (missing or invalid ${what})`);
+  for (const graph of GRAPHS) {
+    const entry = manifest.graphs?.[graph.key];
+    if (typeof entry?.file !== "string" || typeof entry?.sha256 !== "string" || entry.sha256.length !== 64) throw incomplete(`'${graph.key}'`);
+  }
+  const shape = manifest.image?.shape;
+  if (!Array.isArray(shape) || shape.length !== 3 || !shape.every((n) => Number.isInteger(n) && n > 0)) throw incomplete("'image'");
+  if (!Number.isInteger(manifest.latent?.dim)) throw incomplete("'latent'");
+  if (manifest.likelihood?.kind !== LIKELIHOOD_KIND) throw new BundleError(`${where}: unknown likelihood ${JSON.stringify(manifest.likelihood?.kind ?? null)}`);
+  const codec = manifest.codec;
+  if (codec != null && (typeof codec.file !== "string" || typeof codec.sha256 !== "string" || codec.sha256.length !== 64)) throw incomplete("'codec'");
+}
+
+/** A verified bundle: its manifest, its files' bytes (checked against their sha256) and its fingerprint. */
+export class Bundle {
+  constructor(source, manifest, files, fingerprint) {
+    this.source = source;
+    this.manifest = manifest;
+    this.files = files; // key ("encoder", "decoder", "codec") -> Uint8Array
+    this.fingerprint = fingerprint;
+  }
+
+  get location() {
+    return this.source.label;
+  }
+
+  get name() {
+    return String(this.manifest.name ?? this.source.label.split("/").pop());
+  }
+
+  /** [C, H, W] of the model's images. */
+  get imageShape() {
+    return this.manifest.image.shape.map(Number);
+  }
+
+  get latentDim() {
+    return Number(this.manifest.latent.dim);
+  }
+
+  /** The codec tables (codec.json), validated; BundleError if the bundle has none. */
+  async codecTables() {
+    if (!this.files.codec) {
+      throw new BundleError(`${this.location}: this model bundle has no codec tables (${TABLES_FILE}); export it again with ` +
+        `'edgevae-train export' or add them with 'edgevae-train codec-tables ${this.location}'`);
+    }
+    this._tables ??= parseTables(this.files.codec, this.latentDim, this.source.where(this.manifest.codec.file));
+    return this._tables;
+  }
+}
+
+/** The fingerprint of a manifest: sha256 over the raw digests of encoder, decoder and codec tables. */
+export async function fingerprintOf(manifest) {
+  const digests = GRAPHS.map((g) => manifest.graphs[g.key].sha256);
+  if (manifest.codec) digests.push(manifest.codec.sha256);
+  const joined = new Uint8Array(32 * digests.length);
+  digests.forEach((d, i) => joined.set(fromHex(d), 32 * i));
+  return sha256(joined);
+}
+
+/** Read a bundle's manifest only (enough for its shapes and fingerprint): {source, manifest, fingerprint}. */
+export async function readManifest(location) {
+  const source = new Source(await resolveLocation(location));
+  await source.checkFolder();
+  const raw = await source.read(MANIFEST_FILE);
+  if (raw === null) throw new BundleError(`${source.label}: not a model bundle (no ${MANIFEST_FILE})`);
+  let manifest;
+  try {
+    manifest = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(raw));
+  } catch (e) {
+    throw new BundleError(`${source.where(MANIFEST_FILE)}: unreadable manifest (${e.name})`);
+  }
+  checkManifest(manifest, source.where(MANIFEST_FILE));
+  return { source, manifest, fingerprint: await fingerprintOf(manifest) };
+}
+
+/** Read and verify a bundle from a folder path, a URL or a shipped bundle's name. BundleError on any problem. */
+export async function readBundle(location) {
+  const { source, manifest, fingerprint } = await readManifest(location);
+  const entries = GRAPHS.map((g) => [g.key, manifest.graphs[g.key]]);
+  if (manifest.codec) entries.push(["codec", manifest.codec]);
+  const files = {};
+  for (const [key, entry] of entries) {
+    const bytes = await source.read(entry.file);
+    if (bytes === null) throw new BundleError(`${source.label}: bundle is partial, ${entry.file} is missing`);
+    if (hex(await sha256(bytes)) !== entry.sha256) {
+      throw new BundleError(`${source.where(entry.file)}: sha256 does not match model.json (file altered or from another bundle)`);
+    }
+    files[key] = bytes;
+  }
+  return new Bundle(source, manifest, files, fingerprint);
+}
+
+/**
+ * The shipped bundle whose fingerprint made container `bytes` (prefix and checksum match), as
+ * its location, or null (also for a container too damaged to parse). Node only.
+ */
+export async function shippedBundleFor(bytes) {
+  const { parse, fingerprintPrefix } = await import("./container.js");
+  let parsed;
+  try {
+    parsed = parse(bytes);
+  } catch {
+    return null;
+  }
+  for (const name of await shippedBundleNames()) {
+    let found;
+    try {
+      found = await readManifest(new URL(`${name}/`, SHIPPED_BUNDLES));
+    } catch {
+      continue;
+    }
+    if (parsed.header.fingerprintPrefix !== fingerprintPrefix(found.fingerprint)) continue;
+    try {
+      parsed.verify(found.fingerprint, found.manifest.image.shape.map(Number));
+    } catch {
+      continue;
+    }
+    return new URL(`${name}/`, SHIPPED_BUNDLES);
+  }
+  return null;
+}

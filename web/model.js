@@ -1,0 +1,162 @@
+// The model: two ONNX Runtime sessions (onnxruntime-node in Node, onnxruntime-web in browsers)
+// behind a small API mirroring Python's EdgeVAE: encode, decode, sample, reconstruct, interpolate.
+
+import { BundleError, InputError } from "./errors.js";
+import { GRAPHS, readBundle } from "./bundle.js";
+
+const isNode = typeof process !== "undefined" && !!process.versions?.node;
+
+/** onnxruntime for this platform: onnxruntime-node in Node, onnxruntime-web elsewhere (an import map may point it at node_modules). */
+export async function defaultOrt() {
+  return isNode ? import("onnxruntime-node") : import("onnxruntime-web");
+}
+
+/**
+ * Seeded standard normal numbers (float32): xoshiro128** seeded through splitmix32, Box-Muller.
+ * The same seed gives the same numbers in every browser and Node; they are not numpy's.
+ */
+export function gaussian(count, seed = 0) {
+  let s = seed >>> 0;
+  const splitmix = () => {
+    s = (s + 0x9e3779b9) >>> 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+  const st = [splitmix(), splitmix(), splitmix(), splitmix()];
+  const next = () => {
+    const result = Math.imul(((Math.imul(st[1], 5) << 7) | (Math.imul(st[1], 5) >>> 25)) >>> 0, 9) >>> 0;
+    const t = (st[1] << 9) >>> 0;
+    st[2] ^= st[0]; st[3] ^= st[1]; st[1] ^= st[2]; st[0] ^= st[3];
+    st[2] ^= t;
+    st[3] = ((st[3] << 11) | (st[3] >>> 21)) >>> 0;
+    return result;
+  };
+  const uniform = () => (next() + 0.5) / 2 ** 32; // in (0, 1)
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(uniform()));
+    const a = 2 * Math.PI * uniform();
+    out[i] = r * Math.cos(a);
+    if (i + 1 < count) out[i + 1] = r * Math.sin(a);
+  }
+  return out;
+}
+
+/** A loaded bundle: encode, decode, sample, reconstruct and interpolate images. */
+export class EdgeVAE {
+  constructor(bundle, ort, encoder, decoder) {
+    this.bundle = bundle;
+    this.ort = ort;
+    this.imageShape = bundle.imageShape;
+    this.imageSize = this.imageShape.reduce((a, b) => a * b, 1);
+    this.latentDim = bundle.latentDim;
+    this.encoder = encoder;
+    this.decoder = decoder;
+  }
+
+  /** Pixels as {data: Uint8Array N*C*H*W, count}; InputError unless uint8 images of the model's shape. */
+  checkImages(pixels) {
+    let data = pixels;
+    if (pixels && typeof pixels === "object" && "dims" in pixels && "data" in pixels) { // an ort.Tensor
+      const dims = Array.from(pixels.dims);
+      const batched = dims.length === 3 ? [1, ...dims] : dims;
+      if (batched.length !== 4 || batched.slice(1).some((n, i) => n !== this.imageShape[i])) {
+        throw new InputError(`images must have shape (N, ${this.imageShape.join(", ")}), got (${dims.join(", ")})`);
+      }
+      data = pixels.data;
+    }
+    if (!(data instanceof Uint8Array || data instanceof Uint8ClampedArray)) {
+      throw new InputError("images must be uint8 pixels 0..255 (a Uint8Array in C-H-W order, image after image)");
+    }
+    if (data.length % this.imageSize !== 0) {
+      throw new InputError(`images must be a multiple of ${this.imageSize} pixels (${this.imageShape.join(" x ")} each), got ${data.length}`);
+    }
+    return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), count: data.length / this.imageSize };
+  }
+
+  /** Posterior means and log-variances (Float32Array N*D each) of uint8 images. */
+  async encode(pixels) {
+    const { data, count } = this.checkImages(pixels);
+    if (count === 0) return { mean: new Float32Array(0), logvar: new Float32Array(0) };
+    const images = new this.ort.Tensor("uint8", data, [count, ...this.imageShape]);
+    const out = await this.encoder.run({ images });
+    return { mean: Float32Array.from(out.mean.data), logvar: Float32Array.from(out.logvar.data) };
+  }
+
+  /** Mean pixels (Uint8Array N*C*H*W) of latents (N*D float32 values, finite). */
+  async decode(latents) {
+    const z = Float32Array.from(latents);
+    if (z.length % this.latentDim !== 0) throw new InputError(`latents must be N x ${this.latentDim} values, got ${z.length}`);
+    if (!z.every(Number.isFinite)) throw new InputError("latents contain NaN or Inf");
+    if (z.length === 0) return new Uint8Array(0);
+    const tensor = new this.ort.Tensor("float32", z, [z.length / this.latentDim, this.latentDim]);
+    const out = await this.decoder.run({ latents: tensor }, ["pixels"]);
+    return Uint8Array.from(out.pixels.data);
+  }
+
+  /** `n` new images decoded from z = temperature * eps, eps ~ N(0, I) from `seed` (our own generator). */
+  async sample(n, { temperature = 1, seed = 0 } = {}) {
+    if (!(Number.isInteger(n) && n >= 0)) throw new InputError(`number of samples must be >= 0, got ${n}`);
+    if (!(Number.isFinite(temperature) && temperature >= 0)) throw new InputError(`temperature must be a finite number >= 0, got ${temperature}`);
+    const eps = gaussian(n * this.latentDim, seed);
+    return this.decode(eps.map((e) => Math.fround(e * Math.fround(temperature))));
+  }
+
+  /** Encode to the posterior mean and decode again. */
+  async reconstruct(pixels) {
+    return this.decode((await this.encode(pixels)).mean);
+  }
+
+  /** Latents blending image a into image b: `steps` points on the straight line between their means, as Python's. */
+  async interpolationLatents(a, b, steps = 8) {
+    if (!(Number.isInteger(steps) && steps >= 2)) throw new InputError(`interpolation needs at least 2 steps, got ${steps}`);
+    const pair = new Uint8Array(2 * this.imageSize);
+    pair.set(this.checkImages(a).data);
+    pair.set(this.checkImages(b).data, this.imageSize);
+    const { mean } = await this.encode(pair);
+    const d = this.latentDim;
+    const z = new Float32Array(steps * d);
+    for (let s = 0; s < steps; s++) {
+      const t = Math.fround(s / (steps - 1));
+      const u = Math.fround(1 - t);
+      for (let j = 0; j < d; j++) z[s * d + j] = Math.fround(Math.fround(u * mean[j]) + Math.fround(t * mean[d + j]));
+    }
+    return z;
+  }
+
+  /** `steps` images blending image `a` into image `b` (one image each) through latent space. */
+  async interpolate(a, b, steps = 8) {
+    return this.decode(await this.interpolationLatents(a, b, steps));
+  }
+}
+
+async function session(ort, bytes, key, threads) {
+  const options = { graphOptimizationLevel: "all", logSeverityLevel: 3 };
+  if (threads) options.intraOpNumThreads = threads;
+  try {
+    return await ort.InferenceSession.create(bytes, options);
+  } catch (e) {
+    throw new BundleError(`${key}.onnx: ONNX Runtime cannot load this graph (${String(e.message).split("\n")[0]})`);
+  }
+}
+
+/**
+ * Load a bundle (folder path, URL, or a shipped bundle's name in Node) and create its sessions.
+ * Options: `ort` (an onnxruntime module; default onnxruntime-node / onnxruntime-web), `threads`.
+ */
+export async function load(location, { ort, threads } = {}) {
+  const bundle = await readBundle(location);
+  ort ??= await defaultOrt();
+  const sessions = [];
+  for (const graph of GRAPHS) {
+    const s = await session(ort, bundle.files[graph.key], graph.key, threads);
+    const names = [Array.from(s.inputNames), Array.from(s.outputNames)];
+    if (JSON.stringify(names) !== JSON.stringify([graph.inputs, graph.outputs])) {
+      throw new BundleError(`${graph.key}.onnx: inputs/outputs ${JSON.stringify(names)} do not follow the edgevae contract`);
+    }
+    sessions.push(s);
+  }
+  return new EdgeVAE(bundle, ort, ...sessions);
+}

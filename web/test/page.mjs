@@ -1,0 +1,82 @@
+// Drives web/index.html in headless Chromium (Debian's /usr/bin/chromium through playwright-core,
+// no browser download) for tests/test_web.py, and takes the README's screenshot.
+//
+//   node web/test/page.mjs SPEC.json RESULT.json
+//
+// SPEC: {chromium, image (a PNG to compress through the page's file input), container (a .evz
+//        to open through the page), bulk: [{bundle, container, images?, quality}] (decoded and
+//        compressed in the page for the WASM parity figures), screenshot (optional PNG path)}
+// RESULT: what the page showed, as JSON (bytes and pixels as arrays).
+
+import { readFile, writeFile } from "node:fs/promises";
+import { chromium } from "playwright-core";
+import { staticServer } from "../serve.mjs";
+
+const [specPath, resultPath] = process.argv.slice(2);
+const spec = JSON.parse(await readFile(specPath, "utf-8"));
+const server = staticServer();
+await new Promise((done) => server.listen(0, "127.0.0.1", done));
+const origin = `http://127.0.0.1:${server.address().port}`;
+const browser = await chromium.launch({
+  executablePath: spec.chromium ?? "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+  // playwright gives every launch a fresh temporary profile (user data dir) of its own
+});
+const result = { console: [], requests: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1000 }, deviceScaleFactor: 1 });
+  page.on("console", (m) => m.type() === "error" && result.console.push(m.text()));
+  page.on("pageerror", (e) => result.console.push(String(e)));
+  page.on("request", (r) => { if (!r.url().startsWith(origin)) result.requests.push(r.url()); });
+  await page.goto(`${origin}/web/index.html`);
+  await page.waitForFunction(() => window.edgevaePage?.ready, null, { timeout: 120000 });
+  await page.evaluate(() => window.edgevaePage.ready);
+  result.status = await page.textContent("#status");
+  const grab = (key) => page.evaluate((k) => {
+    const last = window.edgevaePage.last[k];
+    return Object.fromEntries(Object.entries(last).map(([name, v]) => [name, ArrayBuffer.isView(v) ? Array.from(v) : v]));
+  }, key);
+  result.samples = [await grab("samples")];
+  await page.fill("#seed", "5");
+  await page.waitForFunction(() => window.edgevaePage.last.samples.seed === 5);
+  result.samples.push(await grab("samples"));
+  await page.fill("#blend-t", "0");
+  await page.dispatchEvent("#blend-t", "input");
+  await page.waitForFunction(() => window.edgevaePage.last.blend.t === 0);
+  result.blend = [await grab("blend")];
+  await page.evaluate(() => { const s = document.getElementById("blend-t"); s.value = "0.5"; s.dispatchEvent(new Event("input")); });
+  await page.waitForFunction(() => window.edgevaePage.last.blend.t === 0.5);
+  result.blend.push(await grab("blend"));
+  // Compress a picked image: through the file input, as a user does.
+  await page.setInputFiles("#compress-file", spec.image);
+  await page.waitForFunction((name) => window.edgevaePage.last.compress?.label === name, spec.image.split("/").pop());
+  result.compress = await grab("compress");
+  result.compressHex = await page.textContent("#compress-hex");
+  // Open a .evz made by Python.
+  await page.setInputFiles("#open-file", spec.container);
+  await page.waitForFunction(() => window.edgevaePage.last.open, null, { timeout: 60000 });
+  result.open = await grab("open");
+  result.openSummary = await page.textContent("#open-summary");
+  // WASM parity figures: decode Python's containers and compress the same images in the page.
+  result.bulk = [];
+  for (const job of spec.bulk ?? []) {
+    const container = Array.from(await readFile(job.container));
+    const images = job.images ? Array.from(await readFile(job.images)) : null;
+    result.bulk.push(await page.evaluate(async ({ bundle, container, images, quality }) => {
+      const { api, ort, codecs } = window.edgevaePage;
+      const codec = codecs[bundle] ?? await api.Codec.create(await api.load(new URL(`../exported/${bundle}/`, location.href), { ort }));
+      const pixels = await codec.decompress(Uint8Array.from(container));
+      const made = images ? await codec.compress(Uint8Array.from(images), { quality }) : null;
+      return { pixels: Array.from(pixels), container: made && Array.from(made) };
+    }, { ...job, container, images }));
+  }
+  if (spec.screenshot) {
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: spec.screenshot, fullPage: true });
+  }
+} finally {
+  await browser.close();
+  server.close();
+}
+await writeFile(resultPath, JSON.stringify(result));
