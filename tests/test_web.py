@@ -22,7 +22,7 @@ from edgevae.runtime import container as fmt
 from edgevae.runtime import contract
 from edgevae.runtime import load
 from edgevae.runtime.bundle import read_manifest, shipped_bundles
-from edgevae.runtime.codec import Codec
+from edgevae.runtime.codec import Codec, LosslessCodec
 from edgevae.runtime.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_node_containers_are_byte_identical_to_python(parity: dict) -> None:
 
 def test_escapes_are_exercised(parity: dict) -> None:
     """Out-of-domain images must reach the escape path, or its parity is untested."""
-    from edgevae.runtime.codec import load_tables
+    from edgevae.runtime.tables import load_tables
 
     bundle = read_manifest(shipped_bundles()["fashion-mnist-codec"])
     tables = load_tables(bundle)
@@ -233,7 +233,7 @@ def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, 
         ("unknown quality", _recrc(bytes([0xEE, single[1], 0xF0 | single[2] & 0x0F]) + single[3:-4], fp), codec),
         ("payload ends in zero", _recrc(single[:-4] + b"\0", fp), codec),
         ("wrong model", multi, other),
-        ("lossless", codec.compress(images[:2], lossless=True), codec) if codec.model.bundle.name == "fashion-mnist" else
+        ("lossless", LosslessCodec(codec.model).compress(images[:2]), codec) if codec.model.bundle.name == "fashion-mnist" else
         ("lossless header", _recrc(bytes([0xEE, 0x14, fp[0] >> 4]) + b"\x10\x01" + bytes(8), fp), codec),
     ]
     # Payload damage behind a valid CRC reaches the range decoder: invalid data, out-of-range symbols.
@@ -248,7 +248,7 @@ def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, 
         cases.append((f"payload damage {trial}", _recrc(bytes(data), fp), codec))
     # Hand-picked payloads that reach the range decoder's own errors: a point past the table's end
     # (all-ones) and escapes that decode to symbols out of range, found by a seeded search.
-    from edgevae.runtime.codec import decode_payloads
+    from edgevae.runtime.rangecode import decode_payloads
 
     table = codec.tables.qualities[single[2] >> 4]
     cases.append(("all-ones payload", _recrc(single[:3] + b"\xff" * 9, fp), codec))
@@ -336,7 +336,7 @@ def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarra
     good = codec.compress(images[:3])
     (tmp_path / "good.evz").write_bytes(good)
     (tmp_path / "damaged.evz").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    lossless = Codec(load(shipped_bundles()["fashion-mnist"], threads=1)).compress(images[:2], lossless=True)
+    lossless = LosslessCodec(load(shipped_bundles()["fashion-mnist"], threads=1)).compress(images[:2])
     (tmp_path / "lossless.evz").write_bytes(lossless)
     np.save(tmp_path / "in.npy", images[:3])
     np.save(tmp_path / "float.npy", images[:3].astype(np.float32))
@@ -350,7 +350,9 @@ def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarra
     (partial / "decoder.onnx").unlink()
     cases = {
         "missing input": (["decompress", tmp_path / "nope.evz", out], "no such file"),
-        "damaged": (["decompress", tmp_path / "damaged.evz", out], "checksum mismatch"),
+        "damaged": (["decompress", tmp_path / "damaged.evz", out], "or it is damaged"),
+        "damaged, its bundle named": (["decompress", tmp_path / "damaged.evz", out, "--bundle", "fashion-mnist-codec"],
+                                      "checksum mismatch"),
         "lossless": (["decompress", tmp_path / "lossless.evz", out], "lossless containers (mode 1)"),
         "not a container": (["decompress", tmp_path / "in.npy", out], "wrong magic byte"),
         "bad index": (["decompress", tmp_path / "good.evz", out, "--index", "3"], "image index 3 is out of range"),

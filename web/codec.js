@@ -244,7 +244,7 @@ export class Codec {
     const prefix = container.fingerprintPrefix(this.fingerprint);
     if (header.fingerprintPrefix !== prefix) {
       throw new ContainerError(`container was made by another model (fingerprint ${header.fingerprintPrefix.toString(16)}.., ` +
-        `this model is ${prefix.toString(16)}..); pass the bundle that made it with --model`);
+        `this model is ${prefix.toString(16)}..) or its header is damaged; pass the bundle that made it with --model`);
     }
     parsed.verify(this.fingerprint, this.model.imageShape);
     if (header.mode === container.MODE_LOSSLESS) {

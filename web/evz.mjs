@@ -4,7 +4,7 @@
 
 import { parseArgs } from "node:util";
 import { readFile, writeFile, rename, unlink, stat } from "node:fs/promises";
-import { load, Codec, container, readManifest, shippedBundleFor, shippedBundleNames, EdgeVAEError, InputError, ContainerError } from "./index.js";
+import { load, Codec, container, shippedBundleFor, shippedBundleNames, EdgeVAEError, InputError, ContainerError } from "./index.js";
 import { readNpy, writeNpy } from "./npy.js";
 
 const HELP = `usage: node web/evz.mjs COMMAND ...
@@ -96,13 +96,9 @@ async function bundleForContainer(bytes, bundle) {
   const shipped = await shippedBundleFor(bytes);
   if (shipped) return shipped;
   const { header } = container.parse(bytes); // a structural problem is reported as such
-  // A shipped bundle with the same prefix then reports the checksum mismatch, as Python does.
-  for (const name of await shippedBundleNames()) {
-    const { fingerprint } = await readManifest(name);
-    if (container.fingerprintPrefix(fingerprint) === header.fingerprintPrefix) return name;
-  }
-  throw new ContainerError(`container was made by a model that is not shipped (fingerprint ${header.fingerprintPrefix.toString(16)}..); ` +
-    "pass the bundle that made it with --bundle");
+  // No shipped bundle vouches for it (prefix and checksum): name both causes and the fix, as Python does.
+  throw new ContainerError(`container was made by another model that is not shipped (fingerprint ${header.fingerprintPrefix.toString(16)}..), ` +
+    "or it is damaged; if you made it with your own bundle, pass that bundle with --bundle");
 }
 
 async function decompress(args, opts) {
