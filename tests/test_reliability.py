@@ -242,3 +242,64 @@ def test_issue_repro_encode_with_logvar_on_a_full_disk(small_tmpfs: Path, tmp_pa
     before = tree(small_tmpfs)
     one_error_line(run_cli("encode", tmp_path / "many.npy", *out, "--force"), "No space left on device")
     assert tree(small_tmpfs) == before
+
+
+# -- lossless: Ctrl-C and forged containers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_lossless_stops_within_a_second_of_ctrl_c(signum: int, tmp_path: Path) -> None:
+    """Issue 12 item 3: the lanes' thread pool no longer waits for the whole job."""
+    np.save(tmp_path / "many.npy", np.repeat(synthetic_images(40), 100, axis=0))  # 4,000 images, ~20 s of work
+    proc, took = _interrupt_after(["compress", "many.npy", "-o", "ll.evz", "--lossless"], 3.0, signum, tmp_path)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr, stderr
+    assert took < 3.0  # ~0.3 s when idle (it was the whole job, ~15-30 s); slack for a loaded CI
+    assert sorted(os.listdir(tmp_path)) == ["many.npy"]
+
+
+def _forged_lossless(codec, count: int, size: int) -> bytes:  # type: ignore[no-untyped-def]
+    """A lossless container claiming ``count`` images in a ``size``-byte payload of random chain
+    data, with every header field and checksum right (what an attacker can make)."""
+    import struct
+
+    from edgevae.runtime import container as fmt
+    from edgevae.runtime.bitsback import LATENT_BUCKET_BITS, chain_count
+
+    chains = chain_count(count)
+    head = bytes([LATENT_BUCKET_BITS]) + fmt.encode_varint(chains) + struct.pack("<I", 12345)
+    head += b"".join(fmt.encode_varint(1) for _ in range(chains - 1))
+    payload = head + bytes(np.random.default_rng(1).integers(1, 256, size - len(head), dtype=np.uint8))
+    return fmt.pack_lossless(codec.fingerprint, codec.model.image_shape, count, payload)
+
+
+def test_forged_lossless_container_is_refused_after_little_work() -> None:
+    """Issue 12 item 9: 409 bytes claiming 3,200 images used to decode all 3,200 (13 ms of CPU per
+    byte). Now a chain that keeps popping more than it holds is refused after a few steps."""
+    from edgevae.runtime import load
+    from edgevae.runtime.bitsback import MAX_CHAINS, MAX_DRY_STEPS
+    from edgevae.runtime.codec import Codec
+    from edgevae.runtime.errors import ContainerError
+
+    codec = Codec(load(SHIPPED, threads=1))
+    decoded = []
+    with pytest.raises(ContainerError, match="damaged"):
+        codec.decompress(_forged_lossless(codec, 3200, 409), progress=decoded.append)
+    assert sum(decoded) <= MAX_DRY_STEPS * MAX_CHAINS  # 256 of 3,200 claimed images, at most
+
+
+@pytest.mark.parametrize("kind", ["black", "white", "noise", "black-then-noise"])
+def test_lossless_extremes_still_round_trip(kind: str) -> None:
+    """The forged-container check must never refuse a real file: images whose coding pops more
+    than a chain holds at some step (all black: bits back from a nearly empty stack) decode."""
+    from edgevae.runtime import load
+    from edgevae.runtime.codec import Codec
+
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (70, 1, 28, 28), dtype=np.uint8)
+    images = {"black": np.zeros_like(noise), "white": np.full_like(noise, 255), "noise": noise,
+              "black-then-noise": np.concatenate([np.zeros_like(noise[:35]), noise[:35]])}[kind]
+    for bundle in (SHIPPED, SHIPPED.parent / "fashion-mnist-codec"):
+        codec = Codec(load(bundle, threads=1))
+        np.testing.assert_array_equal(codec.decompress(codec.compress(images, lossless=True)), images)
