@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -88,8 +89,10 @@ def load_image(path: str | Path | BinaryIO, image_shape: tuple[int, int, int], r
         raise InputError(f"{name}: is a folder, expected an image file") from None
     except PermissionError:
         raise InputError(f"{name}: permission denied") from None
-    except Image.DecompressionBombError:
-        raise InputError(f"{name}: claims more pixels than edgevae reads (at most {MAX_IMAGE_PIXELS:,})") from None
+    except Image.DecompressionBombError as e:  # raised by Image.open itself far above Pillow's limit
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels"
+        raise InputError(f"{name}: claims {size}, more than the {MAX_IMAGE_PIXELS:,} pixels edgevae reads") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputError(f"{name}: not a readable image ({type(e).__name__})") from None
     if array.shape[2] != c:
