@@ -46,11 +46,12 @@ def _raise_interrupt(_signum: int, _frame: Any) -> None:
 
 
 def _stop_listening() -> None:
-    """After an interrupt: ignore further Ctrl-C while worker threads finish their current step
-    (exit waits for them), so pressing it again cannot print a traceback from the shutdown."""
+    """After an interrupt the process is ending: ignore further Ctrl-C / SIGTERM, so pressing it
+    again while threads and sessions wind down cannot cut the exit short (exit code 130 stays)
+    nor print a traceback from the interpreter's shutdown."""
     import threading
 
-    if threading.current_thread() is threading.main_thread() and threading.active_count() > 1:
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -449,8 +450,9 @@ def _gather(inputs: tuple[str, ...], image_shape: tuple[int, int, int], resize: 
 
 @contextlib.contextmanager
 def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
-    """A click progress bar on stderr for long batches (``None`` for short ones)."""
-    if total < PROGRESS_MIN_IMAGES:
+    """A click progress bar on stderr for long batches (``None`` for short ones, and when stderr is
+    not a terminal: a script reading stderr then sees only the one-line error or nothing)."""
+    if total < PROGRESS_MIN_IMAGES or not sys.stderr.isatty():
         yield None
         return
     with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
