@@ -190,3 +190,22 @@ def test_a_file_that_is_not_onnx_with_the_right_hash(bundle: Path) -> None:
     (bundle / "encoder.onnx").write_bytes(b"\x0a\xff\xff\xff")
     edit(bundle, lambda m: m["graphs"]["encoder"].update(sha256=hashlib.sha256(b"\x0a\xff\xff\xff").hexdigest()))
     refused(bundle, "encoder.onnx")
+
+
+def test_deeply_nested_codec_tables_with_their_hash(bundle: Path) -> None:
+    """codec.json is bundle input too: nesting deep enough to exhaust Python's recursion is one line."""
+    from edgevae.runtime.codec import Codec
+
+    deep = b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    (bundle / "codec.json").write_bytes(deep)
+    edit(bundle, lambda m: m["codec"].update(sha256=hashlib.sha256(deep).hexdigest()))
+    with pytest.raises(BundleError, match="unreadable codec tables"):
+        Codec(load(bundle))
+
+
+def test_codec_tables_come_from_the_hashed_bytes(bundle: Path) -> None:
+    from edgevae.runtime.codec import Codec
+
+    model = load(bundle)
+    (bundle / "codec.json").write_bytes(b"swapped after the check")
+    assert Codec(model).tables.default.name == "balanced"
