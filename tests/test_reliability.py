@@ -158,6 +158,14 @@ def test_a_dangling_symlink_counts_as_an_existing_output(tmp_path: Path) -> None
 
 # -- signals, in a real process ------------------------------------------------------------------
 
+
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into
+    KeyboardInterrupt even when the suite itself was started with SIGINT ignored (as a
+    background job of a non-interactive shell is)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 #: A process that writes 200 files over 200 existing ones and signals itself part-way.
 SIGNAL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
@@ -198,7 +206,7 @@ def test_signal_during_a_multi_file_write(when: str, signum: int, tmp_path: Path
     outputs.write_folder(folder, [b"old %d" % i for i in range(200)])
     before = tree(folder)
     proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, str(folder), when, str(int(signum))],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, preexec_fn=_default_sigint)
     assert "Traceback" not in proc.stderr, proc.stderr
     if when == "stage":  # interrupted while writing: the old files, untouched
         assert (proc.returncode, proc.stdout.strip()) == (130, "interrupted"), proc
@@ -211,7 +219,7 @@ def test_signal_during_a_multi_file_write(when: str, signum: int, tmp_path: Path
 def _interrupt_after(args: list[object], seconds: float, signum: int, cwd: Path) -> tuple[subprocess.Popen[str], float]:
     env = {k: v for k, v in os.environ.items() if k != "EDGEVAE_MODEL"}
     proc = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=cwd)
+                            env=env, cwd=cwd, preexec_fn=_default_sigint)
     time.sleep(seconds)
     sent = time.monotonic()
     proc.send_signal(signum)
