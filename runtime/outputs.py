@@ -107,6 +107,11 @@ def signals_held() -> Iterator[None]:
                 os.kill(os.getpid(), caught[0])
 
 
+def _short(name: str) -> str:
+    """A target's name cut to fit, with our prefix and suffix, in a file system's 255-byte names."""
+    return name.encode()[:200].decode(errors="ignore")
+
+
 def _unlink_quietly(path: str | Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -123,7 +128,7 @@ def _stage(target: Path, data: bytes, temps: list[str]) -> str:
     """
     with signals_held():
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{_short(target.name)}.", suffix=TEMP_SUFFIX, dir=target.parent)
         except OSError as e:
             raise OutputError(_message(target.parent, "write here", e)) from None
         temps.append(tmp)
@@ -141,7 +146,7 @@ def _backup(target: Path) -> str:
     if target.is_dir() and not target.is_symlink():
         raise IsADirectoryError(21, "Is a directory", str(target))
     for _ in range(100):
-        backup = str(target.parent / f".{target.name}.{secrets.token_hex(4)}{BACKUP_SUFFIX}")
+        backup = str(target.parent / f".{_short(target.name)}.{secrets.token_hex(4)}{BACKUP_SUFFIX}")
         try:
             os.link(target, backup, follow_symlinks=False)
             return backup

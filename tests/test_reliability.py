@@ -8,9 +8,11 @@ sent to a real process), not mocks, so they hold when the suite runs as root, as
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -104,18 +106,26 @@ def test_full_disk_folder_output_takes_everything_back(small_tmpfs: Path) -> Non
     assert sorted(os.listdir(small_tmpfs)) == ["evz"]  # the folders it made are gone again
 
 
-def test_a_failed_replacement_puts_back_what_was_replaced(tmp_path: Path, small_tmpfs: Path) -> None:
+def test_a_failed_replacement_puts_back_what_was_replaced(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The second replacement fails for real (its new file sits on another file system, so the
     rename fails): the first target, already replaced by then, must get its old bytes back."""
-    first = tmp_path / "a.bin"
+    work = tmp_path / "work"
+    work.mkdir()
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != work.stat().st_dev:
+        other = Path(tempfile.mkdtemp(dir=shm))
+        request.addfinalizer(lambda: shutil.rmtree(other, ignore_errors=True))
+    else:
+        other = request.getfixturevalue("small_tmpfs")
+    first = work / "a.bin"
     first.write_bytes(b"old a")
-    (tmp_path / "new-a").write_bytes(b"new a")
-    (small_tmpfs / "new-b").write_bytes(b"new b")
-    staged = [(str(tmp_path / "new-a"), first), (str(small_tmpfs / "new-b"), tmp_path / "b.bin")]
+    (work / "new-a").write_bytes(b"new a")
+    (other / "new-b").write_bytes(b"new b")
+    staged = [(str(work / "new-a"), first), (str(other / "new-b"), work / "b.bin")]
     with pytest.raises(OutputError, match="b.bin: cannot write .Invalid cross-device link"):
         outputs._replace_all(staged)
     assert first.read_bytes() == b"old a"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "small"]  # no backup, no b.bin
+    assert sorted(p.name for p in work.iterdir()) == ["a.bin"]  # no backup, no b.bin
 
 
 def test_replacing_never_writes_in_place(tmp_path: Path) -> None:
@@ -311,3 +321,10 @@ def test_lossless_extremes_still_round_trip(kind: str) -> None:
     for bundle in (SHIPPED, SHIPPED.parent / "fashion-mnist-codec"):
         codec = Codec(load(bundle, threads=1))
         np.testing.assert_array_equal(codec.decompress(codec.compress(images, lossless=True)), images)
+
+
+def test_longest_file_names_still_get_temporary_names(tmp_path: Path) -> None:
+    target = tmp_path / ("n" * 251 + ".npy")  # 255 bytes, the most a name may have
+    outputs.atomic_write_bytes(target, b"one")
+    outputs.atomic_write_bytes(target, b"two", force=True)
+    assert target.read_bytes() == b"two" and os.listdir(tmp_path) == [target.name]
