@@ -77,6 +77,12 @@ def guard(fn: F) -> F:
         except MemoryError:
             _error("out of memory; process fewer images at a time")
             sys.exit(2)
+        except ImportError as e:
+            # Under a memory limit, loading a library's shared object fails like this (imports are lazy).
+            if not any(s in str(e) for s in ("failed to map segment", "Cannot allocate memory")):
+                raise
+            _error("out of memory (while loading a library); process fewer images at a time")
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             _stop_listening()

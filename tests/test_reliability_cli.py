@@ -230,7 +230,7 @@ def test_decompress_indices_must_be_integers(indices: list[object], model) -> No
 def test_onnx_runtime_out_of_memory_is_one_line(tmp_path: Path) -> None:
     """Under a 700 MB address-space limit the decoder's 200 MB activations of a 1,024-image chunk
     cannot be allocated: ONNX Runtime's failure becomes the out-of-memory line."""
-    proc = run("sample", "-n", 5000, "--seed", 0, "--model", SHIPPED, "-o", tmp_path / "s.npy",
+    proc = run("sample", "-n", 5000, "--seed", 0, "--threads", 1, "--model", SHIPPED, "-o", tmp_path / "s.npy",
                prefix=["prlimit", f"--as={700 << 20}"])
     one_line(proc.stderr, proc.returncode, 2, "out of memory")
     assert not (tmp_path / "s.npy").exists()
