@@ -476,6 +476,13 @@ class _Coding:
         self.group_prior = constriction.stream.model.Uniform(t.buckets // t.fine)
         self.shape = model.image_shape
         self._progress, self._lock = progress, threading.Lock()
+        #: Set when the job stops early (Ctrl-C, or an error in another lane): lanes stop at their next step.
+        self.stopped = threading.Event()
+
+    def check_stopped(self) -> None:
+        """Called by lanes between steps: end this lane if the job is stopping."""
+        if self.stopped.is_set():
+            raise _Stopped
 
     def steps(self, lane: list[int]) -> list[tuple[int, list[int]]]:
         """(step, image indices) of a lane, in compress order; image = step * chains + chain."""
@@ -492,19 +499,51 @@ class _Coding:
                 self._progress(n)
 
     def run(self, work: Callable[[list[int]], Any]) -> list[Any]:
-        """``work(lane)`` for every lane, in parallel threads when there are several."""
+        """``work(lane)`` for every lane, in parallel threads when there are several.
+
+        If the calling thread is interrupted (Ctrl-C) or a lane fails, the other lanes stop at
+        their next step, so the job ends within one step instead of running to its end.
+        """
         groups = lanes(self.chains)
         if len(groups) <= 1:
             return [work(lane) for lane in groups]
         # onnxruntime and numpy release the GIL: one lane's network call overlaps the other's tables.
-        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="edgevae-bitsback") as pool:
-            return list(pool.map(work, groups))
+        pool = ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="edgevae-bitsback")
+        try:
+            futures = [pool.submit(work, lane) for lane in groups]
+            return [future.result() for future in futures]
+        except BaseException:
+            self.stopped.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # at most the step each lane is in
+
+
+class _Stopped(Exception):
+    """A lane ended early because its job is stopping (never seen outside this module)."""
+
+
+#: Bits a valid chain may appear to be short by at one decode step: constriction's ANS codes
+#: each symbol within 2**-8 of its information (24-bit tables in a 64-bit state), and the
+#: count of valid bits is rounded at the stack's ends.
+_POP_SLACK_BITS = 64.0
+_POP_SLACK_PER_SYMBOL = 0.01
+#: Consecutive decode steps a chain may pop more bits than it holds before it counts as damaged
+#: (valid streams do so for single steps only, near a chain's start; see _decode_lane).
+MAX_DRY_STEPS = 4
+
+
+def _information(tables: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """Bits of information (B,) of decoded ``symbols`` (B, P) under constriction tables (B, P, n)."""
+    masses = np.take_along_axis(tables, symbols[..., None].astype(np.int64), axis=-1)[..., 0].astype(np.float64) + 1
+    return (PRECISION - np.log2(masses)).sum(axis=-1)
 
 
 def _encode_lane(job: _Coding, batch: np.ndarray, pixels: np.ndarray, coders: list[Any], lane: list[int]) -> int:
     """Push one lane's images onto its chains' stacks; returns the bits after their first images."""
     t, family, initial_bits = job.t, job.family, 0
     for step, images in job.steps(lane):
+        job.check_stopped()
         stacks = [coders[c] for c in lane[: len(images)]]
         x = pixels[images]
         posterior = _Posterior(t, *job.model.encode(batch[images]))
@@ -544,19 +583,37 @@ def _encode_lane(job: _Coding, batch: np.ndarray, pixels: np.ndarray, coders: li
 def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[int]) -> None:
     """Pop one lane's images off its chains' stacks into ``out`` (count, P), last step first."""
     t, family, dim = job.t, job.family, job.model.latent_dim
+    dry = np.zeros(len(lane), dtype=np.int64)  # consecutive steps each chain popped more than it held
     for step, images in reversed(job.steps(lane)):
+        job.check_stopped()
         stacks = [coders[c] for c in lane[: len(images)]]
-        z = np.stack([s.decode(job.group_prior if step == 0 else job.prior, dim) for s in stacks])
+        # Decoding mirrors encoding's pushes, so a chain normally holds every bit a step pops. It
+        # may not where encoding itself popped (bits back) from a nearly empty stack, but then the
+        # symbols it drew made the next pushes costly and the stack large again: never for many
+        # steps in a row. A forged or truncated chain runs dry at every step from there on and
+        # would be decoded from zeros for all the images it claims: stop it after a few steps.
+        available = np.array([s.num_valid_bits() for s in stacks], dtype=np.float64)
+        prior = job.group_prior if step == 0 else job.prior
+        z = np.stack([s.decode(prior, dim) for s in stacks])
+        popped = np.full(len(stacks), dim * math.log2(t.buckets // t.fine if step == 0 else t.buckets))
         likelihood = _Likelihood(job.model.likelihood(t.group_centers[z] if step == 0 else t.centers[z]), t)
         if likelihood.single:
             k = np.zeros(likelihood.weights.shape[:2], dtype=np.int32)
         else:
             k = np.stack([s.decode(family, likelihood.weights[i]) for i, s in enumerate(stacks)])
+            popped += _information(likelihood.weights, k)
         first = likelihood.chosen(k)
         x_groups = likelihood.groups(first)
         x_group = np.stack([s.decode(family, x_groups[i]) for i, s in enumerate(stacks)])
         x_within = likelihood.within(first, x_group)
-        x = x_group * PIXEL_GROUP + np.stack([s.decode(family, x_within[i]) for i, s in enumerate(stacks)])
+        x_rest = np.stack([s.decode(family, x_within[i]) for i, s in enumerate(stacks)])
+        x = x_group * PIXEL_GROUP + x_rest
+        popped += _information(x_groups, x_group) + _information(x_within, x_rest)
+        symbols = dim + k.shape[1] * (1 if likelihood.single else 3)
+        short = popped > available + _POP_SLACK_BITS + _POP_SLACK_PER_SYMBOL * symbols
+        dry[: len(stacks)] = np.where(short, dry[: len(stacks)] + 1, 0)
+        if (dry >= MAX_DRY_STEPS).any():
+            raise ContainerError("lossless payload is damaged (its data ends long before its images do)")
         out[images] = x
         if step > 0:
             if not likelihood.single:

@@ -2,24 +2,58 @@
 
 A bundle is resolved in one place: an explicit path (or the name of a bundle shipped in
 :mod:`edgevae.exported`, such as ``fashion-mnist-int8``), else ``$EDGEVAE_MODEL``, else the
-default shipped bundle. Before any ONNX session exists, every
-file named by the manifest is checked against its sha256.
+default shipped bundle.
+
+A bundle is untrusted input (it may come from anywhere), so before any ONNX session exists:
+
+- the manifest is read with a size limit and a nesting limit, and every field the runtime uses
+  is checked: types, finite numbers in sane bounds, file names;
+- the files it names must be plain names inside the bundle folder (no separator, no ``..``,
+  no symbolic link leading out of the folder, regular files of bounded size): no path outside
+  the bundle is ever opened, so an error cannot tell what exists elsewhere;
+- each file is read once, checked against its sha256, and those very bytes are what the
+  runtime uses (graphs are handed to ONNX Runtime as bytes, never re-opened by name);
+- a graph that keeps tensors in external data files is refused: those files are not hashed,
+  and ONNX Runtime would look for them relative to the working directory.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edgevae.runtime import contract
 from edgevae.runtime.errors import BundleError
 
 #: Environment variable naming a bundle folder to use instead of the shipped default.
 MODEL_ENV = "EDGEVAE_MODEL"
+
+#: Largest model.json read (the shipped ones are ~7 KB).
+MAX_MANIFEST_BYTES = 1 << 20
+#: Largest codec.json read (the shipped ones are < 64 KB).
+MAX_TABLES_BYTES = 16 << 20
+#: Largest ONNX graph read.
+MAX_GRAPH_BYTES = 1 << 30
+#: Deepest nesting of JSON arrays and objects accepted (the manifests need 6).
+MAX_JSON_DEPTH = 32
+#: Bounds of the numbers a manifest gives: image side, latent size, mixture components.
+MAX_IMAGE_SIDE = 4096
+MAX_LATENT_DIM = 4096
+MAX_COMPONENTS = 256
+#: Image channel counts the runtime handles (gray, RGB).
+CHANNELS = (1, 3)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -37,6 +71,9 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
+    #: The verified bytes of the bundle's files by manifest key (``encoder``, ``decoder``,
+    #: ``codec``), as :func:`read_bundle` read and hashed them.
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -65,8 +102,16 @@ class Bundle:
         return str(self.manifest.get("name", self.path.name))
 
     def graph_path(self, spec: contract.GraphSpec) -> Path:
-        """Path of one of the bundle's ONNX files."""
+        """Path of one of the bundle's ONNX files (a plain name inside the folder, checked)."""
         return self.path / self.manifest["graphs"][spec.key]["file"]
+
+    def graph_bytes(self, spec: contract.GraphSpec) -> bytes:
+        """The verified bytes of one of the bundle's ONNX files: those :func:`read_bundle` hashed,
+        else read now (inside the folder only) and checked against the manifest's sha256."""
+        if spec.key in self.files:
+            return self.files[spec.key]
+        entry = self.manifest["graphs"][spec.key]
+        return read_verified(self.path, entry["file"], entry["sha256"], MAX_GRAPH_BYTES)
 
     @property
     def codec_path(self) -> Path | None:
@@ -123,28 +168,173 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     return folder
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def check_file_name(name: Any, where: Path) -> str:
+    """``name`` if it is a plain file name (no folder part, not ``.``/``..``); else BundleError.
+
+    Checked before anything is opened, so a manifest cannot point outside its bundle.
+    """
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or os.sep in name or (os.altsep and os.altsep in name) or len(name) > 255):
+        raise BundleError(f"{where}: file name {name!r} is not a plain file name inside the bundle folder")
+    return name
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_json(data: bytes, where: Path | str, what: str) -> Any:
+    """Parse bundle JSON (manifest or codec tables); BundleError if it is not valid JSON or is
+    nested deeper than MAX_JSON_DEPTH."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise BundleError(f"{where}: unreadable {what} (nested more than {MAX_JSON_DEPTH} levels deep)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{where}: unreadable {what} ({type(e).__name__})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BundleError(f"{where}: unreadable {what} (nested more than {MAX_JSON_DEPTH} levels deep)")
+    return value
+
+
+def read_inside(folder: Path, name: str, limit: int) -> bytes:
+    """The bytes of file ``name`` of bundle ``folder``, opened inside the folder only.
+
+    ``name`` must be a plain name; a symbolic link is followed only to a file in the same folder;
+    the file must be a regular file of at most ``limit`` bytes (so /dev/zero or a FIFO is refused
+    without reading). BundleError otherwise, or if it is missing.
+    """
+    check_file_name(name, folder)
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise BundleError(f"{folder}: cannot open the bundle folder ({e.strerror})") from None
+    try:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            # A symbolic link: allowed only to another plain file of this same folder.
+            real = Path(os.path.realpath(folder / name))
+            if real.parent != Path(os.path.realpath(folder)):
+                raise BundleError(f"{folder / name}: is a symbolic link leading outside the bundle folder") from None
+            fd = os.open(real.name, flags, dir_fd=dir_fd)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise BundleError(f"{folder / name}: is not a regular file")
+            if info.st_size > limit:
+                raise BundleError(f"{folder / name}: is {info.st_size:,} bytes, more than the {limit:,} allowed")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                raise BundleError(f"{folder / name}: is more than the {limit:,} bytes allowed")
+            return data
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise BundleError(f"{folder}: bundle is partial, {name} is missing") from None
+    except OSError as e:
+        raise BundleError(f"{folder / name}: cannot read ({e.strerror})") from None
+    finally:
+        os.close(dir_fd)
+
+
+def read_verified(folder: Path, name: str, sha256: str, limit: int) -> bytes:
+    """:func:`read_inside`, then checked against ``sha256`` (hex); BundleError if it differs."""
+    data = read_inside(folder, name, limit)
+    if sha256_bytes(data) != sha256:
+        raise digest_mismatch(folder / name)
+    return data
+
+
+def _check_tensors(entry: Any, spec: contract.GraphSpec, dims: dict[str, int], where: Path) -> None:
+    """The manifest's description of a graph's inputs and outputs, if given, must be the contract's
+    for this bundle's dimensions (the graphs themselves are checked when loaded)."""
+    described = spec.describe(dims)
+    for side in ("inputs", "outputs"):
+        if side in entry and entry[side] != described[side]:
+            raise BundleError(f"{where}: {spec.key} {side} {entry[side]!r} disagree with the bundle's own "
+                              f"shapes {described[side]!r}")
+
+
 def _check_manifest(manifest: Any, where: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != contract.MANIFEST_FORMAT:
         raise BundleError(f"{where}: not an edgevae bundle manifest")
     version = manifest.get("format_version")
     if version != contract.MANIFEST_VERSION:
         raise BundleError(
-            f"{where}: bundle format version {version} is not supported by this edgevae "
+            f"{where}: bundle format version {version!r} is not supported by this edgevae "
             f"(supports {contract.MANIFEST_VERSION}); upgrade edgevae or re-export the bundle"
         )
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise BundleError(f"{where}: manifest is invalid ({what})")
+
     try:
         for spec in contract.GRAPHS:
             entry = manifest["graphs"][spec.key]
-            if not isinstance(entry["file"], str) or len(entry["sha256"]) != 64:
-                raise KeyError(spec.key)
-        c, h, w = manifest["image"]["shape"]
-        int(manifest["latent"]["dim"])
+            need(isinstance(entry, dict), f"graphs.{spec.key} is not an object")
+            check_file_name(entry["file"], where)
+            need(_is_sha256(entry["sha256"]), f"graphs.{spec.key}.sha256 is not 64 hex digits")
+        shape = manifest["image"]["shape"]
+        need(isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) for v in shape),
+             f"image.shape {shape!r} is not three integers")
+        c, h, w = shape
+        need(c in CHANNELS, f"image.shape has {c} channels, edgevae handles {' or '.join(map(str, CHANNELS))}")
+        need(1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE,
+             f"image.shape {h}x{w} is not within 1..{MAX_IMAGE_SIDE} pixels a side")
+        dim = manifest["latent"]["dim"]
+        need(_is_int(dim) and 1 <= dim <= MAX_LATENT_DIM, f"latent.dim {dim!r} is not an integer in 1..{MAX_LATENT_DIM}")
         if manifest["likelihood"]["kind"] != contract.LIKELIHOOD_KIND:
             raise BundleError(f"{where}: unknown likelihood {manifest['likelihood']['kind']!r}")
-        int(manifest["likelihood"]["components"])
+        components = manifest["likelihood"]["components"]
+        need(_is_int(components) and 1 <= components <= MAX_COMPONENTS,
+             f"likelihood.components {components!r} is not an integer in 1..{MAX_COMPONENTS}")
+        dims = contract.dims_of(shape, dim, components)
+        for spec in contract.GRAPHS:
+            _check_tensors(manifest["graphs"][spec.key], spec, dims, where)
+        for key in ("name", "precision"):
+            need(isinstance(manifest.get(key, ""), str), f"{key} is not a string")
+        training = manifest.get("training")
+        need(training is None or (isinstance(training, dict) and isinstance(training.get("command", ""), str)),
+             "training is not an object with a command string")
+        evaluation = manifest.get("evaluation")
+        need(evaluation is None or (isinstance(evaluation, dict) and all(
+            _is_number(evaluation.get(k)) for k in ("nelbo_bpd", "iwae_bpd", "psnr_db", "k", "images"))),
+            "evaluation lacks finite nelbo_bpd, iwae_bpd, psnr_db, k and images")
         codec = manifest.get("codec")
-        if codec is not None and (not isinstance(codec["file"], str) or len(codec["sha256"]) != 64):
-            raise KeyError("codec")
+        if codec is not None:
+            need(isinstance(codec, dict), "codec is not an object")
+            check_file_name(codec["file"], where)
+            need(_is_sha256(codec["sha256"]), "codec.sha256 is not 64 hex digits")
+            qualities = codec.get("qualities", [])
+            need(isinstance(qualities, list) and all(isinstance(q, str) for q in qualities),
+                 "codec.qualities is not a list of names")
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{where}: manifest is incomplete (missing or invalid {e})") from None
 
@@ -159,30 +349,131 @@ def read_manifest(folder: Path) -> Bundle:
         raise BundleError(f"{folder}: no such model bundle folder (shipped bundles by name: {names})")
     manifest_path = folder / contract.MANIFEST_FILE
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{folder}: not a model bundle (no {contract.MANIFEST_FILE})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{manifest_path}: unreadable manifest ({type(e).__name__})") from None
+        raw = read_inside(folder, contract.MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    except BundleError as e:
+        if not os.path.lexists(manifest_path):
+            raise BundleError(f"{folder}: not a model bundle (no {contract.MANIFEST_FILE})") from None
+        raise e from None
+    manifest = parse_json(raw, manifest_path, "manifest")
     _check_manifest(manifest, manifest_path)
     return Bundle(folder, manifest)
 
 
 def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
-    """Read and verify a bundle folder (or the default). Raises BundleError on any problem."""
+    """Read and verify a bundle folder (or the default). Raises BundleError on any problem.
+
+    Every file the manifest names is read once (inside the folder only) and checked against its
+    sha256; the graphs must not use external data. The returned bundle keeps those bytes.
+    """
     bundle = read_manifest(resolve_path(path))
     folder, manifest = bundle.path, bundle.manifest
-    files = [(bundle.graph_path(spec), manifest["graphs"][spec.key]["sha256"]) for spec in contract.GRAPHS]
-    if bundle.codec_path is not None:
-        files.append((bundle.codec_path, manifest["codec"]["sha256"]))
-    for file, expected in files:
-        if not file.is_file():
-            raise BundleError(f"{folder}: bundle is partial, {file.name} is missing")
-        if sha256_file(file) != expected:
-            raise digest_mismatch(file)
-    return bundle
+    files: dict[str, bytes] = {}
+    for spec in contract.GRAPHS:
+        entry = manifest["graphs"][spec.key]
+        data = read_verified(folder, entry["file"], entry["sha256"], MAX_GRAPH_BYTES)
+        external = external_data_tensor(data, folder / entry["file"])
+        if external is not None:
+            raise BundleError(f"{folder / entry['file']}: keeps tensor {external!r} in an external data file, "
+                              "which bundles may not do (its bytes would not be checked); export it as one file")
+        files[spec.key] = data
+    if manifest.get("codec"):
+        files["codec"] = read_verified(folder, manifest["codec"]["file"], manifest["codec"]["sha256"], MAX_TABLES_BYTES)
+    return Bundle(folder, manifest, files)
 
 
 def digest_mismatch(path: Path) -> BundleError:
     """The error for a bundle file whose sha256 is not the one model.json records."""
     return BundleError(f"{path}: sha256 does not match model.json (file altered or from another bundle)")
+
+
+# -- ONNX external data ----------------------------------------------------------------------------
+# The runtime never imports onnx, so the few protobuf fields that can hold a tensor are walked
+# here: ModelProto.graph (7) and .functions (25); GraphProto.node (1), .initializer (5),
+# .sparse_initializer (15); NodeProto.attribute (5); FunctionProto.node (7), .attribute_proto (11);
+# AttributeProto.t (5), .g (6), .tensors (10), .graphs (11), .sparse_tensor (22), .sparse_tensors (23);
+# SparseTensorProto.values (1), .indices (2); TensorProto.name (8), .external_data (13),
+# .data_location (14, EXTERNAL = 1). Field numbers from onnx/onnx.proto, which only ever adds fields.
+
+_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 25: "function"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "function": {7: "node", 11: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+}
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("bad varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _skip(data: bytes, pos: int, end: int, wire: int) -> int:
+    """Position after a field value of wire type ``wire`` (groups, 3, are skipped whole)."""
+    if wire == 0:
+        return _varint(data, pos, end)[1]
+    if wire == 1:
+        return pos + 8
+    if wire == 5:
+        return pos + 4
+    if wire == 2:
+        length, pos = _varint(data, pos, end)
+        return pos + length
+    if wire == 3:
+        depth = 1
+        while depth:
+            key, pos = _varint(data, pos, end)
+            if key & 7 == 3:
+                depth += 1
+            elif key & 7 == 4:
+                depth -= 1
+            else:
+                pos = _skip(data, pos, end, key & 7)
+        return pos
+    raise ValueError(f"wire type {wire}")
+
+
+def external_data_tensor(data: bytes, where: Path) -> str | None:
+    """The name of a tensor of ONNX model ``data`` stored in an external file (``"?"`` if it has no
+    name), or None if every tensor is inside the model. BundleError if ``data`` is not protobuf."""
+    stack = [("model", 0, len(data))]
+    try:
+        while stack:
+            kind, pos, end = stack.pop()
+            children = _CHILDREN[kind]
+            name = "?"
+            while pos < end:
+                key, pos = _varint(data, pos, end)
+                number, wire = key >> 3, key & 7
+                if wire == 0:
+                    value, pos = _varint(data, pos, end)
+                    if kind == "tensor" and number == 14 and value == 1:
+                        return name
+                elif wire == 2:
+                    length, pos = _varint(data, pos, end)
+                    if pos + length > end:
+                        raise ValueError("field runs past its message")
+                    if kind == "tensor" and number == 8:
+                        name = data[pos : pos + length].decode("utf-8", "replace")
+                    elif kind == "tensor" and number == 13:
+                        return name
+                    elif number in children:
+                        stack.append((children[number], pos, pos + length))
+                    pos += length
+                else:
+                    pos = _skip(data, pos, end, wire)
+            if pos != end:
+                raise ValueError("field runs past its message")
+    except ValueError as e:
+        raise BundleError(f"{where}: ONNX Runtime cannot load this graph (not an ONNX protobuf: {e})") from None
+    return None

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import secrets
+import signal
 import sys
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -24,30 +26,116 @@ OUT_HELP = ("Where to write: NAME.png writes one grid picture, NAME.npy the uint
             "anything else is a folder (created if needed) with one PNG per image.")
 
 
+#: Exit code of a command stopped by Ctrl-C (SIGINT) or SIGTERM, as shells report SIGINT.
+EXIT_INTERRUPTED = 130
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (a newline in a file name stays ``\\n``), so an
+    error message is always exactly one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for ch in text)
+
+
+def _error(message: str) -> None:
+    click.echo(f"Error: {one_line(message)}", err=True)
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_listening() -> None:
+    """After an interrupt the process is ending: ignore further Ctrl-C / SIGTERM, so pressing it
+    again while threads and sessions wind down cannot cut the exit short (exit code 130 stays)
+    nor print a traceback from the interpreter's shutdown."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def guard(fn: F) -> F:
-    """Run a command; turn expected failures into ``Error: ...`` and exit code 2."""
+    """Run a command; turn expected failures into one ``Error: ...`` line and exit code 2.
+
+    Ctrl-C and SIGTERM stop the command (outputs are all or nothing, see
+    :mod:`edgevae.runtime.outputs`) with the line ``interrupted`` and exit code 130.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import threading
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
         try:
             return fn(*args, **kwargs)
         except EdgeVAEError as e:
-            click.echo(f"Error: {e}", err=True)
+            _error(str(e))
             sys.exit(2)
         except MemoryError:
-            click.echo("Error: out of memory; process fewer images at a time", err=True)
+            _error("out of memory; process fewer images at a time")
+            sys.exit(2)
+        except ImportError as e:
+            # Under a memory limit, loading a library's shared object fails like this (imports are lazy).
+            if not any(s in str(e) for s in ("failed to map segment", "Cannot allocate memory")):
+                raise
+            _error("out of memory (while loading a library); process fewer images at a time")
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            _stop_listening()
+            sys.exit(EXIT_INTERRUPTED)
+        finally:
+            if main_thread and signal.getsignal(signal.SIGTERM) is _raise_interrupt:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     return wrapper  # type: ignore[return-value]
 
 
+class _OneLineUsageError(click.UsageError):
+    """A usage error shown as one line (click shows four: usage, hint, blank, error)."""
+
+    def show(self, file: Any = None) -> None:
+        hint = f" Try '{self.ctx.command_path} --help'." if self.ctx is not None else ""
+        click.echo(f"Error: {one_line(self.format_message())}{hint}", err=True, file=file)
+
+
+def _one_line_usage(error: click.UsageError) -> click.UsageError:
+    if isinstance(error, (_OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return error
+    converted = _OneLineUsageError(error.format_message(), error.ctx)
+    converted.exit_code = error.exit_code
+    return converted
+
+
+class Group(click.Group):
+    """A click group whose usage errors (bad option values, unknown commands, missing
+    arguments) are one line and exit code 2, for the group and every command in it."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
+
+
+#: Most ONNX Runtime threads --threads accepts: more threads than cores only compete, and
+#: thousands take minutes just to start.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
 def model_options(fn: F) -> F:
     """--model and --threads, shared by every command that loads a bundle."""
-    fn = click.option("--threads", type=click.IntRange(min=1), default=None,
-                      help="ONNX Runtime threads (default: one per core).")(fn)
+    fn = click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+                      help=f"ONNX Runtime threads, 1..{MAX_THREADS} (4 per core; default: one per core).")(fn)
     fn = click.option("--model", "model_path", type=click.Path(), default=None, envvar="EDGEVAE_MODEL",
                       help="Bundle folder (encoder.onnx, decoder.onnx, model.json) or the name of a shipped "
                            "bundle (fashion-mnist, fashion-mnist-int8). "
@@ -94,7 +182,7 @@ def _describe_written(paths: list[str]) -> str:
     return paths[0] if len(paths) == 1 else f"{len(paths)} files in {paths[0].rsplit('/', 1)[0] if '/' in paths[0] else '.'}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgevae")
 def main() -> None:
     """Run an edgevae model (a VAE exported to ONNX) on the CPU, without PyTorch.
@@ -295,6 +383,39 @@ def _quality_help() -> str:
             "A bundle may define its own levels: 'edgevae info' lists them.")
 
 
+def _stdin_bytes() -> bytes:
+    """All of stdin; InputError if it is closed or empty."""
+    from edgevae.runtime.errors import InputError
+
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise InputError("stdin: is closed, nothing to read ('-' reads stdin)")
+    try:
+        data = stream.read()
+    except (OSError, ValueError) as e:
+        raise InputError(f"stdin: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not data:
+        raise InputError("stdin: is empty ('-' reads stdin)")
+    return data
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write ``data`` to stdout; OutputError if it is closed, full (/dev/full) or a closed pipe."""
+    from edgevae.runtime.errors import OutputError
+
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:
+        raise OutputError("stdout: is closed ('-o -' writes to stdout)")
+    try:
+        stream.write(data)
+        stream.flush()
+    except (OSError, ValueError) as e:
+        # Python flushes stdout again at exit: point it at /dev/null so that cannot fail too.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError(f"stdout: cannot write ({getattr(e, 'strerror', None) or e})") from None
+
+
 def _read_bytes(source: str) -> bytes:
     """The bytes of a file, or of stdin for '-'."""
     from pathlib import Path
@@ -302,7 +423,7 @@ def _read_bytes(source: str) -> bytes:
     from edgevae.runtime.errors import InputError
 
     if source == STDIO:
-        return sys.stdin.buffer.read()
+        return _stdin_bytes()
     try:
         return Path(source).read_bytes()
     except FileNotFoundError:
@@ -315,12 +436,9 @@ def _read_bytes(source: str) -> bytes:
 
 def _gather(inputs: tuple[str, ...], image_shape: tuple[int, int, int], resize: bool) -> tuple[Any, list[str]]:
     """read_images over INPUTS, where '-' is an image file or .npy array read from stdin."""
-    import tempfile
-    from pathlib import Path
-
     import numpy as np
 
-    from edgevae.runtime.images import read_images
+    from edgevae.runtime.images import read_image_bytes, read_images
 
     if STDIO not in inputs:
         return read_images(list(inputs), image_shape, resize=resize)
@@ -329,13 +447,7 @@ def _gather(inputs: tuple[str, ...], image_shape: tuple[int, int, int], resize: 
         if item != STDIO:
             images, found = read_images([item], image_shape, resize=resize)
         else:
-            data = sys.stdin.buffer.read()
-            # Pillow sniffs image formats from their bytes; only .npy needs its suffix.
-            suffix = ".npy" if data.startswith(b"\x93NUMPY") else ".image"
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"stdin{suffix}"
-                path.write_bytes(data)
-                images, found = read_images([path], image_shape, resize=resize)
+            images, found = read_image_bytes(_stdin_bytes(), "stdin", image_shape, resize=resize)
         arrays.append(images)
         names += found
     return np.concatenate(arrays), names
@@ -343,8 +455,9 @@ def _gather(inputs: tuple[str, ...], image_shape: tuple[int, int, int], resize: 
 
 @contextlib.contextmanager
 def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
-    """A click progress bar on stderr for long batches (``None`` for short ones)."""
-    if total < PROGRESS_MIN_IMAGES:
+    """A click progress bar on stderr for long batches (``None`` for short ones, and when stderr is
+    not a terminal: a script reading stderr then sees only the one-line error or nothing)."""
+    if total < PROGRESS_MIN_IMAGES or not sys.stderr.isatty():
         yield None
         return
     with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
@@ -418,8 +531,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
     if split:
         paths = _write_split(containers, out, names, force)
     elif out == STDIO:
-        sys.stdout.buffer.write(containers[0])
-        sys.stdout.buffer.flush()
+        _write_stdout(containers[0])
         paths = [STDIO]
     else:
         paths = [str(atomic_write_bytes(out, containers[0], force))]
@@ -477,8 +589,7 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
             parts.append(images)
     images = np.concatenate(parts)
     if out == STDIO:
-        sys.stdout.buffer.write(png_bytes(images[0] if len(images) == 1 else grid(images)))
-        sys.stdout.buffer.flush()
+        _write_stdout(png_bytes(images[0] if len(images) == 1 else grid(images)))
         paths = [STDIO]
     else:
         paths = _write(images, out, force, names)

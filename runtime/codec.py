@@ -166,7 +166,9 @@ class _ContainerCodec:
         if indices is None:
             chosen = list(range(count))
         else:
-            chosen = [int(i) for i in indices]
+            from edgevae.runtime.model import integer
+
+            chosen = [integer(i, "image index", None) for i in indices]  # 1.7 is refused, not read as 1
             bad = [i for i in chosen if not 0 <= i < count]
             if bad:
                 raise InputError(f"image index {bad[0]} is out of range: the container holds {count} image(s)")

@@ -37,7 +37,37 @@ class MixtureParams:
     log_scales: np.ndarray
 
 
-def _session(path: str, threads: int | None) -> Any:
+def integer(value: Any, what: str, minimum: int | None = 0) -> int:
+    """``value`` as an int if it is an integer (a Python or numpy int, not a bool) >= ``minimum``
+    (None: any); InputError otherwise, so 2.5 or "3" is refused instead of rounded or a TypeError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{what} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise InputError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _number(value: Any, what: str) -> float:
+    """``value`` as a finite float >= 0; InputError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value < 0:
+        raise InputError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nested lists and the like
+        raise InputError(f"{what} must be an array ({_first_line(e)})") from None
+
+
+#: ONNX Runtime's element type names for the contract's dtypes.
+_ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
+
+
+def _session(graph: bytes, where: str, threads: int | None) -> Any:
+    """An ONNX Runtime session of a graph given as its verified bytes (never re-read by name)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -46,9 +76,51 @@ def _session(path: str, threads: int | None) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
     try:
-        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped exceptions for bad graphs
-        raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({str(e).splitlines()[0]})") from None
+        if _out_of_memory(e):
+            raise MemoryError from None
+        raise BundleError(f"{where}: ONNX Runtime cannot load this graph ({_first_line(e)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "bad_alloc" in text or "bad allocation" in text \
+        or "failed to allocate" in text or "out of memory" in text
+
+
+def _check_session(session: Any, spec: contract.GraphSpec, dims: dict[str, int], where: str) -> None:
+    """BundleError unless the graph's own inputs and outputs are the contract's: names, element
+    types and shapes (fixed dimensions equal to the manifest's, the batch dimension free)."""
+    found = (session.get_inputs(), session.get_outputs())
+    names = ([i.name for i in found[0]], [o.name for o in found[1]])
+    if names != (spec.input_names, spec.output_names):
+        raise BundleError(f"{where}: inputs/outputs {names} do not follow the edgevae contract")
+    for tensors, expected in zip(found, (spec.inputs, spec.outputs)):
+        for tensor, want in zip(tensors, expected):
+            shape = want.resolve(dims)
+            fixed = [d if isinstance(d, int) else None for d in tensor.shape]
+            if (tensor.type != _ORT_TYPES[want.dtype] or len(tensor.shape) != len(shape)
+                    or any(w != contract.BATCH and f != w for f, w in zip(fixed, shape))
+                    or isinstance(tensor.shape[0], int)):
+                raise BundleError(f"{where}: {tensor.name} is {tensor.type} {list(tensor.shape)}, the manifest "
+                                  f"says {want.dtype} {shape}")
+
+
+def _run(session: Any, outputs: list[str] | None, feeds: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
+    """``session.run`` with ONNX Runtime's failures typed: out of memory -> MemoryError, anything
+    else (a graph that does not compute what its signature says) -> BundleError."""
+    try:
+        return session.run(outputs, feeds)
+    except Exception as e:
+        if _out_of_memory(e):
+            raise MemoryError from None
+        raise BundleError(f"{where}: ONNX Runtime failed running this graph ({_first_line(e)})") from None
 
 
 class EdgeVAE:
@@ -58,12 +130,23 @@ class EdgeVAE:
         self.bundle = bundle
         self.image_shape = bundle.image_shape
         self.latent_dim = bundle.latent_dim
-        self._encoder = _session(str(bundle.graph_path(contract.ENCODER)), threads)
-        self._decoder = _session(str(bundle.graph_path(contract.DECODER)), threads)
+        self._dims = contract.dims_of(bundle.image_shape, bundle.latent_dim, bundle.components)
+        self._encoder = _session(bundle.graph_bytes(contract.ENCODER), self._where(contract.ENCODER), threads)
+        self._decoder = _session(bundle.graph_bytes(contract.DECODER), self._where(contract.DECODER), threads)
         for spec, session in ((contract.ENCODER, self._encoder), (contract.DECODER, self._decoder)):
-            names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-            if names != (spec.input_names, spec.output_names):
-                raise BundleError(f"{spec.file}: inputs/outputs {names} do not follow the edgevae contract")
+            _check_session(session, spec, self._dims, self._where(spec))
+
+    def _where(self, spec: contract.GraphSpec) -> str:
+        return str(self.bundle.graph_path(spec))
+
+    def _outputs(self, spec: contract.GraphSpec, names: list[str], values: list[np.ndarray], batch: int) -> None:
+        """BundleError unless the graph's results have the shapes the contract promises."""
+        for name, value in zip(names, values):
+            want = next(t for t in spec.outputs if t.name == name)
+            shape = [batch if d == contract.BATCH else d for d in want.resolve(self._dims)]
+            if list(value.shape) != shape:
+                raise BundleError(f"{self._where(spec)}: gave {name} of shape {list(value.shape)}, "
+                                  f"its signature says {shape}")
 
     def __repr__(self) -> str:
         return f"EdgeVAE({str(self.bundle.path)!r}, image_shape={self.image_shape}, latent_dim={self.latent_dim})"
@@ -76,7 +159,7 @@ class EdgeVAE:
         A single (C, H, W) image becomes a batch of one. Integer arrays with values in
         0..255 are accepted and converted; anything else raises InputError.
         """
-        array = np.asarray(images)
+        array = _array(images, "images")
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4 or tuple(array.shape[1:]) != self.image_shape:
@@ -89,7 +172,7 @@ class EdgeVAE:
 
     def check_latents(self, latents: np.ndarray) -> np.ndarray:
         """Validate latents as finite float32 (N, D); a single (D,) vector becomes a batch of one."""
-        array = np.asarray(latents)
+        array = _array(latents, "latents")
         if array.ndim == 1:
             array = array[None]
         if array.ndim != 2 or array.shape[1] != self.latent_dim:
@@ -108,7 +191,9 @@ class EdgeVAE:
         batch = self.check_images(images)
         means, logvars = [], []
         for start in range(0, len(batch), CHUNK):
-            mean, logvar = self._encoder.run(None, {"images": batch[start : start + CHUNK]})
+            chunk = batch[start : start + CHUNK]
+            mean, logvar = _run(self._encoder, None, {"images": chunk}, self._where(contract.ENCODER))
+            self._outputs(contract.ENCODER, contract.ENCODER.output_names, [mean, logvar], len(chunk))
             means.append(mean)
             logvars.append(logvar)
         if not means:
@@ -118,12 +203,17 @@ class EdgeVAE:
     def _run_decoder(self, latents: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         z = self.check_latents(latents)
         parts: list[list[np.ndarray]] = [[] for _ in outputs]
+        where = self._where(contract.DECODER)
         for start in range(0, len(z), CHUNK):
-            for part, value in zip(parts, self._decoder.run(outputs, {"latents": z[start : start + CHUNK]})):
+            chunk = z[start : start + CHUNK]
+            values = _run(self._decoder, outputs, {"latents": chunk}, where)
+            self._outputs(contract.DECODER, outputs, values, len(chunk))
+            for part, value in zip(parts, values):
                 part.append(value)
         if not len(z):
-            return [self._decoder.run(outputs, {"latents": np.zeros((1, self.latent_dim), np.float32)})[i][:0]
-                    for i in range(len(outputs))]
+            values = _run(self._decoder, outputs, {"latents": np.zeros((1, self.latent_dim), np.float32)}, where)
+            self._outputs(contract.DECODER, outputs, values, 1)
+            return [value[:0] for value in values]
         return [np.concatenate(part) for part in parts]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -141,12 +231,9 @@ class EdgeVAE:
 
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
         """``n`` new images decoded from z = temperature * eps, eps ~ N(0, I) seeded by ``seed``."""
-        if n < 0:
-            raise InputError(f"number of samples must be >= 0, got {n}")
-        if seed is not None and seed < 0:
-            raise InputError(f"seed must be >= 0, got {seed}")
-        if not np.isfinite(temperature) or temperature < 0:
-            raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
+        n = integer(n, "number of samples")
+        seed = None if seed is None else integer(seed, "seed")
+        temperature = _number(temperature, "temperature")
         eps = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
         return self.decode(eps * np.float32(temperature))
 
@@ -161,6 +248,7 @@ class EdgeVAE:
         The first and last images are the reconstructions of ``a`` and ``b``; latents between
         are evenly spaced on the straight line joining their posterior means.
         """
+        steps = integer(steps, "interpolation steps", minimum=None)
         if steps < 2:
             raise InputError(f"interpolation needs at least 2 steps, got {steps}")
         pair = np.concatenate([self.check_images(a), self.check_images(b)])

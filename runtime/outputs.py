@@ -1,8 +1,22 @@
-"""Writing results safely: PNG grids, folders of PNGs, .npy arrays, raw bytes.
+"""Writing results safely, all or nothing: PNG grids, folders of PNGs, .npy arrays, raw bytes.
 
-Every file is written to a temporary name in its destination folder and renamed into place,
-so a failure never leaves a partial file. Existing files are never replaced unless
-``force=True``; all targets are checked before the first byte is written.
+One writer, :func:`write_files`, serves every output (single files, ``encode --logvar``, folders,
+``compress --split``). Its promise holds under any failure: a full disk, an unwritable place,
+Ctrl-C or SIGTERM part-way:
+
+1. every target is checked before the first byte is written; an existing file is refused
+   unless ``force=True``;
+2. the new files are written completely under temporary names beside their targets
+   (``.NAME.XXXXXXXX.tmp`` in the same folder, so the final rename never crosses a file system);
+3. only then are the targets replaced, with SIGINT/SIGTERM held back until the step is over:
+   each existing target is first hard-linked to a backup name (``.NAME.XXXXXXXX.bak``), so if a
+   replacement fails part-way every target replaced so far is put back from its backup;
+4. temporary files and backups are removed in every case, and a folder created for the output
+   is removed again if the write fails.
+
+So after any failure the previous state is back exactly and nothing of ours is left behind;
+after success every target holds its new bytes (new inodes: a hard link to an old version keeps
+the old bytes).
 
 Where an image output goes is decided by its name:
 ``*.png`` -> one grid picture; ``*.npy`` -> the uint8 array (N, C, H, W);
@@ -11,16 +25,26 @@ anything else (an existing or new folder) -> one PNG per image.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import secrets
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from edgevae.runtime.errors import OutputError
 from edgevae.runtime.images import grid, to_pil
+
+#: Suffixes of our own short-lived files beside a target.
+TEMP_SUFFIX, BACKUP_SUFFIX = ".tmp", ".bak"
+
+#: Signals held back while targets are being replaced or restored.
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def output_kind(out: str | Path) -> str:
@@ -34,54 +58,168 @@ def output_kind(out: str | Path) -> str:
 
 
 def check_target(path: Path, force: bool) -> None:
-    """OutputError unless ``path`` can be written as a file now (``force`` allows replacing one)."""
+    """OutputError unless ``path`` can be written as a file now (``force`` allows replacing one).
+
+    Checks what can be known without writing: whether the place is a folder, whether a file is
+    there, whether the parent folder exists. Whether the folder is writable (read-only file
+    system, permissions, a full disk) shows when the file is written, which the writer undoes.
+    """
     if path.is_dir():
         raise OutputError(f"{path}: is a folder, cannot write a file there")
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:
         raise OutputError(f"{path}: already exists; pass --force to overwrite it")
     parent = path.parent
     if not parent.is_dir():
-        raise OutputError(f"{parent}: folder does not exist")
+        raise OutputError(f"{parent}: folder does not exist" if not parent.exists() else f"{parent}: is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: folder is not writable")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    target = Path(path)
-    check_target(target, force)
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM for the duration of the block, then deliver them.
+
+    Python runs signal handlers in the main thread only, so outside it there is nothing to hold.
+    A signal that arrives inside the block reaches its previous handler right after it (Ctrl-C
+    then raises KeyboardInterrupt there), so a replacement is never cut in half.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    for sig in _HELD_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is None:  # installed outside Python: leave it alone
+            continue
+        previous[sig] = handler
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as e:
-        raise OutputError(f"{target.parent}: cannot write here ({e.strerror})") from None
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = previous.get(caught[0])
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])
+
+
+def _short(name: str) -> str:
+    """A target's name cut to fit, with our prefix and suffix, in a file system's 255-byte names."""
+    return name.encode()[:200].decode(errors="ignore")
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _message(path: Path, action: str, error: OSError) -> str:
+    return f"{path}: cannot {action} ({error.strerror or type(error).__name__})"
+
+
+def _stage(target: Path, data: bytes, temps: list[str]) -> str:
+    """Write ``data`` completely to a new temporary file beside ``target``; returns its name.
+
+    The name is recorded in ``temps`` before a byte is written, so the caller can always remove it.
+    """
+    with signals_held():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{_short(target.name)}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        except OSError as e:
+            raise OutputError(_message(target.parent, "write here", e)) from None
+        temps.append(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{target}: cannot write ({e.strerror})") from None
-    return target
+        raise OutputError(_message(target, "write", e)) from None
+    return tmp
+
+
+def _backup(target: Path) -> str:
+    """Keep the current ``target`` under a fresh backup name beside it (a hard link, else a rename)."""
+    if target.is_dir() and not target.is_symlink():
+        raise IsADirectoryError(21, "Is a directory", str(target))
+    for _ in range(100):
+        backup = str(target.parent / f".{_short(target.name)}.{secrets.token_hex(4)}{BACKUP_SUFFIX}")
+        try:
+            os.link(target, backup, follow_symlinks=False)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (some file systems): move the original aside instead
+            if os.path.lexists(backup):
+                continue
+            os.rename(target, backup)
+            return backup
+    raise FileExistsError(f"no free backup name beside {target}")
+
+
+def _replace_all(staged: list[tuple[str, Path]]) -> None:
+    """Move every staged file onto its target; on failure put every replaced target back."""
+    replaced: list[tuple[Path, str | None]] = []
+    pending: tuple[Path, str] | None = None
+    try:
+        for tmp, target in staged:
+            backup = None
+            if os.path.lexists(target):
+                backup = _backup(target)
+                pending = (target, backup)
+            os.replace(tmp, target)
+            pending = None
+            replaced.append((target, backup))
+    except OSError as e:
+        failed = staged[len(replaced)][1]
+        lost = []
+        undo = ([pending] if pending else []) + list(reversed(replaced))
+        for target, backup in undo:
+            try:
+                if backup is None:
+                    os.unlink(target)
+                else:
+                    os.replace(backup, target)
+            except OSError:
+                lost.append(f"{target} (previous version kept as {backup})" if backup else str(target))
+        if lost:
+            raise OutputError(f"{failed}: cannot write ({e.strerror}), and could not put back {', '.join(lost)}") from None
+        raise OutputError(_message(failed, "write", e)) from None
+    for _, backup in replaced:
+        if backup is not None:
+            _unlink_quietly(backup)
 
 
 def write_files(files: Sequence[tuple[str | Path, bytes]], force: bool = False) -> list[Path]:
-    """Write several files all or nothing: every target is checked first, and if one write
-    fails the files this call already wrote are removed again."""
+    """Write several files all or nothing (see the module docstring for the promise).
+
+    Every target is checked first; OutputError names the first problem. Any exception, including
+    KeyboardInterrupt, leaves the targets as they were and no temporary file behind.
+    """
     paths = [Path(p) for p, _ in files]
     if len({p.resolve() for p in paths}) != len(paths):
         raise OutputError("two outputs name the same file")
     for path in paths:
         check_target(path, force)
-    written: list[Path] = []
+    temps: list[str] = []
     try:
-        for path, (_, data) in zip(paths, files):
-            written.append(atomic_write_bytes(path, data, force))
-    except OutputError:
-        for path in written:
-            path.unlink(missing_ok=True)
+        staged = [(_stage(path, data, temps), path) for path, (_, data) in zip(paths, files)]
+        with signals_held():
+            _replace_all(staged)
+    except BaseException:
+        with signals_held():
+            for tmp in temps:
+                _unlink_quietly(tmp)
         raise
-    return written
+    return paths
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Path:
+    """Write ``data`` to ``path`` all or nothing (:func:`write_files` with one file)."""
+    return write_files([(path, data)], force)[0]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -122,42 +260,62 @@ def write_images(
 ) -> list[Path]:
     """Write uint8 images (N, C, H, W) to ``out`` as a grid, an array or a folder of PNGs.
 
-    Returns the paths written. ``names`` (file stems) are used for folder output.
+    Returns the paths written. ``names`` (file stems) are used for folder output. A grid or a
+    folder needs at least one image (an .npy array may hold none).
     """
     target = Path(out)
     kind = output_kind(target)
-    if kind == "grid":
-        if len(images) == 0:
-            raise OutputError("no images to write")
-        return [atomic_write_bytes(target, png_bytes(grid(images)), force)]
     if kind == "npy":
         return [atomic_write_bytes(target, npy_bytes(images), force)]
+    if len(images) == 0:
+        raise OutputError(f"{target}: no images to write")
+    if kind == "grid":
+        return [atomic_write_bytes(target, png_bytes(grid(images)), force)]
     return write_folder(target, [png_bytes(image) for image in images], names, ".png", force)
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; returns the folders created, deepest first."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as e:
+            _remove_folders(missing)
+            raise OutputError(_message(created, "create folder", e)) from None
+    return missing
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; only if still empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def write_folder(folder: str | Path, payloads: Sequence[bytes], names: Sequence[str] | None = None,
                  suffix: str = ".png", force: bool = False) -> list[Path]:
     """Write one ``<name><suffix>`` file per payload into ``folder`` (created if needed), all or
-    nothing: if any write fails, the files written and a folder this call created are removed."""
+    nothing through :func:`write_files`; folders this call created go again if it fails."""
     target = Path(folder)
-    if target.exists() and not target.is_dir():
+    if os.path.lexists(target) and not target.is_dir():
         raise OutputError(f"{target}: exists and is not a folder")
     paths = folder_targets(target, names, len(payloads), suffix)
     if not force:  # refuse before creating anything
-        existing = [p for p in paths if p.exists()]
+        existing = [p for p in paths if os.path.lexists(p)]
         if existing:
             raise OutputError(f"{existing[0]}: already exists; pass --force to overwrite it")
-    created = not target.exists()
+    created: list[Path] = []
     try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{target}: cannot create folder ({e.strerror})") from None
-    try:
+        with signals_held():
+            created = _make_folder(target)
         return write_files(list(zip(paths, payloads)), force)
-    except OutputError:
-        if created:
-            try:
-                target.rmdir()
-            except OSError:
-                pass
+    except BaseException:
+        with signals_held():
+            _remove_folders(created)
         raise

@@ -246,7 +246,7 @@ def parse_tables(text: str | bytes, dim: int, where: str = fmt.TABLES_FILE) -> C
     """Validate codec.json content for a model with ``dim`` latent dimensions."""
     try:
         obj = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting: RecursionError
         raise BundleError(f"{where}: unreadable codec tables ({type(e).__name__})") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt.TABLES_FORMAT:
         raise BundleError(f"{where}: not edgevae codec tables")
@@ -280,7 +280,7 @@ def load_tables(bundle: Bundle) -> CodecTables:
             f"'edgevae-train export' or add them with 'edgevae-train codec-tables {bundle.path}'"
         )
     try:
-        raw = path.read_bytes()
+        raw = bundle.files["codec"] if "codec" in bundle.files else path.read_bytes()  # the bytes load() hashed
     except OSError as e:
         raise BundleError(f"{path}: cannot read codec tables ({e.strerror})") from None
     # Re-check the hash of the bytes actually parsed: the file may have changed since load().

@@ -73,11 +73,28 @@ def forge(codec: C.Codec, body: bytes) -> bytes:
     return body + struct.pack(">I", fmt.checksum(body, codec.fingerprint, codec.model.image_shape))
 
 
+def reference_quantized(means: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The format's quantization (docs/FORMAT.md) computed independently of runtime/codec.py, in
+    exact rational arithmetic: a mean m, clamped to +-LATENT_CLAMP, becomes k = m / step rounded
+    to the nearest integer (ties to even), |k| at most the clamp in steps rounded half up; the
+    latent is k * step as float32. (Rounding by floor or half away from zero fails this.)"""
+    from fractions import Fraction
+
+    out = np.empty(np.shape(means), np.float32)
+    for (i, j), m in np.ndenumerate(np.asarray(means, np.float32)):
+        step = Fraction(int(steps[j]), 1 << fmt.STEP_BITS)
+        clamped = min(max(Fraction(float(m)), -fmt.LATENT_CLAMP), fmt.LATENT_CLAMP)
+        limit = int(fmt.LATENT_CLAMP / step + Fraction(1, 2))
+        k = min(max(round(clamped / step), -limit), limit)  # round() of a Fraction: ties to even
+        out[i, j] = np.float32(float(k * step))
+    return out
+
+
 def expected_latents(codec: C.Codec, images: np.ndarray, quality: str | int | None = None) -> np.ndarray:
     """What the decoder must see: the posterior means, quantized on the level's grid."""
     table = codec.tables.lookup(quality)
     mean, _ = codec.model.encode(images)
-    return T.dequantize(T.quantize(mean, table.steps), table.steps)
+    return reference_quantized(mean, table.steps)
 
 
 # -- public API ------------------------------------------------------------------------------------
@@ -317,7 +334,7 @@ def test_escapes_and_clamp_round_trip(codec: C.Codec) -> None:
     _, u = table.symbols(means)
     assert (u >= table.escape).any()
     latents = R.decode_payloads(table, R.encode_payloads(table, means))
-    assert np.array_equal(latents, T.dequantize(T.quantize(means, table.steps), table.steps))
+    assert np.array_equal(latents, reference_quantized(means, table.steps))
     assert latents[2, 1] == pytest.approx(16, abs=float(table.steps[1]) / 2**16)
 
 
@@ -329,8 +346,7 @@ def test_random_symbols_round_trip_and_payloads_are_canonical(codec: C.Codec) ->
         means = np.where(rng.random((300, len(centers))) < 0.5, centers, rng.normal(0, 2, (300, len(centers))))
         payloads = R.encode_payloads(table, means.astype(np.float32))
         assert all(not p or p[-1] != 0 for p in payloads)
-        assert np.array_equal(R.decode_payloads(table, payloads),
-                              T.dequantize(T.quantize(means.astype(np.float32), table.steps), table.steps))
+        assert np.array_equal(R.decode_payloads(table, payloads), reference_quantized(means, table.steps))
     assert min(len(p) for p in R.encode_payloads(codec.tables.qualities[0], np.tile(
         T.dequantize(codec.tables.qualities[0].centers, codec.tables.qualities[0].steps), (2, 1)))) <= 1
 
@@ -362,6 +378,11 @@ def test_quantization_uses_exact_integers() -> None:
     assert k.tolist() == [[2, 2, -2]]  # rint(2.5) is 2: half to even
     z = T.dequantize(k, steps)
     assert z.dtype == np.float32 and z.tolist() == [[2**-11, 2.0, -0.375]]
+    # Where floor, ceil, truncation or half-away-from-zero would differ from rint (step 1.0):
+    cases = np.array([[0.9, -0.4, 1.5, -2.5, 3.5, -0.6, 0.49999997]], dtype=np.float32)
+    unit = np.full(cases.shape[1], 65536)
+    assert T.quantize(cases, unit).tolist() == [[1, 0, 2, -2, 4, -1, 0]]
+    assert np.array_equal(T.dequantize(T.quantize(cases, unit), unit), reference_quantized(cases, unit))
     assert T.unzigzag(T.zigzag(np.arange(-5, 6))).tolist() == list(range(-5, 6))
     assert T.zigzag(np.array([0, -1, 1, -2, 2])).tolist() == [0, 1, 2, 3, 4]
 

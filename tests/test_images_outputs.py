@@ -122,6 +122,7 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(images_mod.Image, "open", refuse)
     with pytest.raises(InputError, match=f"{path.name}: permission denied"):
         load_image(path, GRAY)
+    np.save(tmp_path / "x.npy", np.zeros(3, np.uint8))
     monkeypatch.setattr(images_mod.np, "load", refuse)
     with pytest.raises(InputError, match="x.npy: permission denied"):
         load_npy(tmp_path / "x.npy")
@@ -271,16 +272,16 @@ def test_folder_output_is_all_or_nothing_when_one_target_exists(tmp_path: Path) 
 
 def test_folder_output_takes_back_its_files_when_a_write_fails(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    real = outputs.atomic_write_bytes
+    real = outputs._stage
     calls = []
 
-    def fail_third(path: Path, data: bytes, force: bool = False) -> Path:
+    def fail_third(path: Path, data: bytes, temps: list[str]) -> str:
         calls.append(path)
         if len(calls) == 3:
             raise OutputError(f"{path}: cannot write (disk full)")
-        return real(path, data, force)
+        return real(path, data, temps)
 
-    monkeypatch.setattr(outputs, "atomic_write_bytes", fail_third)
+    monkeypatch.setattr(outputs, "_stage", fail_third)
     with pytest.raises(OutputError, match="disk full"):
         outputs.write_images(synthetic_images(4), tmp_path / "new")
     assert leftovers(tmp_path) == []  # the folder this call created is gone too

@@ -110,6 +110,11 @@ def edgevae_calls(bundle: Path, images: list[Path], out: Path) -> dict[str, list
         "decode": ["decode", out / "z.npy", "--model", bundle, "-o", out / "d"],
         "reconstruct": ["reconstruct", images[0], "--model", bundle, "-o", out / "r.npy"],
         "interpolate": ["interpolate", images[0], images[1], "--steps", 3, "--model", bundle, "-o", out / "i.png"],
+        "compress": ["compress", *images, "--model", bundle, "-o", out / "c.evz"],
+        "decompress": ["decompress", out / "c.evz", "--model", bundle, "-o", out / "c.npy"],
+        "compress --lossless": ["compress", *images, "--lossless", "--model", bundle, "-o", out / "l.evz"],
+        "decompress lossless": ["decompress", out / "l.evz", "--model", bundle, "-o", out / "l.npy"],
+        "info CONTAINER": ["info", out / "l.evz", "--model", bundle, "--json"],
     }
 
 
@@ -124,6 +129,8 @@ def test_every_command_without_torch(guarded, tiny_bundle: Path, image_files: li
     assert np.load(tmp_path / "r.npy").shape == (1, 1, 28, 28)
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["0000.png", "0001.png", "0002.png"]
     assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "i.png").stat().st_size > 0
+    assert np.load(tmp_path / "c.npy").shape == (3, 1, 28, 28)
+    np.testing.assert_array_equal(np.load(tmp_path / "l.npy"), synthetic_images(3, seed=8))  # lossless: exact
 
 
 def test_errors_without_torch(guarded, tiny_bundle: Path, tmp_path: Path) -> None:

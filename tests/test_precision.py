@@ -201,13 +201,15 @@ def test_codec_containers_refuse_another_precision(variants: dict[str, Path], ti
                     other.decompress(data)
 
 
-def test_enforced_bounds_fail_and_leave_nothing(tiny_bundle: Path, tiny_data, tmp_path: Path,
+@pytest.mark.parametrize("kind", ["int8", "fp16"])
+def test_enforced_bounds_fail_and_leave_nothing(kind: str, tiny_bundle: Path, tiny_data, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     impossible = precision.Bounds(max_psnr_loss_db=-1.0, max_nelbo_increase_bpd=1.0, max_abs_diff=1.0)
-    monkeypatch.setitem(precision.BOUNDS, "fp16", impossible)
-    target = tmp_path / "out" / "tiny-fp16"
-    with pytest.raises(ExportError, match="PSNR drops"):
-        precision.make_variant(tiny_bundle, target, "fp16", tiny_data.train, tiny_data.test)
+    monkeypatch.setitem(precision.BOUNDS, kind, impossible)
+    target = tmp_path / "out" / f"tiny-{kind}"
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ExportError, match=f"{kind} variant fails its check: PSNR drops"):
+        precision.make_variant(tiny_bundle, target, kind, tiny_data.train, tiny_data.test)
     assert list((tmp_path / "out").iterdir()) == []
 
 

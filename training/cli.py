@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import click
 
-from edgevae.runtime.cli import guard
+from edgevae.runtime.cli import Group, guard
 from edgevae.runtime.errors import InputError
 
 
@@ -71,7 +71,7 @@ def _progress(total: int, label: str) -> Iterator[Any]:
         yield bar
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train a VAE, evaluate it, and export it as an edgevae bundle (encoder.onnx,
     decoder.onnx, model.json) that the torch-free ``edgevae`` runtime loads.
