@@ -297,7 +297,7 @@ def test_forged_lossless_container_is_refused_after_little_work() -> None:
     byte). Now a chain that keeps popping more than it holds is refused after a few steps."""
     from edgevae.runtime import load
     from edgevae.runtime.bitsback import MAX_CHAINS, MAX_DRY_STEPS
-    from edgevae.runtime.codec import Codec, LosslessCodec
+    from edgevae.runtime.codec import Codec
     from edgevae.runtime.errors import ContainerError
 
     codec = Codec(load(SHIPPED, threads=1))

@@ -6,7 +6,6 @@ misuse, usage errors of every command, ONNX Runtime running out of memory.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
