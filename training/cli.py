@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import click
 
-from edgevae.runtime.cli import Group, guard
+from edgevae.runtime.clicommon import Group, guard
 from edgevae.runtime.errors import InputError
 
 

@@ -1,0 +1,121 @@
+"""What both command lines (``edgevae`` and ``edgevae-train``) share: the guard that turns library
+errors into one ``Error: ...`` line with exit code 2 and Ctrl-C / SIGTERM into ``interrupted`` with
+exit code 130, and the click group whose usage errors are one line too.
+
+Only this layer maps the typed exceptions of :mod:`edgevae.runtime.errors` to messages; the
+library raises, never prints or exits.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from typing import Any, Callable, TypeVar
+
+import click
+
+from edgevae.runtime.errors import EdgeVAEError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: Exit code of a command stopped by Ctrl-C (SIGINT) or SIGTERM, as shells report SIGINT.
+EXIT_INTERRUPTED = 130
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (a newline in a file name stays ``\\n``), so an
+    error message is always exactly one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for ch in text)
+
+
+def _error(message: str) -> None:
+    click.echo(f"Error: {one_line(message)}", err=True)
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_listening() -> None:
+    """After an interrupt the process is ending: ignore further Ctrl-C / SIGTERM, so pressing it
+    again while threads and sessions wind down cannot cut the exit short (exit code 130 stays)
+    nor print a traceback from the interpreter's shutdown."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def guard(fn: F) -> F:
+    """Run a command; turn expected failures into one ``Error: ...`` line and exit code 2.
+
+    Ctrl-C and SIGTERM stop the command (outputs are all or nothing, see
+    :mod:`edgevae.runtime.outputs`) with the line ``interrupted`` and exit code 130.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import threading
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+        try:
+            return fn(*args, **kwargs)
+        except EdgeVAEError as e:
+            _error(str(e))
+            sys.exit(2)
+        except MemoryError:
+            _error("out of memory; process fewer images at a time")
+            sys.exit(2)
+        except ImportError as e:
+            # Under a memory limit, loading a library's shared object fails like this (imports are lazy).
+            if not any(s in str(e) for s in ("failed to map segment", "Cannot allocate memory")):
+                raise
+            _error("out of memory (while loading a library); process fewer images at a time")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            _stop_listening()
+            sys.exit(EXIT_INTERRUPTED)
+        finally:
+            if main_thread and signal.getsignal(signal.SIGTERM) is _raise_interrupt:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _OneLineUsageError(click.UsageError):
+    """A usage error shown as one line (click shows four: usage, hint, blank, error)."""
+
+    def show(self, file: Any = None) -> None:
+        hint = f" Try '{self.ctx.command_path} --help'." if self.ctx is not None else ""
+        click.echo(f"Error: {one_line(self.format_message())}{hint}", err=True, file=file)
+
+
+def _one_line_usage(error: click.UsageError) -> click.UsageError:
+    if isinstance(error, (_OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return error
+    converted = _OneLineUsageError(error.format_message(), error.ctx)
+    converted.exit_code = error.exit_code
+    return converted
+
+
+class Group(click.Group):
+    """A click group whose usage errors (bad option values, unknown commands, missing
+    arguments) are one line and exit code 2, for the group and every command in it."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
