@@ -188,6 +188,8 @@ def test_metrics(model: VAE, images: np.ndarray | ImageFiles, batch_size: int = 
     order = np.arange(len(images))
     for size, x, rows in _read_batches(images, _global_batches(order, batch_size), context, workers, log):
         eps = _share_of_noise(size, model.config.latent_dim, context, rows).to(context.device)
+        if not len(x):
+            continue  # a share can be empty when a batch has fewer images than there are ranks
         x = x.to(context.device)
         terms = model.loss_terms(x, eps)
         recon += float(terms.recon.sum())
@@ -215,7 +217,8 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return config.min_lr_fraction + (1 - config.min_lr_fraction) * cosine
 
 
-def _batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, context: Context) -> torch.Tensor:
+def _batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, context: Context,
+                weight: float = 1.0) -> torch.Tensor:
     """This rank's loss, such that DDP's average of the ranks' gradients is the gradient of the
     global batch's mean loss, whatever the share sizes (the last batch is smaller; shares differ
     by one image; a share may be empty).
@@ -223,7 +226,8 @@ def _batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, 
     Each per-image term is summed over the share and scaled by ``world_size / batch``. Free bits
     clamp the batch mean of each latent dimension's KL, so that mean is summed over ranks first
     and the clamp's gradient mask (mean >= free bits) applied to the local sums. A process that
-    holds the whole batch computes the plain means, as before.
+    holds the whole batch computes the plain means, as before. ``weight=0`` marks the stand-in
+    image of an empty share (it only keeps the rank in DDP's gradient reduction).
     """
     if context.world_size == 1 and len(terms.recon) == batch:
         if config.free_bits > 0:
@@ -235,7 +239,7 @@ def _batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, 
             loss = loss + terms.sse.mean() / (2 * config.distortion_sigma**2)
         return loss
     if config.free_bits > 0:
-        sums = terms.kl_per_dim.sum(0)
+        sums = terms.kl_per_dim.sum(0) * weight
         active = context.all_reduce_sum(sums.detach()) / batch >= config.free_bits
         kl = (sums * active).sum()
     else:
@@ -243,7 +247,7 @@ def _batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, 
     loss = terms.recon.sum() + beta * kl
     if config.distortion_sigma > 0:
         loss = loss + terms.sse.sum() / (2 * config.distortion_sigma**2)
-    return loss * (context.world_size / batch)
+    return loss * (weight * context.world_size / batch)
 
 
 def _start_run(run: Path, data: TrainingData, model_config: ModelConfig, config: TrainConfig,
@@ -343,17 +347,22 @@ def train(
         bar = bar_cm.__enter__() if bar_cm else None
         try:
             for size, x, rows in batches:
-                eps = _share_of_noise(size, model_config.latent_dim, context, rows).to(context.device)
-                terms = objective(x.to(context.device), eps)
+                eps = _share_of_noise(size, model_config.latent_dim, context, rows)
+                empty = not len(x)
+                if empty:
+                    # A batch of fewer images than ranks leaves some shares empty, yet every rank must
+                    # join DDP's gradient reduction: a stand-in image with weight 0 adds zero gradients.
+                    x, eps = torch.zeros(1, *model_config.image_shape, dtype=torch.uint8), torch.zeros(1, eps.shape[1])
+                terms = objective(x.to(context.device), eps.to(context.device))
                 beta = config.beta * min(1.0, step / kl_warmup_steps)
-                loss = _batch_loss(terms, size, beta, config, context)
+                loss = _batch_loss(terms, size, beta, config, context, weight=0.0 if empty else 1.0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                nelbo = (terms.recon + terms.kl).detach()
+                nelbo = (terms.recon + terms.kl).detach()[: 0 if empty else None]
                 totals += torch.tensor([float(nelbo.sum()), len(nelbo)], dtype=torch.float64)
                 if bar is not None:
                     # The bar shows rank 0's share; the epoch's figure below is over all ranks.
