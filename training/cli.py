@@ -169,16 +169,18 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
     from edgevae.training import report
     from edgevae.training.distributed import Stopped
     from edgevae.training.data import open_dataset
-    from edgevae.training.train import check_run_folder, on_rank_0, train as run_training
+    from edgevae.training.train import check_run_folder, on_rank_0, run_settings, train as run_training
 
     main_rank = context.is_main
     echo = click.echo if main_rank else (lambda *_a, **_k: None)
     where = f"rank {context.rank} of {context.world_size}: " if context.distributed else ""
     try:
         on_rank_0(context, lambda: check_run_folder(run_dir, resume))  # before the data, which take a while
+        if resume:  # the run's own data set, split and sizes, whatever the other options say
+            config, model_config = on_rank_0(context, lambda: run_settings(run_dir))
         data = open_dataset(config.dataset, model_config.image_shape, data_dir, seed=config.seed, workers=workers,
                             processes=context if context.distributed else None,
-                            progress=_progress if main_rank else None, log=click.echo if main_rank else None)
+                            progress=_progress if main_rank else None, log=echo)
         echo(f"{data.name}: {len(data.train)} train / {len(data.test)} test images of shape {data.image_shape}")
         echo(f"training on {context.describe()}")
         model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=click.echo,

@@ -109,6 +109,12 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 
 
+def run_settings(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig]:
+    """The training and model settings a run was started with (from its checkpoint)."""
+    checkpoint = load_checkpoint(run_dir)
+    return TrainConfig(**checkpoint["train_config"]), ModelConfig.from_dict(checkpoint["model_config"])
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> VAE:
     """Rebuild the VAE of a checkpoint, weights loaded, in eval mode."""
     model = VAE(ModelConfig.from_dict(checkpoint["model_config"]))
