@@ -150,6 +150,7 @@ def main() -> None:
 
     import torch
 
+    load_before = os.getloadavg()
     runs = [run_training(args, n) for n in (1, 2)]
     for run in runs:
         print(f"training, {run['processes']} process(es): {run['images_per_s']:.0f} images/s", flush=True)
@@ -157,7 +158,8 @@ def main() -> None:
     parameters = runs[0]["parameters"]
     results = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.machine(), "torch": torch.__version__,
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
+        "load_average_at_start": load_before,
         "settings": {"images": args.images, "batch_size": args.batch_size, "widths": args.widths,
                      "threads_per_process": 1, "loader_images": args.loader_images},
         "training": runs,
@@ -171,7 +173,8 @@ def main() -> None:
     md = [
         f"Training throughput, Fashion-MNIST ({args.images} training images in memory, batch {args.batch_size} global), "
         f"widths {args.widths}, latent 32, {parameters:,} parameters; one torch thread per process; "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}.",
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; load average "
+        f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (the machine is shared).",
         "",
         "| processes | images/s | speed-up | test NELBO after 2 epochs (bits/dim) |",
         "|---:|---:|---:|---:|",

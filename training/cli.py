@@ -195,8 +195,13 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
                        f"continue with: {'torchrun ... ' if context.distributed else 'edgevae-train '}train "
                        f"--out {run_dir} --resume", err=True)
         sys.exit(130)
-    except EdgeVAEError:
-        raise  # guard prints it (every rank meets the same error, so each says the same line)
+    except EdgeVAEError as e:
+        if main_rank or not context.distributed:
+            raise  # guard prints it
+        if getattr(e, "from_rank_0", False):
+            sys.exit(2)  # rank 0 met it first and says it
+        click.echo(f"Error: {where}{e}", err=True)
+        sys.exit(2)
     except Exception as e:
         if not context.distributed:
             raise

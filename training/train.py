@@ -3,6 +3,13 @@
 A run folder holds ``config.json`` (what was asked), ``last.pt`` (the latest complete epoch,
 written atomically so an interrupt never leaves a broken file), ``metrics.jsonl`` (one JSON
 object per epoch) and, at the end, ``curve.png`` and ``samples.png``.
+
+On several processes (torchrun, see ``distributed.py``) the run is the same one, up to float
+rounding, whatever their number: ``batch_size`` is the global batch; every epoch's shuffle and
+every batch's reparameterization noise are drawn whole from the seed and each rank takes its
+contiguous share; each rank's loss is scaled so that DDP's average of the gradients is the
+gradient of the global batch's mean. A single process draws exactly the random numbers it drew
+before any of this existed, so old runs stay reproducible by their recorded commands.
 """
 
 from __future__ import annotations
@@ -95,7 +102,9 @@ def on_rank_0(context: Context, task: Callable[[], Any]) -> Any:
             outcome = ("error", e)
     outcome = context.broadcast(outcome)
     if outcome[0] == "error":
-        raise outcome[1]
+        error = outcome[1]
+        error.from_rank_0 = not context.is_main  # rank 0 reports it; the others need not repeat it
+        raise error
     return outcome[1]
 
 
