@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,44 @@ class Stopped(KeyboardInterrupt):
     A KeyboardInterrupt, so the same clean-up runs as for Ctrl-C (the checkpoint on disk is
     the last complete epoch, a half-written one is removed).
     """
+
+
+#: Stop signals received (SIGINT, SIGTERM), once :func:`handle_stop_signals` is in force.
+_received: list[int] = []
+#: The handlers :func:`handle_stop_signals` replaced.
+_previous: dict[int, Any] = {}
+
+
+def _on_stop_signal(signum: int, _frame: Any) -> None:
+    _received.append(signum)
+    if len(_received) == 1:  # later ones (torchrun repeats Ctrl-C to its workers) must not break the clean-up
+        raise Stopped(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def handle_stop_signals() -> None:
+    """Make Ctrl-C (SIGINT) and SIGTERM stop this process for good.
+
+    Either raises at once (SIGTERM as :class:`Stopped`), and is remembered: an interrupt that
+    lands where Python swallows exceptions (a DataLoader's ``__del__`` shutting its workers down)
+    is raised again by the next :func:`raise_if_stopped`. :func:`stop` restores the handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # Python lets only the main thread set handlers; an embedding app keeps its own
+    _received.clear()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        _previous.setdefault(signum, signal.signal(signum, _on_stop_signal))
+
+
+def _restore_signal_handlers() -> None:
+    for signum, handler in _previous.items():
+        signal.signal(signum, handler)
+    _previous.clear()
+
+
+def raise_if_stopped() -> None:
+    """Raise the interrupt of a stop signal received earlier (a no-op if none was)."""
+    if _received:
+        raise Stopped(f"signal {_received[0]}") if _received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def launched_by_torchrun() -> bool:
@@ -158,9 +197,11 @@ class Context:
 def start(device: str = "auto") -> Context:
     """The context of this process; joins the process group if torchrun started it.
 
-    Raises ValueError for an unusable ``device`` or timeout setting. Under torchrun, SIGTERM
-    (how torchrun stops the other ranks when one fails) raises :class:`Stopped` from then on.
+    Raises ValueError for an unusable ``device`` or timeout setting. Installs
+    :func:`handle_stop_signals`: SIGTERM (how torchrun stops the other ranks when one fails)
+    raises :class:`Stopped`, Ctrl-C KeyboardInterrupt, and neither can be lost.
     """
+    handle_stop_signals()
     if not launched_by_torchrun():
         return Context(device=resolve_device(device))
     import torch.distributed as dist
@@ -175,17 +216,13 @@ def start(device: str = "auto") -> Context:
         dist.init_process_group("nccl", timeout=timeout, device_id=where)
     else:
         dist.init_process_group("gloo", timeout=timeout)
-    signal.signal(signal.SIGTERM, _raise_stopped)
     return Context(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
                    device=where, distributed=True)
 
 
-def _raise_stopped(signum: int, _frame: Any) -> None:
-    raise Stopped(f"signal {signum}")
-
-
 def stop(context: Context) -> None:
-    """Leave the process group (a no-op for a plain run)."""
+    """Leave the process group (if any) and restore the signal handlers :func:`start` replaced."""
+    _restore_signal_handlers()
     if context.distributed:
         import torch.distributed as dist
 

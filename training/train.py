@@ -29,7 +29,7 @@ from torch import nn
 
 from edgevae.runtime.errors import DataError, InputError
 from edgevae.training.data import Dataset, ImageFiles, ImageFolder, stream_batches
-from edgevae.training.distributed import Context
+from edgevae.training.distributed import Context, raise_if_stopped
 from edgevae.training.model import UPSAMPLE_MODES, VAE, LossTerms, ModelConfig
 
 #: What :func:`train` learns from: arrays in memory, or a folder streamed from disk.
@@ -362,6 +362,7 @@ def train(
         bar = bar_cm.__enter__() if bar_cm else None
         try:
             for size, x, rows in batches:
+                raise_if_stopped()
                 eps = _share_of_noise(size, model_config.latent_dim, context, rows)
                 empty = not len(x)
                 if empty:
@@ -388,10 +389,12 @@ def train(
         finally:
             if bar_cm:
                 bar_cm.__exit__(None, None, None)
+        raise_if_stopped()
         nats, seen = context.all_reduce_sum(totals).tolist()
         metrics = {"epoch": epoch + 1, "step": step, "train_nelbo_bpd": bits_per_dim(nats / seen, dims),
                    "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
         metrics.update(test_metrics(model, data.test, context=context, workers=workers, log=log))
+        raise_if_stopped()
         if context.is_main:
             _atomic_save(
                 {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(optimizer.state_dict()),
