@@ -267,3 +267,20 @@ def test_a_file_that_breaks_mid_run_is_reported_not_fatal(tmp_path: Path) -> Non
     assert keys == ["a", "c"] and pixels.shape == (2, 1, 28, 28) and pixels.dtype == torch.uint8
     assert bad == [("b", f"{paths[3]}: not a readable image (UnidentifiedImageError)")]
     assert keys2 == ["d"] and bad2 == []
+
+
+def test_streamed_training_is_the_in_memory_training_bit_for_bit(folder: Path, tmp_path: Path) -> None:
+    """One process: streaming a folder changes nothing in the run (same batches, same noise),
+    so folder runs made before streaming existed stay reproducible by their commands."""
+    shape = (1, 28, 28)
+    model = ModelConfig(latent_dim=2, channels=(4, 8), res_blocks=0, mixture_components=1)
+    config = TrainConfig(dataset=str(folder), epochs=2, batch_size=16, warmup_steps=2, seed=3)
+    with pytest.warns(UserWarning, match="broken.png"):
+        in_memory = load_image_folder(folder, shape, seed=3)
+    streamed = open_image_folder(folder, shape, seed=3, workers=1, log=lambda _: None)
+    train(in_memory, model, config, tmp_path / "memory", log=lambda _: None)
+    train(streamed, model, config, tmp_path / "streamed", log=lambda _: None, workers=1)
+    a, b = load_checkpoint(tmp_path / "memory"), load_checkpoint(tmp_path / "streamed")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    assert metrics(tmp_path / "memory")[-1]["test_nelbo_bpd"] == metrics(tmp_path / "streamed")[-1]["test_nelbo_bpd"]

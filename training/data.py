@@ -186,11 +186,14 @@ def stream_batches(files: ImageFiles, batches: Sequence[Sequence[tuple[Any, int]
 
     Yields a :data:`Batch` per batch; ``workers=0`` decodes in this process.
     """
+    import torch
     from torch.utils.data import DataLoader
 
+    # A generator of its own: a DataLoader draws its workers' base seed from the one it is given,
+    # by default torch's global generator, which would shift the training noise drawn after it.
     loader = DataLoader(files, batch_sampler=batches, num_workers=workers,  # type: ignore[arg-type]
                         collate_fn=functools.partial(collate_images, files.image_shape),
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None, generator=torch.Generator())
     yield from loader
 
 
