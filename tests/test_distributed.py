@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,46 @@ def test_streamed_training_is_the_in_memory_training_bit_for_bit(folder: Path, t
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert torch.equal(a["torch_rng"], b["torch_rng"])
     assert metrics(tmp_path / "memory")[-1]["test_nelbo_bpd"] == metrics(tmp_path / "streamed")[-1]["test_nelbo_bpd"]
+
+
+@dataclass(frozen=True)
+class SimulatedRank(Context):
+    """A rank of a simulated world in this process: its all-reduce returns the known global sum."""
+
+    total: torch.Tensor | None = None
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return self.total
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_ranks_loss_gradients_average_to_the_global_batch_gradient(world: int) -> None:
+    """DDP averages the ranks' gradients; each rank's loss is scaled so that this average is the
+    gradient of the whole batch's loss, with uneven shares (13 images) and free bits that clamp
+    some latent dimensions and not others (the clamp's mask comes from the global batch mean)."""
+    from edgevae.training.model import VAE
+    from edgevae.training.train import _batch_loss
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dim=6, channels=(4, 8), res_blocks=0, mixture_components=2))
+    images = torch.from_numpy(synthetic_images(13, seed=4))
+    eps = torch.randn(13, 6)
+    with torch.no_grad():
+        kl = model.loss_terms(images, eps).kl_per_dim
+    config = TrainConfig(free_bits=float(kl.mean(0).median()), distortion_sigma=10.0)
+    active = int((kl.mean(0) >= config.free_bits).sum())
+    assert 0 < active < 6  # a mixed mask
+
+    def gradient(loss: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    whole = gradient(_batch_loss(model.loss_terms(images, eps), 13, 0.5, config, Context()))
+    ranks = []
+    for rank in range(world):
+        share = SimulatedRank(rank=rank, world_size=world, total=kl.sum(0))
+        start, stop = share.share(13)
+        ranks.append(gradient(_batch_loss(model.loss_terms(images[start:stop], eps[start:stop]), 13, 0.5, config, share)))
+    averaged = torch.stack(ranks).mean(0)  # what DDP does
+    assert float((averaged - whole).norm() / whole.norm()) < 1e-5
