@@ -201,11 +201,12 @@ def _digest(image: np.ndarray) -> bytes:
     return hashlib.sha256(image.tobytes()).digest()
 
 
-def _split_folder(root: Path, files: Sequence[Path], digests: Sequence[bytes | None],
+def _split_folder(root: Path, digests: Sequence[bytes | None],
                   image_shape: tuple[int, int, int], seed: int, test_fraction: float) -> tuple[list[int], list[int], str]:
     """The rule every folder data set follows: readable files in path order, a ``seed``-ed
-    permutation, the first ``test_fraction`` (at least one) held out. Returns the train and test
-    indices into ``files`` and the fingerprint: sha256 over each split's shape and the sha256 of
+    permutation, the first ``test_fraction`` (at least one) held out. ``digests``: per file in path
+    order, the sha256 of its pixels, None if unreadable. Returns the train and test indices into
+    the files and the fingerprint: sha256 over each split's shape and the sha256 of
     every image's pixels in split order."""
     good = [i for i, d in enumerate(digests) if d is not None]
     if len(good) < 2:
@@ -259,7 +260,7 @@ def load_image_folder(
             _report_skipped(str(e), log)
             images.append(None)
     digests = [_digest(image) if image is not None else None for image in images]
-    train, test, fingerprint = _split_folder(root, files, digests, image_shape, seed, test_fraction)
+    train, test, fingerprint = _split_folder(root, digests, image_shape, seed, test_fraction)
     return Dataset(_folder_name(root), np.stack([images[i] for i in train]), np.stack([images[i] for i in test]),
                    fingerprint)
 
@@ -340,7 +341,7 @@ def open_image_folder(
             digests.append(None)
         else:
             digests.append(result)
-    train, test, fingerprint = _split_folder(root, files, digests, image_shape, seed, test_fraction)
+    train, test, fingerprint = _split_folder(root, digests, image_shape, seed, test_fraction)
     return ImageFolder(_folder_name(root), ImageFiles([files[i] for i in train], image_shape),
                        ImageFiles([files[i] for i in test], image_shape), fingerprint, tuple(skipped))
 
