@@ -55,7 +55,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROBE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    env.update(OMP_NUM_THREADS="1", EDGEVAE_DIST_TIMEOUT="60", PYTHONPATH=str(HERE), **extra)
+    env.update(OMP_NUM_THREADS="1", EDGEVAE_DIST_TIMEOUT="60", PYTHONPATH=str(HERE))
+    env.update(extra)
     return env
 
 
@@ -179,6 +180,20 @@ def test_a_failing_rank_stops_every_rank(crashed: tuple[Path, subprocess.Complet
     checkpoint = load_checkpoint(run)
     assert checkpoint["epoch"] == 1  # the last complete epoch, intact
     assert not list(run.glob("*.tmp"))
+
+
+def test_a_hanging_rank_times_out(folder: Path, tmp_path: Path) -> None:
+    """A peer alive but silent (not a closed connection) fails the run after $EDGEVAE_DIST_TIMEOUT."""
+    run = tmp_path / "run"
+    started = time.monotonic()
+    proc = torchrun(2, ["--dataset", str(folder), *TRAIN_OPTIONS, "--workers", "0", "--out", str(run)],
+                    PROBE_FAIL_RANK="1", PROBE_FAIL_AFTER="4", PROBE_HANG="1", EDGEVAE_DIST_TIMEOUT="5")
+    seconds = time.monotonic() - started
+    assert proc.returncode != 0
+    assert "Error: rank 0 of 2: failed with" in proc.stderr and "stopping all ranks" in proc.stderr
+    assert "rank 1 of 2: stopped by torchrun" in proc.stderr  # the sleeper is woken and stopped
+    assert seconds < 60
+    assert load_checkpoint(run)["epoch"] == 1
 
 
 def test_resume_on_three_processes_after_the_crash(crashed: tuple[Path, subprocess.CompletedProcess, float],

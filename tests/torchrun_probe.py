@@ -4,7 +4,8 @@
   events: open for writing, rename/replace, remove, mkdir) and prints them at exit as one line
   ``PROBE rank R wrote [...]`` on stderr, so a test can check that rank 0 alone writes the run.
 - ``PROBE_FAIL_RANK=R`` and ``PROBE_FAIL_AFTER=K``: rank R raises RuntimeError("injected failure")
-  in its (K+1)-th training forward pass, as a rank that crashes mid-run.
+  in its (K+1)-th training forward pass, as a rank that crashes mid-run; with ``PROBE_HANG=1`` it
+  sleeps there instead, as a peer that hangs (alive, silent).
 
 The probes live here, not in the product: the training code has no test hooks.
 """
@@ -44,7 +45,9 @@ def watch_writes(folder: str) -> None:
     atexit.register(lambda: print(f"PROBE rank {RANK} wrote {json.dumps(seen)}", file=sys.stderr, flush=True))
 
 
-def fail_later(after: int) -> None:
+def fail_later(after: int, hang: bool) -> None:
+    import time
+
     import torch
 
     from edgevae.training.model import VAE
@@ -56,6 +59,8 @@ def fail_later(after: int) -> None:
         if torch.is_grad_enabled():  # training steps, not evaluation
             calls[0] += 1
             if calls[0] > after:
+                if hang:
+                    time.sleep(3600)
                 raise RuntimeError("injected failure")
         return real(self, images, eps)
 
@@ -66,7 +71,7 @@ if __name__ == "__main__":
     if os.environ.get("PROBE_WATCH"):
         watch_writes(os.environ["PROBE_WATCH"])
     if os.environ.get("PROBE_FAIL_RANK") == str(RANK):
-        fail_later(int(os.environ.get("PROBE_FAIL_AFTER", "0")))
+        fail_later(int(os.environ.get("PROBE_FAIL_AFTER", "0")), hang=os.environ.get("PROBE_HANG") == "1")
     from edgevae.training.cli import main
 
     main()
