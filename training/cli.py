@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import click
 
 from edgevae.runtime.clicommon import Group, guard
-from edgevae.runtime.errors import InputError
+from edgevae.runtime.errors import EdgeVAEError, InputError
 
 
 def _parse_ints(text: str, sep: str, what: str) -> tuple[int, ...]:
@@ -111,21 +111,33 @@ def main() -> None:
                    "sharper reconstructions for more latent bits, i.e. a codec bundle. 0 = the plain ELBO.")
 @click.option("--seed", default=0, show_default=True, help="Seeds initialisation, shuffling and noise: same seed, same run.")
 @threads_option
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train: auto = CUDA when PyTorch sees a GPU (one GPU per process under torchrun).")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader processes decoding a folder data set from disk, per training process "
+                   "(0 = decode in the training process). Fashion-MNIST is held in memory and needs none.")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored; "
+                                             "any number of processes).")
 @guard
 def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int, widths: str, res_blocks: int,
           components: int, upsample: str, epochs: int, batch_size: int, lr: float, beta: float, kl_warmup_epochs: float,
-          free_bits: float, distortion_sigma: float, seed: int, run_dir: str, resume: bool) -> None:
+          free_bits: float, distortion_sigma: float, seed: int, device: str, workers: int, run_dir: str,
+          resume: bool) -> None:
     """Train a VAE; checkpoints every epoch into --out (Ctrl-C keeps the last one).
 
     Writes config.json, last.pt, metrics.jsonl (one line per epoch with test metrics),
     and at the end curve.png and samples.png.
+
+    \b
+    On several processes or machines, start it with torchrun (README: "Training on
+    several processes or machines"); --batch-size is then the global batch:
+      torchrun --standalone --nproc-per-node 2 -m edgevae.training train ... --out runs/x
     """
-    from edgevae.training import report
-    from edgevae.training.data import load_dataset
+    from edgevae.training import distributed
+    from edgevae.training.data import FASHION_MNIST_SHAPE
     from edgevae.training.model import ModelConfig, check_upsample
-    from edgevae.training.train import TrainConfig, train as run_training
+    from edgevae.training.train import TrainConfig
 
     if distortion_sigma < 0:
         raise InputError("--distortion-sigma must be >= 0 (0 = off)")
@@ -136,25 +148,74 @@ def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int,
     shape = _parse_ints(image_shape, ",", "--image-shape")
     if len(shape) != 3:
         raise click.BadParameter("--image-shape needs C,H,W")
-    data = load_dataset(dataset, shape, data_dir, seed=seed)  # type: ignore[arg-type]
     try:
-        model_config = ModelConfig(image_shape=data.image_shape, latent_dim=latent_dim,
-                                   channels=_parse_ints(widths, ",", "--widths"), res_blocks=res_blocks,
-                                   mixture_components=components, upsample=upsample)
+        model_config = ModelConfig(image_shape=shape if dataset != "fashion-mnist" else FASHION_MNIST_SHAPE,
+                                   latent_dim=latent_dim, channels=_parse_ints(widths, ",", "--widths"),
+                                   res_blocks=res_blocks, mixture_components=components, upsample=upsample)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     config = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta,
                          kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits,
                          distortion_sigma=distortion_sigma, seed=seed)
-    click.echo(f"{data.name}: {len(data.train)} train / {len(data.test)} test images of shape {data.image_shape}")
     try:
-        model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=click.echo)
+        context = distributed.start(device)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    try:
+        _train_on(context, config, model_config, data_dir, workers, run_dir, resume)
+    finally:
+        distributed.stop(context)
+
+
+def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None, workers: int, run_dir: str,
+              resume: bool) -> None:
+    """The train command on this process: rank 0 prints and writes, the others stay quiet;
+    a failure or interrupt on any rank stops them all with one clear line each."""
+    from edgevae.training import report
+    from edgevae.training.distributed import Stopped
+    from edgevae.training.data import open_dataset
+    from edgevae.training.train import check_run_folder, on_rank_0, run_settings, train as run_training
+
+    main_rank = context.is_main
+    echo = click.echo if main_rank else (lambda *_a, **_k: None)
+    where = f"rank {context.rank} of {context.world_size}: " if context.distributed else ""
+    try:
+        on_rank_0(context, lambda: check_run_folder(run_dir, resume))  # before the data, which take a while
+        if resume:  # the run's own data set, split and sizes, whatever the other options say
+            config, model_config = on_rank_0(context, lambda: run_settings(run_dir))
+        data = open_dataset(config.dataset, model_config.image_shape, data_dir, seed=config.seed, workers=workers,
+                            processes=context if context.distributed else None,
+                            progress=_progress if main_rank else None, log=echo)
+        echo(f"{data.name}: {len(data.train)} train / {len(data.test)} test images of shape {data.image_shape}")
+        echo(f"training on {context.describe()}")
+        model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=click.echo,
+                             context=context, workers=workers)
+    except Stopped:
+        click.echo(f"{where}stopped by torchrun (another rank failed or the run was interrupted); "
+                   f"{Path(run_dir) / 'last.pt'} holds the last complete epoch", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {Path(run_dir) / 'last.pt'} holds the last complete epoch; "
-                   f"continue with: edgevae-train train --out {run_dir} --resume", err=True)
+        if main_rank:
+            click.echo(f"\n{where}interrupted: {Path(run_dir) / 'last.pt'} holds the last complete epoch; "
+                       f"continue with: {'torchrun ... ' if context.distributed else 'edgevae-train '}train "
+                       f"--out {run_dir} --resume", err=True)
         sys.exit(130)
-    report.write_run_figures(model, run_dir, seed=seed)
-    click.echo(f"done: {run_dir}/curve.png, {run_dir}/samples.png")
+    except EdgeVAEError as e:
+        if main_rank or not context.distributed:
+            raise  # guard prints it
+        if getattr(e, "from_rank_0", False):
+            sys.exit(2)  # rank 0 met it first and says it
+        click.echo(f"Error: {where}{e}", err=True)
+        sys.exit(2)
+    except Exception as e:
+        if not context.distributed:
+            raise
+        # One line naming the rank and the cause; torchrun then stops the other ranks.
+        click.echo(f"Error: {where}failed with {type(e).__name__}: {e}; stopping all ranks", err=True)
+        sys.exit(1)
+    if main_rank:
+        report.write_run_figures(model, run_dir, seed=config.seed)
+        click.echo(f"done: {run_dir}/curve.png, {run_dir}/samples.png")
 
 
 @main.command()

@@ -194,9 +194,15 @@ class VAE(nn.Module):
         return self.mean_pixels(logits, means)
 
     @staticmethod
-    def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mean + sigma * eps, differentiable in mean and logvar (Kingma & Welling 2014)."""
-        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z = mean + sigma * eps, differentiable in mean and logvar (Kingma & Welling 2014).
+
+        ``eps`` (same shape as ``mean``) defaults to fresh N(0, I) noise; the trainer passes its
+        own so that the noise of an image does not depend on how many processes share a batch.
+        """
+        if eps is None:
+            eps = torch.randn_like(mean)
+        return mean + torch.exp(0.5 * logvar) * eps
 
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decoder output -> (logits, means, log_scales), each (N, K, C, H, W)."""
@@ -210,10 +216,13 @@ class VAE(nn.Module):
     def _nll(images: torch.Tensor, logits: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
         return -likelihood.log_prob(images, logits, means, log_scales).flatten(1).sum(1)
 
-    def loss_terms(self, images: torch.Tensor) -> LossTerms:
-        """One-sample estimate of reconstruction NLL and the analytic KL to N(0, I)."""
+    def loss_terms(self, images: torch.Tensor, eps: torch.Tensor | None = None) -> LossTerms:
+        """One-sample estimate of reconstruction NLL and the analytic KL to N(0, I).
+
+        ``eps``: the reparameterization noise (N, latent_dim); default fresh N(0, I) noise.
+        """
         mean, logvar = self.encoder(images)
-        z = self.reparameterize(mean, logvar)
+        z = self.reparameterize(mean, logvar, eps)
         # KL(N(mu, sigma^2) || N(0, 1)) per dimension, Kingma & Welling 2014, appendix B.
         kl_per_dim = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
         logits, means, log_scales = self.split(self.decoder(z))

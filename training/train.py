@@ -1,8 +1,15 @@
-"""The training loop: seeded, resumable, checkpointed every epoch.
+"""The training loop: seeded, resumable, checkpointed every epoch, on one or several processes.
 
 A run folder holds ``config.json`` (what was asked), ``last.pt`` (the latest complete epoch,
 written atomically so an interrupt never leaves a broken file), ``metrics.jsonl`` (one JSON
 object per epoch) and, at the end, ``curve.png`` and ``samples.png``.
+
+On several processes (torchrun, see ``distributed.py``) the run is the same one, up to float
+rounding, whatever their number: ``batch_size`` is the global batch; every epoch's shuffle and
+every batch's reparameterization noise are drawn whole from the seed and each rank takes its
+contiguous share; each rank's loss is scaled so that DDP's average of the gradients is the
+gradient of the global batch's mean. A single process draws exactly the random numbers it drew
+before any of this existed, so old runs stay reproducible by their recorded commands.
 """
 
 from __future__ import annotations
@@ -10,17 +17,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgevae.runtime.errors import DataError, InputError
-from edgevae.training.data import Dataset
-from edgevae.training.model import UPSAMPLE_MODES, VAE, ModelConfig
+from edgevae.training.data import Dataset, ImageFiles, ImageFolder, stream_batches
+from edgevae.training.distributed import Context, raise_if_stopped
+from edgevae.training.model import UPSAMPLE_MODES, VAE, LossTerms, ModelConfig
+
+#: What :func:`train` learns from: arrays in memory, or a folder streamed from disk.
+TrainingData = Union[Dataset, ImageFolder]
 
 CHECKPOINT = "last.pt"
 CONFIG = "config.json"
@@ -58,20 +71,57 @@ def bits_per_dim(nats: torch.Tensor | float, dims: int) -> float:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file, then rename: ``path`` is always a complete file (an old or a
+    new one), and an interrupted write (Ctrl-C, torchrun's SIGTERM) leaves no temporary behind."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_run_folder(run_dir: str | Path, resume: bool) -> None:
+    """Raise InputError unless ``run_dir`` can start a run (no checkpoint yet) or be resumed (one)."""
+    path = Path(run_dir) / CHECKPOINT
+    if resume and not path.is_file():
+        raise InputError(f"{path}: no checkpoint (is {run_dir} a training run folder?)")
+    if not resume and path.exists():
+        raise InputError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+
+
+def on_rank_0(context: Context, task: Callable[[], Any]) -> Any:
+    """``task()`` run by rank 0 alone (it alone reads and writes the run folder, which other
+    machines may not see); every rank returns its result or raises its DataError/InputError,
+    so that all ranks start or stop together."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if context.is_main:
+        try:
+            outcome = ("ok", task())
+        except (DataError, InputError) as e:
+            outcome = ("error", e)
+    outcome = context.broadcast(outcome)
+    if outcome[0] == "error":
+        error = outcome[1]
+        error.from_rank_0 = not context.is_main  # rank 0 reports it; the others need not repeat it
+        raise error
+    return outcome[1]
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """Read ``run_dir/last.pt``; raises InputError with a clear message if it is absent."""
     path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise InputError(f"{path}: no checkpoint (is {run_dir} a training run folder?)")
+    check_run_folder(run_dir, resume=True)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for a damaged pickle/zip
         raise InputError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def run_settings(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig]:
+    """The training and model settings a run was started with (from its checkpoint)."""
+    checkpoint = load_checkpoint(run_dir)
+    return TrainConfig(**checkpoint["train_config"]), ModelConfig.from_dict(checkpoint["model_config"])
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> VAE:
@@ -81,24 +131,90 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> VAE:
     return model.eval()
 
 
+#: Test images per evaluation step (a global batch, shared out like a training batch).
+EVAL_BATCH = 1000
+
+
+class _Objective(nn.Module):
+    """The VAE's loss terms as a module's forward, the call DistributedDataParallel wraps."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor, eps: torch.Tensor) -> LossTerms:
+        return self.vae.loss_terms(images, eps)
+
+
+def _global_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _read_batches(images: np.ndarray | ImageFiles, batches: list[np.ndarray], context: Context, workers: int,
+                  log: Callable[[str], None]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """For each global batch (indices into ``images``): its size, this rank's share of its images,
+    and the rows of the share that were read (None: all of them; a file may vanish mid-run)."""
+    if isinstance(images, np.ndarray):
+        tensor = torch.from_numpy(images)
+        for batch in batches:
+            start, stop = context.share(len(batch))
+            yield len(batch), tensor[torch.from_numpy(batch[start:stop])], None
+        return
+    shares = []
+    for batch in batches:
+        start, stop = context.share(len(batch))
+        shares.append([(row, int(index)) for row, index in enumerate(batch[start:stop])])
+    for batch, (rows, x, bad) in zip(batches, stream_batches(images, shares, workers)):
+        for _, message in bad:
+            log(f"skipping {message}")
+        yield len(batch), x, (torch.tensor(rows, dtype=torch.long) if bad else None)
+
+
+def _share_of_noise(n: int, latent_dim: int, context: Context, rows: torch.Tensor | None) -> torch.Tensor:
+    """This rank's rows of the batch's reparameterization noise.
+
+    Every rank draws the noise of the whole global batch from the same generator and keeps its
+    share, so an image meets the same noise at any world size, and every generator stays in
+    step. One process draws exactly what ``randn_like`` drew before, which keeps old runs
+    reproducible by their recorded commands.
+    """
+    eps = torch.randn(n, latent_dim)
+    start, stop = context.share(n)
+    eps = eps[start:stop]
+    return eps if rows is None else eps[rows]
+
+
 @torch.inference_mode()
-def test_metrics(model: VAE, images: np.ndarray, batch_size: int = 1000) -> dict[str, float]:
-    """Single-sample negative ELBO split into recon and KL (bits/dim), and recon PSNR (dB)."""
+def test_metrics(model: VAE, images: np.ndarray | ImageFiles, batch_size: int = EVAL_BATCH,
+                 context: Context | None = None, workers: int = 0,
+                 log: Callable[[str], None] = print) -> dict[str, float]:
+    """Single-sample negative ELBO split into recon and KL (bits/dim), and recon PSNR (dB).
+
+    Each rank scores its share of every batch of ``batch_size`` test images; the sums are
+    reduced over ranks, so the figures are those of the whole test set.
+    """
     from edgevae.training import likelihood
 
+    context = context or Context()
     model.eval()
     dims = model.config.pixels
     recon = kl = sq_err = 0.0
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start : start + batch_size])
-        terms = model.loss_terms(x)
+    n = 0
+    order = np.arange(len(images))
+    for size, x, rows in _read_batches(images, _global_batches(order, batch_size), context, workers, log):
+        eps = _share_of_noise(size, model.config.latent_dim, context, rows).to(context.device)
+        if not len(x):
+            continue  # a share can be empty when a batch has fewer images than there are ranks
+        x = x.to(context.device)
+        terms = model.loss_terms(x, eps)
         recon += float(terms.recon.sum())
         kl += float(terms.kl.sum())
         mean, _ = model.encoder(x)
         logits, means, _ = model.split(model.decoder(mean))
         pixels = likelihood.mean_pixels(logits, means).round()
         sq_err += float(((pixels - x.float()) ** 2).flatten(1).mean(1).clamp(min=1e-10).log10().sum())
-    n = len(images)
+        n += len(x)
+    recon, kl, sq_err, n = context.all_reduce_sum(torch.tensor([recon, kl, sq_err, n], dtype=torch.float64)).tolist()
     return {
         "test_nelbo_bpd": bits_per_dim((recon + kl) / n, dims),
         "test_recon_bpd": bits_per_dim(recon / n, dims),
@@ -116,42 +232,96 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return config.min_lr_fraction + (1 - config.min_lr_fraction) * cosine
 
 
+def _batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, context: Context,
+                weight: float = 1.0) -> torch.Tensor:
+    """This rank's loss, such that DDP's average of the ranks' gradients is the gradient of the
+    global batch's mean loss, whatever the share sizes (the last batch is smaller; shares differ
+    by one image; a share may be empty).
+
+    Each per-image term is summed over the share and scaled by ``world_size / batch``. Free bits
+    clamp the batch mean of each latent dimension's KL, so that mean is summed over ranks first
+    and the clamp's gradient mask (mean >= free bits) applied to the local sums. A process that
+    holds the whole batch computes the plain means, as before. ``weight=0`` marks the stand-in
+    image of an empty share (it only keeps the rank in DDP's gradient reduction).
+    """
+    if context.world_size == 1 and len(terms.recon) == batch:
+        if config.free_bits > 0:
+            kl = terms.kl_per_dim.mean(0).clamp(min=config.free_bits).sum()
+        else:
+            kl = terms.kl.mean()
+        loss = terms.recon.mean() + beta * kl
+        if config.distortion_sigma > 0:
+            loss = loss + terms.sse.mean() / (2 * config.distortion_sigma**2)
+        return loss
+    if config.free_bits > 0:
+        sums = terms.kl_per_dim.sum(0) * weight
+        active = context.all_reduce_sum(sums.detach()) / batch >= config.free_bits
+        kl = (sums * active).sum()
+    else:
+        kl = terms.kl.sum()
+    loss = terms.recon.sum() + beta * kl
+    if config.distortion_sigma > 0:
+        loss = loss + terms.sse.sum() / (2 * config.distortion_sigma**2)
+    return loss * (weight * context.world_size / batch)
+
+
+def _start_run(run: Path, data: TrainingData, model_config: ModelConfig, config: TrainConfig,
+               resume: bool) -> dict[str, Any] | None:
+    """Check the run folder and read (resume) or create (new run) it; rank 0 only."""
+    if resume:
+        checkpoint = load_checkpoint(run)
+        if checkpoint["data_fingerprint"] != data.fingerprint:
+            raise DataError("the data differ from the data this run started with (fingerprint mismatch)")
+        return checkpoint
+    check_run_folder(run, resume=False)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / CONFIG).write_text(
+        json.dumps(
+            {"model": model_config.to_dict(), "train": config.to_dict(), "data": data.name,
+             "data_fingerprint": data.fingerprint},
+            indent=2,
+        )
+    )
+    (run / METRICS).write_text("")
+    return None
+
+
 def train(
-    data: Dataset,
+    data: TrainingData,
     model_config: ModelConfig,
     config: TrainConfig,
     run_dir: str | Path,
     resume: bool = False,
     progress: Callable[[int, str], Any] | None = None,
     log: Callable[[str], None] = print,
+    context: Context | None = None,
+    workers: int = 0,
 ) -> VAE:
     """Train (or resume) a VAE on ``data``, writing checkpoints and metrics into ``run_dir``.
 
     ``progress(total_steps, label)`` must return a context manager yielding an object with
     ``update(n)`` and a writable ``loss`` text attribute; the CLI passes a click progress bar.
+
+    ``context`` (default: one CPU process) places this process among the ranks of a
+    distributed run: ``config.batch_size`` is the global batch, each rank trains on its share
+    and DistributedDataParallel averages the gradients, so the run is the same at any world
+    size up to float rounding. Only rank 0 touches ``run_dir``, calls ``progress`` and ``log``.
+    ``workers``: DataLoader processes decoding a streamed folder data set (:class:`ImageFolder`).
+    Returns the trained model on the CPU, in eval mode.
     """
+    context = context or Context()
+    if not context.is_main:
+        log = _rank_warnings(context.rank)
     run = Path(run_dir)
     if data.image_shape != model_config.image_shape:
         raise DataError(f"data images are {data.image_shape}, the model is configured for {model_config.image_shape}")
-    if resume:
-        checkpoint = load_checkpoint(run)
+    checkpoint = on_rank_0(context, lambda: _start_run(run, data, model_config, config, resume))
+    if checkpoint is not None:
         model_config = ModelConfig.from_dict(checkpoint["model_config"])
         config = TrainConfig(**checkpoint["train_config"])
-        if checkpoint["data_fingerprint"] != data.fingerprint:
-            raise DataError("the data differ from the data this run started with (fingerprint mismatch)")
-    else:
-        if (run / CHECKPOINT).exists():
-            raise InputError(f"{run} already holds a run; pass --resume to continue it or pick another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        checkpoint = None
-        (run / CONFIG).write_text(
-            json.dumps(
-                {"model": model_config.to_dict(), "train": config.to_dict(), "data": data.name,
-                 "data_fingerprint": data.fingerprint},
-                indent=2,
-            )
-        )
-        (run / METRICS).write_text("")
+    if config.batch_size < context.world_size:
+        raise InputError(f"--batch-size {config.batch_size} is the global batch, shared by {context.world_size} "
+                         "processes: it must be at least the number of processes")
 
     torch.manual_seed(config.seed)
     model = VAE(model_config)
@@ -167,65 +337,108 @@ def train(
         start_epoch, step = checkpoint["epoch"], checkpoint["step"]
         torch.set_rng_state(checkpoint["torch_rng"])
         log(f"resuming {run} after epoch {start_epoch}")
+    # Random numbers are drawn on the CPU whatever the device, so the stream is the same on a GPU.
+    model.to(context.device)
+    _move_optimizer_state(optimizer, context.device)
+    objective: nn.Module = _Objective(model)
+    if context.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        objective = DistributedDataParallel(objective, device_ids=[context.device] if context.device.type == "cuda" else None)
 
     dims = model_config.pixels
-    train_images = torch.from_numpy(data.train)
     kl_warmup_steps = max(1, int(config.kl_warmup_epochs * steps_per_epoch))
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        # Shuffle from (seed, epoch) so a resumed run sees the same order as an unbroken one.
-        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(len(train_images)))
+        # One global order from (seed, epoch): a resumed run, and a run at any world size, sees
+        # the same batches; each rank takes its contiguous share of each.
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train))
+        batches = _read_batches(data.train, _global_batches(order, config.batch_size), context, workers, log)
         started = time.time()
-        running, total_loss, seen = None, 0.0, 0
+        running = None
+        totals = torch.zeros(2, dtype=torch.float64)  # this rank's sum of per-image NELBO (nats), images
         label = f"epoch {epoch + 1}/{config.epochs}"
-        bar_cm = progress(steps_per_epoch, label) if progress else None
+        bar_cm = progress(steps_per_epoch, label) if progress and context.is_main else None
         bar = bar_cm.__enter__() if bar_cm else None
         try:
-            for b in range(steps_per_epoch):
-                x = train_images[order[b * config.batch_size : (b + 1) * config.batch_size]]
-                terms = model.loss_terms(x)
+            for size, x, rows in batches:
+                raise_if_stopped()
+                eps = _share_of_noise(size, model_config.latent_dim, context, rows)
+                empty = not len(x)
+                if empty:
+                    # A batch of fewer images than ranks leaves some shares empty, yet every rank must
+                    # join DDP's gradient reduction: a stand-in image with weight 0 adds zero gradients.
+                    x, eps = torch.zeros(1, *model_config.image_shape, dtype=torch.uint8), torch.zeros(1, eps.shape[1])
+                terms = objective(x.to(context.device), eps.to(context.device))
                 beta = config.beta * min(1.0, step / kl_warmup_steps)
-                if config.free_bits > 0:
-                    kl = terms.kl_per_dim.mean(0).clamp(min=config.free_bits).sum()
-                else:
-                    kl = terms.kl.mean()
-                loss = terms.recon.mean() + beta * kl
-                if config.distortion_sigma > 0:
-                    loss = loss + terms.sse.mean() / (2 * config.distortion_sigma**2)
+                loss = _batch_loss(terms, size, beta, config, context, weight=0.0 if empty else 1.0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                nelbo = bits_per_dim((terms.recon + terms.kl).mean().detach(), dims)
-                running = nelbo if running is None else 0.98 * running + 0.02 * nelbo
-                total_loss += nelbo * len(x)
-                seen += len(x)
+                nelbo = (terms.recon + terms.kl).detach()[: 0 if empty else None]
+                totals += torch.tensor([float(nelbo.sum()), len(nelbo)], dtype=torch.float64)
                 if bar is not None:
+                    # The bar shows rank 0's share; the epoch's figure below is over all ranks.
+                    shown = bits_per_dim(nelbo.mean(), dims) if len(nelbo) else running or 0.0
+                    running = shown if running is None else 0.98 * running + 0.02 * shown
                     bar.loss = f"nelbo {running:.3f} bpd  beta {beta:.2f}"
                     bar.update(1)
         finally:
             if bar_cm:
                 bar_cm.__exit__(None, None, None)
-        metrics = {"epoch": epoch + 1, "step": step, "train_nelbo_bpd": total_loss / seen,
+        raise_if_stopped()
+        nats, seen = context.all_reduce_sum(totals).tolist()
+        metrics = {"epoch": epoch + 1, "step": step, "train_nelbo_bpd": bits_per_dim(nats / seen, dims),
                    "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
-        metrics.update(test_metrics(model, data.test))
-        _atomic_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "epoch": epoch + 1, "step": step, "torch_rng": torch.get_rng_state(),
-             "model_config": model_config.to_dict(), "train_config": config.to_dict(),
-             "data": data.name, "data_fingerprint": data.fingerprint, "metrics": metrics},
-            run / CHECKPOINT,
-        )
-        with open(run / METRICS, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        log(
-            f"epoch {epoch + 1}: train {metrics['train_nelbo_bpd']:.4f}  test nelbo {metrics['test_nelbo_bpd']:.4f} bpd "
-            f"(recon {metrics['test_recon_bpd']:.4f} + kl {metrics['test_kl_bpd']:.4f})  "
-            f"psnr {metrics['test_psnr_db']:.2f} dB  {metrics['seconds']}s"
-        )
-    return model.eval()
+        metrics.update(test_metrics(model, data.test, context=context, workers=workers, log=log))
+        raise_if_stopped()
+        if context.is_main:
+            _atomic_save(
+                {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(optimizer.state_dict()),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
+                 "torch_rng": torch.get_rng_state(), "model_config": model_config.to_dict(),
+                 "train_config": config.to_dict(), "data": data.name, "data_fingerprint": data.fingerprint,
+                 "metrics": metrics},
+                run / CHECKPOINT,
+            )
+            with open(run / METRICS, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            log(f"epoch {epoch + 1}: train {metrics['train_nelbo_bpd']:.4f}  "
+                f"test nelbo {metrics['test_nelbo_bpd']:.4f} bpd "
+                f"(recon {metrics['test_recon_bpd']:.4f} + kl {metrics['test_kl_bpd']:.4f})  "
+                f"psnr {metrics['test_psnr_db']:.2f} dB  {metrics['seconds']}s")
+    return model.cpu().eval()
+
+
+def _rank_warnings(rank: int) -> Callable[[str], None]:
+    """The log of a rank other than 0: quiet, but for warnings (a file it could not read)."""
+    def warn(message: str) -> None:
+        if message.startswith("skipping "):
+            print(f"[rank {rank}] {message}", file=sys.stderr, flush=True)
+    return warn
+
+
+def _to_cpu(state: Any) -> Any:
+    """A state dict with every tensor on the CPU: checkpoints do not depend on the device."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: _to_cpu(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [_to_cpu(value) for value in state]
+    return state
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    if device.type == "cpu":
+        return
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device)
 
 
 def train_command(checkpoint: dict[str, Any], run_dir: str = "RUN_DIR") -> str:
