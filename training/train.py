@@ -14,6 +14,7 @@ before any of this existed, so old runs stay reproducible by their recorded comm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from edgevae.runtime.errors import DataError, InputError
+from edgevae.runtime.images import psnr
 from edgevae.training.data import Dataset, ImageFiles, ImageFolder, stream_batches
 from edgevae.training.distributed import Context, raise_if_stopped
 from edgevae.training.model import UPSAMPLE_MODES, VAE, LossTerms, ModelConfig
@@ -193,12 +195,10 @@ def test_metrics(model: VAE, images: np.ndarray | ImageFiles, batch_size: int = 
     Each rank scores its share of every batch of ``batch_size`` test images; the sums are
     reduced over ranks, so the figures are those of the whole test set.
     """
-    from edgevae.training import likelihood
-
     context = context or Context()
     model.eval()
     dims = model.config.pixels
-    recon = kl = sq_err = 0.0
+    recon = kl = psnr_sum = 0.0
     n = 0
     order = np.arange(len(images))
     for size, x, rows in _read_batches(images, _global_batches(order, batch_size), context, workers, log):
@@ -209,18 +209,17 @@ def test_metrics(model: VAE, images: np.ndarray | ImageFiles, batch_size: int = 
         terms = model.loss_terms(x, eps)
         recon += float(terms.recon.sum())
         kl += float(terms.kl.sum())
-        mean, _ = model.encoder(x)
-        logits, means, _ = model.split(model.decoder(mean))
-        pixels = likelihood.mean_pixels(logits, means).round()
-        sq_err += float(((pixels - x.float()) ** 2).flatten(1).mean(1).clamp(min=1e-10).log10().sum())
+        mean, _ = model.encode(x)
+        psnr_sum += float(psnr(model.mean_image(mean).cpu().numpy(), x.cpu().numpy()).sum())
         n += len(x)
-    recon, kl, sq_err, n = context.all_reduce_sum(torch.tensor([recon, kl, sq_err, n], dtype=torch.float64)).tolist()
+    recon, kl, psnr_sum, n = context.all_reduce_sum(
+        torch.tensor([recon, kl, psnr_sum, n], dtype=torch.float64)).tolist()
     return {
         "test_nelbo_bpd": bits_per_dim((recon + kl) / n, dims),
         "test_recon_bpd": bits_per_dim(recon / n, dims),
         "test_kl_bpd": bits_per_dim(kl / n, dims),
         # Mean over images of per-image PSNR, as reported by the evaluate command.
-        "test_psnr_db": 20 * math.log10(255.0) - 10 * sq_err / n,
+        "test_psnr_db": psnr_sum / n,
     }
 
 
@@ -323,94 +322,131 @@ def train(
         raise InputError(f"--batch-size {config.batch_size} is the global batch, shared by {context.world_size} "
                          "processes: it must be at least the number of processes")
 
-    torch.manual_seed(config.seed)
-    model = VAE(model_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, config))
-    start_epoch, step = 0, 0
+    state = _TrainingState.start(model_config, config, len(data.train), checkpoint, context)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch, step = checkpoint["epoch"], checkpoint["step"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        log(f"resuming {run} after epoch {start_epoch}")
-    # Random numbers are drawn on the CPU whatever the device, so the stream is the same on a GPU.
-    model.to(context.device)
-    _move_optimizer_state(optimizer, context.device)
-    objective: nn.Module = _Objective(model)
-    if context.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        objective = DistributedDataParallel(objective, device_ids=[context.device] if context.device.type == "cuda" else None)
-
-    dims = model_config.pixels
-    kl_warmup_steps = max(1, int(config.kl_warmup_epochs * steps_per_epoch))
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        # One global order from (seed, epoch): a resumed run, and a run at any world size, sees
-        # the same batches; each rank takes its contiguous share of each.
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train))
-        batches = _read_batches(data.train, _global_batches(order, config.batch_size), context, workers, log)
+        log(f"resuming {run} after epoch {state.epoch}")
+    for epoch in range(state.epoch, config.epochs):
         started = time.time()
-        running = None
-        totals = torch.zeros(2, dtype=torch.float64)  # this rank's sum of per-image NELBO (nats), images
-        label = f"epoch {epoch + 1}/{config.epochs}"
-        bar_cm = progress(steps_per_epoch, label) if progress and context.is_main else None
-        bar = bar_cm.__enter__() if bar_cm else None
-        try:
-            for size, x, rows in batches:
-                raise_if_stopped()
-                eps = _share_of_noise(size, model_config.latent_dim, context, rows)
-                empty = not len(x)
-                if empty:
-                    # A batch of fewer images than ranks leaves some shares empty, yet every rank must
-                    # join DDP's gradient reduction: a stand-in image with weight 0 adds zero gradients.
-                    x, eps = torch.zeros(1, *model_config.image_shape, dtype=torch.uint8), torch.zeros(1, eps.shape[1])
-                terms = objective(x.to(context.device), eps.to(context.device))
-                beta = config.beta * min(1.0, step / kl_warmup_steps)
-                loss = _batch_loss(terms, size, beta, config, context, weight=0.0 if empty else 1.0)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                nelbo = (terms.recon + terms.kl).detach()[: 0 if empty else None]
-                totals += torch.tensor([float(nelbo.sum()), len(nelbo)], dtype=torch.float64)
-                if bar is not None:
-                    # The bar shows rank 0's share; the epoch's figure below is over all ranks.
-                    shown = bits_per_dim(nelbo.mean(), dims) if len(nelbo) else running or 0.0
-                    running = shown if running is None else 0.98 * running + 0.02 * shown
-                    bar.loss = f"nelbo {running:.3f} bpd  beta {beta:.2f}"
-                    bar.update(1)
-        finally:
-            if bar_cm:
-                bar_cm.__exit__(None, None, None)
+        bar_context = (progress(state.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+                       if progress and context.is_main else contextlib.nullcontext())
+        with bar_context as bar:
+            nats, seen = _train_epoch(state, data, epoch, context, workers, log, bar)
         raise_if_stopped()
-        nats, seen = context.all_reduce_sum(totals).tolist()
-        metrics = {"epoch": epoch + 1, "step": step, "train_nelbo_bpd": bits_per_dim(nats / seen, dims),
-                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
-        metrics.update(test_metrics(model, data.test, context=context, workers=workers, log=log))
+        metrics = {"epoch": epoch + 1, "step": state.step, "train_nelbo_bpd": bits_per_dim(nats / seen, state.dims),
+                   "lr": state.scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
+        metrics.update(test_metrics(state.model, data.test, context=context, workers=workers, log=log))
         raise_if_stopped()
         if context.is_main:
-            _atomic_save(
-                {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(optimizer.state_dict()),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                 "torch_rng": torch.get_rng_state(), "model_config": model_config.to_dict(),
-                 "train_config": config.to_dict(), "data": data.name, "data_fingerprint": data.fingerprint,
-                 "metrics": metrics},
-                run / CHECKPOINT,
-            )
-            with open(run / METRICS, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            _save_epoch(run, state, data, metrics)
             log(f"epoch {epoch + 1}: train {metrics['train_nelbo_bpd']:.4f}  "
                 f"test nelbo {metrics['test_nelbo_bpd']:.4f} bpd "
                 f"(recon {metrics['test_recon_bpd']:.4f} + kl {metrics['test_kl_bpd']:.4f})  "
                 f"psnr {metrics['test_psnr_db']:.2f} dB  {metrics['seconds']}s")
-    return model.cpu().eval()
+    return state.model.cpu().eval()
+
+
+@dataclass
+class _TrainingState:
+    """What a run carries from step to step: model, optimizer, schedule, and where it is."""
+
+    model: VAE
+    objective: nn.Module  # the model's loss, wrapped in DistributedDataParallel when there are ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    model_config: ModelConfig
+    config: TrainConfig
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+
+    @property
+    def dims(self) -> int:
+        return self.model_config.pixels
+
+    @classmethod
+    def start(cls, model_config: ModelConfig, config: TrainConfig, train_images: int,
+              checkpoint: dict[str, Any] | None, context: Context) -> "_TrainingState":
+        """A fresh run from the seed, or the state a checkpoint saved, on ``context``'s device."""
+        torch.manual_seed(config.seed)
+        model = VAE(model_config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        steps_per_epoch = math.ceil(train_images / config.batch_size)
+        total_steps = steps_per_epoch * config.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, config))
+        epoch = step = 0
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            epoch, step = checkpoint["epoch"], checkpoint["step"]
+            torch.set_rng_state(checkpoint["torch_rng"])
+        # Random numbers are drawn on the CPU whatever the device, so the stream is the same on a GPU.
+        model.to(context.device)
+        _move_optimizer_state(optimizer, context.device)
+        objective: nn.Module = _Objective(model)
+        if context.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            objective = DistributedDataParallel(
+                objective, device_ids=[context.device] if context.device.type == "cuda" else None)
+        return cls(model, objective, optimizer, scheduler, model_config, config, steps_per_epoch, epoch, step)
+
+
+def _train_epoch(state: _TrainingState, data: TrainingData, epoch: int, context: Context, workers: int,
+                 log: Callable[[str], None], bar: Any) -> tuple[float, float]:
+    """One pass over the training set; this run's sum of per-image NELBO (nats) and image count,
+    over all ranks. ``bar`` (rank 0's progress bar, or None) shows a running loss."""
+    config, model_config = state.config, state.model_config
+    state.model.train()
+    kl_warmup_steps = max(1, int(config.kl_warmup_epochs * state.steps_per_epoch))
+    # One global order from (seed, epoch): a resumed run, and a run at any world size, sees
+    # the same batches; each rank takes its contiguous share of each.
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train))
+    batches = _read_batches(data.train, _global_batches(order, config.batch_size), context, workers, log)
+    running = None
+    totals = torch.zeros(2, dtype=torch.float64)  # this rank's sum of per-image NELBO (nats), images
+    for size, x, rows in batches:
+        raise_if_stopped()
+        eps = _share_of_noise(size, model_config.latent_dim, context, rows)
+        empty = not len(x)
+        if empty:
+            # A batch of fewer images than ranks leaves some shares empty, yet every rank must
+            # join DDP's gradient reduction: a stand-in image with weight 0 adds zero gradients.
+            x, eps = torch.zeros(1, *model_config.image_shape, dtype=torch.uint8), torch.zeros(1, eps.shape[1])
+        terms = state.objective(x.to(context.device), eps.to(context.device))
+        beta = config.beta * min(1.0, state.step / kl_warmup_steps)
+        loss = _batch_loss(terms, size, beta, config, context, weight=0.0 if empty else 1.0)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.step += 1
+        nelbo = (terms.recon + terms.kl).detach()[: 0 if empty else None]
+        totals += torch.tensor([float(nelbo.sum()), len(nelbo)], dtype=torch.float64)
+        if bar is not None:
+            # The bar shows rank 0's share; the epoch's figure is over all ranks.
+            shown = bits_per_dim(nelbo.mean(), state.dims) if len(nelbo) else running or 0.0
+            running = shown if running is None else 0.98 * running + 0.02 * shown
+            bar.loss = f"nelbo {running:.3f} bpd  beta {beta:.2f}"
+            bar.update(1)
+    state.epoch = epoch + 1
+    nats, seen = context.all_reduce_sum(totals).tolist()
+    return nats, seen
+
+
+def _save_epoch(run: Path, state: _TrainingState, data: TrainingData, metrics: dict[str, Any]) -> None:
+    """Rank 0: the checkpoint (atomically) and one line of metrics.jsonl."""
+    _atomic_save(
+        {"model": _to_cpu(state.model.state_dict()), "optimizer": _to_cpu(state.optimizer.state_dict()),
+         "scheduler": state.scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
+         "torch_rng": torch.get_rng_state(), "model_config": state.model_config.to_dict(),
+         "train_config": state.config.to_dict(), "data": data.name, "data_fingerprint": data.fingerprint,
+         "metrics": metrics},
+        run / CHECKPOINT,
+    )
+    with open(run / METRICS, "a") as f:
+        f.write(json.dumps(metrics) + "\n")
 
 
 def _rank_warnings(rank: int) -> Callable[[str], None]:
