@@ -69,6 +69,27 @@ class Bundle:
         return self.path / self.manifest["graphs"][spec.key]["file"]
 
     @property
+    def prior_kind(self) -> str | None:
+        """Kind of the bundle's learned sampling prior (``prior.onnx``), or None: N(0, I)."""
+        return str(self.manifest["prior"]["kind"]) if contract.PRIOR.key in self.manifest["graphs"] else None
+
+    @property
+    def prior_noise_dim(self) -> int | None:
+        """Size of the learned prior's noise input, or None without a learned prior."""
+        return int(self.manifest["prior"]["noise_dim"]) if self.prior_kind is not None else None
+
+    def optional_graph_path(self, spec: contract.GraphSpec) -> Path:
+        """Path of an optional graph the manifest names, checked like the required ones (present,
+        sha256 as recorded). Optional graphs are checked when first used, not by read_bundle, so
+        encoding or compressing never pays for them."""
+        path = self.graph_path(spec)
+        if not path.is_file():
+            raise BundleError(f"{self.path}: bundle is partial, {path.name} is missing")
+        if sha256_file(path) != self.manifest["graphs"][spec.key]["sha256"]:
+            raise digest_mismatch(path)
+        return path
+
+    @property
     def codec_path(self) -> Path | None:
         """Path of the codec's entropy-model tables (``codec.json``), or None if the bundle has none."""
         entry = self.manifest.get("codec")
@@ -76,8 +97,9 @@ class Bundle:
 
     @property
     def fingerprint(self) -> bytes:
-        """32-byte identity of the exact graphs and codec tables: sha256 over the graphs' sha256s,
-        in contract order, then the codec tables' sha256 if the bundle has them."""
+        """32-byte identity of the exact graphs and codec tables: sha256 over the required graphs'
+        sha256s, in contract order, then the codec tables' sha256 if the bundle has them.
+        Optional graphs (a learned prior) are left out: adding one must not orphan containers."""
         digest = hashlib.sha256()
         for spec in contract.GRAPHS:
             digest.update(bytes.fromhex(self.manifest["graphs"][spec.key]["sha256"]))
@@ -142,6 +164,12 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         if manifest["likelihood"]["kind"] != contract.LIKELIHOOD_KIND:
             raise BundleError(f"{where}: unknown likelihood {manifest['likelihood']['kind']!r}")
         int(manifest["likelihood"]["components"])
+        for spec in contract.OPTIONAL_GRAPHS:
+            entry = manifest["graphs"].get(spec.key)
+            if entry is not None and (not isinstance(entry["file"], str) or len(entry["sha256"]) != 64):
+                raise KeyError(spec.key)
+        if contract.PRIOR.key in manifest["graphs"] and int(manifest["prior"]["noise_dim"]) < 1:
+            raise ValueError("prior noise_dim")
         codec = manifest.get("codec")
         if codec is not None and (not isinstance(codec["file"], str) or len(codec["sha256"]) != 64):
             raise KeyError("codec")

@@ -1,7 +1,8 @@
 """The runtime model: two ONNX Runtime sessions behind a small numpy API.
 
     images uint8 (N,C,H,W) --encode--> mean, logvar (N,D) --decode(mean)--> uint8 (N,C,H,W)
-    sample: z = temperature * eps, eps ~ N(0, I) drawn by numpy from a seed --decode--> images
+    sample: u = temperature * eps, eps ~ N(0, I) drawn by numpy from a seed
+            --prior.onnx (if the bundle has a learned prior; else z = u)--> z --decode--> images
 
 No random operator lives in the graphs: all noise is drawn here with numpy, so the same seed
 gives the same pixels. Sessions are created once; ``InferenceSession.run`` is thread-safe,
@@ -11,6 +12,7 @@ so one model object may serve many threads.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,9 @@ from edgevae.runtime.errors import BundleError, InputError
 
 #: Images or latents per session call; bounds peak memory on huge inputs.
 CHUNK = 1024
+
+#: ``prior=`` choices of :meth:`EdgeVAE.sample`: the bundle's learned prior, or N(0, I).
+PRIORS = ("learned", "normal")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,9 @@ class EdgeVAE:
             names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
             if names != (spec.input_names, spec.output_names):
                 raise BundleError(f"{spec.file}: inputs/outputs {names} do not follow the edgevae contract")
+        self._threads = threads
+        self._prior: Any = None  # the learned prior's session, created on first use
+        self._prior_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EdgeVAE({str(self.bundle.path)!r}, image_shape={self.image_shape}, latent_dim={self.latent_dim})"
@@ -137,18 +145,61 @@ class EdgeVAE:
         )
         return MixtureParams(logits, means, log_scales)
 
+    def _prior_session(self) -> Any:
+        """The learned prior's session, checked (sha256, then names and shapes) and created once."""
+        with self._prior_lock:
+            if self._prior is None:
+                spec = contract.PRIOR
+                session = _session(str(self.bundle.optional_graph_path(spec)), self._threads)
+                names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+                if names != (spec.input_names, spec.output_names):
+                    raise BundleError(f"{spec.file}: inputs/outputs {names} do not follow the edgevae contract")
+                shapes = (session.get_inputs()[0].shape[1], session.get_outputs()[0].shape[1])
+                if shapes != (self.bundle.prior_noise_dim, self.latent_dim):
+                    raise BundleError(
+                        f"{spec.file}: maps {shapes[0]}-d noise to {shapes[1]}-d latents, model.json says "
+                        f"{self.bundle.prior_noise_dim}-d noise to {self.latent_dim}-d latents")
+                self._prior = session
+            return self._prior
+
     # -- conveniences -------------------------------------------------------------------------
 
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
-        """``n`` new images decoded from z = temperature * eps, eps ~ N(0, I) seeded by ``seed``."""
+    @property
+    def prior(self) -> str:
+        """What :meth:`sample` draws from by default: ``learned`` (the bundle has prior.onnx) or ``normal``."""
+        return "learned" if self.bundle.prior_kind is not None else "normal"
+
+    def sample_latents(self, n: int, temperature: float = 1.0, seed: int | None = None,
+                       prior: str | None = None) -> np.ndarray:
+        """``n`` latents float32 (n, D): u = temperature * eps, eps ~ N(0, I) seeded by ``seed``,
+        then z = u (``prior="normal"``) or z = prior.onnx(u) (``"learned"``; default when the
+        bundle has a learned prior)."""
         if n < 0:
             raise InputError(f"number of samples must be >= 0, got {n}")
         if seed is not None and seed < 0:
             raise InputError(f"seed must be >= 0, got {seed}")
         if not np.isfinite(temperature) or temperature < 0:
             raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
-        eps = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
-        return self.decode(eps * np.float32(temperature))
+        prior = self.prior if prior is None else prior
+        if prior not in PRIORS:
+            raise InputError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        if prior == "normal":
+            eps = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
+            return eps * np.float32(temperature)
+        if self.bundle.prior_kind is None:
+            raise InputError(f"{self.bundle.name} has no learned prior ({contract.PRIOR.file}); "
+                             ""
+                             "sample from N(0, I) instead (prior 'normal') or fit one with 'edgevae-train prior'")
+        session = self._prior_session()
+        eps = np.random.default_rng(seed).standard_normal((n, self.bundle.prior_noise_dim), dtype=np.float32)
+        u = eps * np.float32(temperature)
+        parts = [session.run(None, {"noise": u[start : start + CHUNK]})[0] for start in range(0, n, CHUNK)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.latent_dim), np.float32)
+
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None, prior: str | None = None) -> np.ndarray:
+        """``n`` new images uint8 (n, C, H, W) decoded from :meth:`sample_latents` (same arguments):
+        the bundle's learned prior when it has one, else N(0, I); ``prior`` picks one explicitly."""
+        return self.decode(self.sample_latents(n, temperature=temperature, seed=seed, prior=prior))
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         """Encode to the posterior mean and decode again: uint8 (N, C, H, W)."""
