@@ -190,3 +190,143 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, real_radii: np.ndarray,
                      k: int = K_NEIGHBOURS) -> tuple[float, float]:
     """Kynkäänniemi et al. 2019: precision = fake inside real's manifold, recall = real inside fake's."""
     return coverage(fake, real, real_radii), coverage(real, fake, knn_radii(fake, k))
+
+
+# -- the sets -----------------------------------------------------------------------------------
+
+def image_sets(model: Any, data: dict[str, np.ndarray], count: int, temperatures: tuple[float, ...],
+               seed: int) -> dict[str, tuple[np.ndarray, float]]:
+    """Name -> (uint8 images (count, C, H, W), seconds to make them) for every measured set."""
+    rng = np.random.default_rng(seed)
+    train_pick = rng.choice(len(data["train_images"]), size=count, replace=False)
+    posterior_pick = rng.choice(len(data["train_images"]), size=count, replace=False)
+
+    def timed(make: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        images = make()
+        return images, time.perf_counter() - start
+
+    def aggregate_posterior() -> np.ndarray:
+        mean, logvar = model.encode(data["train_images"][posterior_pick])
+        eps = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)
+        return model.decode(mean + np.exp(0.5 * logvar) * eps)
+
+    sets = {
+        "training images (floor)": timed(lambda: data["train_images"][train_pick]),
+        "reconstructions of the test images": timed(lambda: model.reconstruct(data["test_images"][:count])),
+        "decoded z ~ q(z|x) of training images": timed(aggregate_posterior),
+    }
+    for t in sorted({1.0, *temperatures}, reverse=True):
+        sets[f"N(0, I) samples, T={t:g}"] = timed(lambda: model.sample(count, temperature=t, seed=seed, prior="normal"))
+    if model.prior == "learned":
+        for t in sorted(temperatures, reverse=True):
+            sets[f"learned prior samples, T={t:g}"] = timed(
+                lambda: model.sample(count, temperature=t, seed=seed, prior="learned"))
+    return sets
+
+
+def measure(classifier: Any, sets: dict[str, tuple[np.ndarray, float]], reference: np.ndarray,
+            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """FD, precision and recall of every set against the reference (test) images."""
+    ref_feats, _ = classify(classifier, reference)
+    ref_radii = knn_radii(ref_feats)
+    rows = []
+    for name, (images, seconds) in sets.items():
+        feats, preds = classify(classifier, images)
+        precision, recall = precision_recall(ref_feats, feats, ref_radii)
+        counts = np.bincount(preds, minlength=10) / len(preds)
+        rows.append({"set": name, "images": len(images), "fd": frechet_distance(feats, ref_feats),
+                     "precision": precision, "recall": recall, "seconds": seconds,
+                     "predicted_class_shares": counts.round(4).tolist()})
+        log(f"  {name}: FD {rows[-1]['fd']:.2f}, precision {precision:.3f}, recall {recall:.3f}")
+    recon = next(r["fd"] for r in rows if r["set"].startswith("reconstructions"))
+    for row in rows:
+        row["fd_over_reconstructions"] = row["fd"] / recon
+    return rows
+
+
+def render(result: dict[str, Any]) -> str:
+    """The markdown table and the verdict against the goal."""
+    lines = [
+        f"Sample quality of `{result['model']}` ({result['prior']}), {result['count']:,} images per set against "
+        f"the {result['count']:,} Fashion-MNIST test images.",
+        f"Features: the 128-d penultimate layer of a small CNN classifier trained here "
+        f"({result['classifier']['epochs']} epochs, seed {result['seed']}; test accuracy "
+        f"{100 * result['classifier']['test_accuracy']:.2f}%). Not Inception FID: its weights cannot be downloaded "
+        f"here, so these distances are comparable only with each other.",
+        f"{result['platform']}.",
+        "",
+        "| set | Fréchet distance | / reconstructions | precision | recall |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['set']} | {row['fd']:.2f} | {row['fd_over_reconstructions']:.2f}x | "
+                     f"{row['precision']:.3f} | {row['recall']:.3f} |")
+    goal = result["goal"]
+    lines += ["", f"Goal: samples within {goal['factor']:g}x of the reconstructions' Fréchet distance. "
+              + (f"Best learned-prior set: {goal['best_set']}, {goal['best_ratio']:.2f}x: "
+                 + ("met." if goal["met"] else "missed.") if goal.get("best_set") else
+                 "The bundle has no learned prior."),
+              f"Precision/recall: k-NN manifolds (Kynkäänniemi et al. 2019), k = {K_NEIGHBOURS}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="bundle folder or shipped name (default: the shipped bundle)")
+    parser.add_argument("--data", default=str(DATA), help="folder with the Fashion-MNIST IDX files and labels")
+    parser.add_argument("--count", type=int, default=10_000, help="images per set (default 10,000; at most 10,000)")
+    parser.add_argument("--epochs", type=int, default=6, help="classifier training epochs (default 6)")
+    parser.add_argument("--temperatures", default=",".join(f"{t:g}" for t in TEMPERATURES),
+                        help="learned-prior temperatures, comma-separated (default 0.7,0.85,1)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the classifier, the picks and the samples")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for samples.json and samples.md")
+    args = parser.parse_args()
+    if not 1 <= args.count <= 10_000:
+        raise SystemExit("--count must be between 1 and 10,000 (the test set's size)")
+    temperatures = tuple(float(t) for t in args.temperatures.split(","))
+
+    import torch
+
+    import edgevae.runtime as ev
+
+    torch.set_num_threads(args.threads)
+    data = load_fashion_mnist(Path(args.data))
+    model = ev.load(args.model, threads=args.threads)
+    print(f"training the feature classifier ({args.epochs} epochs)", file=sys.stderr)
+    classifier = train_classifier(data["train_images"], data["train_labels"], args.epochs, args.seed,
+                                  log=lambda s: print(s, file=sys.stderr))
+    _, preds = classify(classifier, data["test_images"])
+    accuracy = float((preds == data["test_labels"]).mean())
+    print(f"classifier test accuracy {100 * accuracy:.2f}%", file=sys.stderr)
+    sets = image_sets(model, data, args.count, temperatures, args.seed)
+    rows = measure(classifier, sets, data["test_images"][: args.count], log=lambda s: print(s, file=sys.stderr))
+    learned = [r for r in rows if r["set"].startswith("learned")]
+    best = min(learned, key=lambda r: r["fd"]) if learned else None
+    result = {
+        "model": model.bundle.name,
+        "model_path": str(model.bundle.path),
+        "prior": f"learned prior: {model.bundle.prior_kind}" if model.prior == "learned" else "no learned prior",
+        "prior_command": model.bundle.manifest.get("prior", {}).get("command"),
+        "count": args.count,
+        "seed": args.seed,
+        "classifier": {"epochs": args.epochs, "test_accuracy": accuracy, "features": 128},
+        "rows": rows,
+        "goal": {"factor": GOAL_FACTOR, "best_set": best["set"] if best else None,
+                 "best_ratio": best["fd_over_reconstructions"] if best else None,
+                 "met": bool(best and best["fd_over_reconstructions"] <= GOAL_FACTOR)},
+        "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {metadata.version('torch')}, "
+                    f"onnxruntime {metadata.version('onnxruntime')}, numpy {np.__version__}",
+        "command": "python benchmarks/samples.py " + " ".join(sys.argv[1:]),
+    }
+    text = render(result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "samples.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

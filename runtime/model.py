@@ -188,7 +188,6 @@ class EdgeVAE:
             return eps * np.float32(temperature)
         if self.bundle.prior_kind is None:
             raise InputError(f"{self.bundle.name} has no learned prior ({contract.PRIOR.file}); "
-                             ""
                              "sample from N(0, I) instead (prior 'normal') or fit one with 'edgevae-train prior'")
         session = self._prior_session()
         eps = np.random.default_rng(seed).standard_normal((n, self.bundle.prior_noise_dim), dtype=np.float32)
