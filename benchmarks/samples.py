@@ -280,7 +280,8 @@ def main() -> None:
     parser.add_argument("--temperatures", default=",".join(f"{t:g}" for t in TEMPERATURES),
                         help="learned-prior temperatures, comma-separated (default 0.7,0.85,1)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the classifier, the picks and the samples")
-    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and onnxruntime threads (default 1: on a shared machine more threads can be far slower)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for samples.json and samples.md")
     args = parser.parse_args()
     if not 1 <= args.count <= 10_000:

@@ -253,10 +253,10 @@ def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None
 @click.option("--kind", type=click.Choice(["flow", "two-stage"]), default="flow", show_default=True,
               help="'flow': a RealNVP normalizing flow (exact likelihood); 'two-stage': the second-stage VAE of "
                    "Dai & Wipf 2019. benchmarks/samples.py compares them.")
-@click.option("--hidden", default=256, show_default=True, help="Width of every hidden layer.")
-@click.option("--layers", default=8, show_default=True,
+@click.option("--hidden", default=128, show_default=True, help="Width of every hidden layer.")
+@click.option("--layers", default=16, show_default=True,
               help="Coupling layers (flow) or hidden layers per MLP (two-stage, at most 4 used).")
-@click.option("--epochs", default=40, show_default=True, help="Passes over the training latents (a fresh z ~ q(z|x) each).")
+@click.option("--epochs", default=30, show_default=True, help="Passes over the training latents (a fresh z ~ q(z|x) each).")
 @click.option("--lr", default=1e-3, show_default=True, help="Peak Adam learning rate (one-cycle schedule).")
 @click.option("--seed", default=0, show_default=True, help="Seeds initialisation and the latent draws.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,

@@ -62,10 +62,10 @@ class PriorConfig:
 
     kind: str = "flow"
     #: Hidden width of every MLP.
-    hidden: int = 256
+    hidden: int = 128
     #: Coupling layers (flow) or hidden layers per MLP (two-stage).
-    layers: int = 8
-    epochs: int = 40
+    layers: int = 16
+    epochs: int = 30
     lr: float = 1e-3
     seed: int = 0
 
