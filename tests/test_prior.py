@@ -319,3 +319,39 @@ def test_readme_lists_the_prior_operators(prior_bundle: Path) -> None:
     priors = [prior_bundle] + [p for p in shipped_bundles().values() if (p / "prior.onnx").is_file()]
     used = {node.op_type for folder in priors for node in onnx.load(str(folder / "prior.onnx")).graph.node}
     assert sorted(used - listed) == []
+
+
+# -- the shipped prior ------------------------------------------------------------------------------
+
+def _gaussian_fd(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of vectors (N, D)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_trace = np.sqrt(np.clip(np.linalg.eigvals(s_a @ s_b).real, 0, None)).sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * root_trace)
+
+
+def test_shipped_default_bundle_has_a_checked_prior() -> None:
+    from edgevae.exported import DEFAULT_BUNDLE
+
+    bundle = read_bundle(DEFAULT_BUNDLE)
+    assert bundle.prior_kind == "flow" and bundle.prior_noise_dim == bundle.latent_dim
+    assert bundle.optional_graph_path(contract.PRIOR) == DEFAULT_BUNDLE / "prior.onnx"
+    prior = bundle.manifest["prior"]
+    assert prior["parity"]["max_abs_diff"]["latents"] <= contract.PARITY_TOLERANCE
+    assert prior["metrics"]["test_nll_nats_per_dim"] < prior["metrics"]["test_nll_normal_nats_per_dim"] - 0.5
+    assert prior["command"] in (ROOT / "README.md").read_text()  # reproducible by a documented command
+
+
+def test_shipped_prior_matches_the_test_latents() -> None:
+    """Quality band on real test images: the learned prior's z are far closer (Fréchet distance
+    in latent space) to z ~ q(z|x) of 2,000 test images than N(0, I)'s are. Measured: 0.28
+    against 4.71."""
+    from edgevae.training.data import load_fashion_mnist
+
+    model = ev.load(threads=1)
+    mean, logvar = model.encode(load_fashion_mnist().test[:2000])
+    posterior = mean + np.exp(0.5 * logvar) * np.random.default_rng(0).standard_normal(mean.shape, dtype=np.float32)
+    learned = _gaussian_fd(model.sample_latents(2000, seed=0), posterior)
+    normal = _gaussian_fd(model.sample_latents(2000, seed=0, prior="normal"), posterior)
+    assert learned <= 0.5 and learned <= 0.1 * normal, (learned, normal)
