@@ -2,7 +2,8 @@
 
     python docs/make_figures.py
 
-samples.png: 64 samples (seed 0). reconstructions.png: examples/ (top row) over their
+samples.png: 64 samples (seed 0) from the bundle's learned prior (prior.onnx) when it has one;
+samples-normal.png: the same seed through N(0, I), for comparison. reconstructions.png: examples/ (top row) over their
 reconstructions (middle) and their lossy round trip at the default quality (bottom).
 interpolation.png: sneaker -> ankle boot in 10 steps. All deterministic.
 """
@@ -31,11 +32,12 @@ def save(picture: np.ndarray, name: str) -> None:
 
 
 def main() -> None:
-    """Write the three figures."""
+    """Write the four figures."""
     OUT.mkdir(parents=True, exist_ok=True)
     model = ev.load()
     codec = ev.Codec(model)
     save(grid(model.sample(64, seed=0)), "samples.png")
+    save(grid(model.sample(64, seed=0, prior="normal")), "samples-normal.png")
     images, _ = read_images(sorted(EXAMPLES.glob("*.png")), model.image_shape)
     rows = np.concatenate([images, model.reconstruct(images), codec.decompress(codec.compress(images))])
     save(grid(rows, columns=len(images)), "reconstructions.png")

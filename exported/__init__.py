@@ -1,7 +1,8 @@
-"""Model bundles shipped with edgevae (package data: encoder.onnx, decoder.onnx, model.json).
+"""Model bundles shipped with edgevae (package data: encoder.onnx, decoder.onnx, model.json,
+codec.json, and prior.onnx where a bundle has a learned sampling prior).
 
 Each bundle here is reproduced by the training command recorded in its ``model.json`` and in
-README.md.
+README.md (and its prior, if any, by the ``edgevae-train prior`` command recorded there too).
 """
 
 from pathlib import Path

@@ -114,6 +114,27 @@ class Bundle:
         return read_verified(self.path, entry["file"], entry["sha256"], MAX_GRAPH_BYTES)
 
     @property
+    def prior_kind(self) -> str | None:
+        """Kind of the bundle's learned sampling prior (``prior.onnx``), or None: N(0, I)."""
+        return str(self.manifest["prior"]["kind"]) if contract.PRIOR.key in self.manifest["graphs"] else None
+
+    @property
+    def prior_noise_dim(self) -> int | None:
+        """Size of the learned prior's noise input, or None without a learned prior."""
+        return int(self.manifest["prior"]["noise_dim"]) if self.prior_kind is not None else None
+
+    def optional_graph_bytes(self, spec: contract.GraphSpec) -> bytes:
+        """The verified bytes of an optional graph the manifest names (``prior.onnx``), checked like
+        the required ones (inside the folder, sha256 as recorded, no external data) but when first
+        used, not by :func:`read_bundle`, so encoding or compressing never pays for them."""
+        if spec.key not in self.files:
+            entry = self.manifest["graphs"][spec.key]
+            data = read_verified(self.path, entry["file"], entry["sha256"], MAX_GRAPH_BYTES)
+            refuse_external_data(data, self.path / entry["file"])
+            self.files[spec.key] = data
+        return self.files[spec.key]
+
+    @property
     def codec_path(self) -> Path | None:
         """Path of the codec's entropy-model tables (``codec.json``), or None if the bundle has none."""
         entry = self.manifest.get("codec")
@@ -121,8 +142,9 @@ class Bundle:
 
     @property
     def fingerprint(self) -> bytes:
-        """32-byte identity of the exact graphs and codec tables: sha256 over the graphs' sha256s,
-        in contract order, then the codec tables' sha256 if the bundle has them."""
+        """32-byte identity of the exact graphs and codec tables: sha256 over the required graphs'
+        sha256s, in contract order, then the codec tables' sha256 if the bundle has them.
+        Optional graphs (a learned prior) are left out: adding one must not orphan containers."""
         digest = hashlib.sha256()
         for spec in contract.GRAPHS:
             digest.update(bytes.fromhex(self.manifest["graphs"][spec.key]["sha256"]))
@@ -315,9 +337,25 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         components = manifest["likelihood"]["components"]
         need(_is_int(components) and 1 <= components <= MAX_COMPONENTS,
              f"likelihood.components {components!r} is not an integer in 1..{MAX_COMPONENTS}")
-        dims = contract.dims_of(shape, dim, components)
+        noise = None
+        if contract.PRIOR.key in manifest["graphs"]:
+            prior = manifest["prior"]
+            need(isinstance(prior, dict) and isinstance(prior.get("kind"), str), "prior is not an object with a kind")
+            noise = prior["noise_dim"]
+            need(_is_int(noise) and 1 <= noise <= MAX_LATENT_DIM,
+                 f"prior.noise_dim {noise!r} is not an integer in 1..{MAX_LATENT_DIM}")
+        dims = contract.dims_of(shape, dim, components, noise)
         for spec in contract.GRAPHS:
             _check_tensors(manifest["graphs"][spec.key], spec, dims, where)
+        # Optional graphs: their entries are checked here, their files and shapes when first used
+        # (EdgeVAE checks a graph's own signature against the manifest), so a broken prior spoils
+        # sampling from it and nothing else.
+        for spec in contract.OPTIONAL_GRAPHS:
+            entry = manifest["graphs"].get(spec.key)
+            if entry is not None:
+                need(isinstance(entry, dict), f"graphs.{spec.key} is not an object")
+                check_file_name(entry["file"], where)
+                need(_is_sha256(entry["sha256"]), f"graphs.{spec.key}.sha256 is not 64 hex digits")
         for key in ("name", "precision"):
             need(isinstance(manifest.get(key, ""), str), f"{key} is not a string")
         training = manifest.get("training")
@@ -371,14 +409,20 @@ def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     for spec in contract.GRAPHS:
         entry = manifest["graphs"][spec.key]
         data = read_verified(folder, entry["file"], entry["sha256"], MAX_GRAPH_BYTES)
-        external = external_data_tensor(data, folder / entry["file"])
-        if external is not None:
-            raise BundleError(f"{folder / entry['file']}: keeps tensor {external!r} in an external data file, "
-                              "which bundles may not do (its bytes would not be checked); export it as one file")
+        refuse_external_data(data, folder / entry["file"])
         files[spec.key] = data
     if manifest.get("codec"):
         files["codec"] = read_verified(folder, manifest["codec"]["file"], manifest["codec"]["sha256"], MAX_TABLES_BYTES)
     return Bundle(folder, manifest, files)
+
+
+def refuse_external_data(graph: bytes, where: Path) -> None:
+    """BundleError if an ONNX graph keeps a tensor in an external data file: its bytes would not be
+    checked (onnxruntime reads it relative to the working directory when loading from bytes)."""
+    external = external_data_tensor(graph, where)
+    if external is not None:
+        raise BundleError(f"{where}: keeps tensor {external!r} in an external data file, "
+                          "which bundles may not do (its bytes would not be checked); export it as one file")
 
 
 def digest_mismatch(path: Path) -> BundleError:

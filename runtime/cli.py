@@ -126,7 +126,10 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
     lines = [
         f"model       {bundle.name} ({bundle.path})",
         f"images      {'x'.join(map(str, bundle.image_shape))} (C x H x W), uint8 0..255",
-        f"latent      {bundle.latent_dim} dimensions, prior N(0, I)",
+        f"latent      {bundle.latent_dim} dimensions, trained with the prior N(0, I)",
+        "sampling    " + (f"learned prior ({bundle.prior_kind}, prior.onnx: {bundle.prior_noise_dim}-d noise -> "
+                           f"latents), sample's default; --prior normal for N(0, I)"
+                           if bundle.prior_kind else "N(0, I) (no learned prior in this bundle)"),
         f"likelihood  {m['likelihood']['kind']}, {bundle.components} component{'s' if bundle.components != 1 else ''}",
         f"precision   {bundle.precision}",
         f"trained by  {m.get('training', {}).get('command', 'unknown')}",
@@ -155,17 +158,23 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
                                                      "Default: a random seed, printed with --json.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Scale of the prior noise: below 1 gives more typical, less varied images.")
+@click.option("--prior", type=click.Choice(["learned", "normal"]), default=None,
+              help="Where latents come from: 'learned' (the bundle's prior.onnx, fitted on its training latents: "
+                   "images much closer to the data) or 'normal' (N(0, I), what the VAE was trained with). "
+                   "Default: learned when the bundle has one ('edgevae info' says).")
 @output_options
 @model_options
 @guard
-def sample(count: int, seed: int | None, temperature: float, out: str, force: bool, as_json: bool,
-           model_path: str | None, threads: int | None) -> None:
-    """Draw new images: decode latents from the prior N(0, I)."""
+def sample(count: int, seed: int | None, temperature: float, prior: str | None, out: str, force: bool,
+           as_json: bool, model_path: str | None, threads: int | None) -> None:
+    """Draw new images: decode latents from the bundle's learned prior, else from N(0, I)."""
     model = _load(model_path, threads)
     seed = secrets.randbits(31) if seed is None else seed
-    paths = _write(model.sample(count, temperature=temperature, seed=seed), out, force)
+    prior = prior or model.prior
+    paths = _write(model.sample(count, temperature=temperature, seed=seed, prior=prior), out, force)
     _report(as_json, {"command": "sample", "count": count, "seed": seed, "temperature": temperature,
-                      "outputs": paths}, f"wrote {count} samples (seed {seed}) to {_describe_written(paths)}")
+                      "prior": prior, "outputs": paths},
+            f"wrote {count} samples (seed {seed}, {prior} prior) to {_describe_written(paths)}")
 
 
 @main.command()

@@ -4,7 +4,8 @@ The exporter builds the graphs from these specs, validates them against these sp
 writes these specs into ``model.json``; the runtime checks loaded sessions against them; the
 README's contract table is generated from the same facts. Symbolic dimensions are named:
 ``batch`` is dynamic in every graph; the others are fixed per bundle and resolved from the
-manifest (``channels``, ``height``, ``width``, ``latent``, ``components``).
+manifest (``channels``, ``height``, ``width``, ``latent``, ``components``; ``noise`` from the
+manifest's ``prior`` section when the bundle has a learned prior).
 
     encoder.onnx:  images uint8 [batch, channels, height, width]
                    -> mean float32 [batch, latent], logvar float32 [batch, latent]
@@ -12,6 +13,7 @@ manifest (``channels``, ``height``, ``width``, ``latent``, ``components``).
                    -> pixels uint8 [batch, channels, height, width]
                       mixture_logits / mixture_means / mixture_log_scales
                       float32 [batch, components, channels, height, width]
+    prior.onnx     (optional) noise float32 [batch, noise] -> latents float32 [batch, latent]
 
 Likelihood (normalized domain, pixel value v sits at x_v = v / 127.5 - 1): component k gives
 v the mass sigmoid((x_v + 1/255 - mean_k) / s_k) - sigmoid((x_v - 1/255 - mean_k) / s_k),
@@ -116,10 +118,28 @@ DECODER = GraphSpec(
     ),
 )
 
+#: The graphs every bundle has. The bundle fingerprint that containers record covers exactly
+#: these (and the codec tables): optional graphs never enter it.
 GRAPHS = (ENCODER, DECODER)
 
+#: Optional learned prior for sampling: standard normal noise u -> latents z. Bundles without
+#: it sample z ~ N(0, I). Not used by the codec, so not part of the fingerprint.
+PRIOR = GraphSpec(
+    key="prior",
+    file="prior.onnx",
+    inputs=(TensorSpec("noise", "float32", (BATCH, "noise")),),
+    outputs=(TensorSpec("latents", "float32", (BATCH, "latent")),),
+)
 
-def dims_of(image_shape: tuple[int, int, int] | list[int], latent: int, components: int) -> dict[str, int]:
-    """The fixed symbolic dimensions of one bundle."""
+#: Graphs a bundle may have; each is described in model.json's ``graphs`` only when present.
+OPTIONAL_GRAPHS = (PRIOR,)
+
+
+def dims_of(image_shape: tuple[int, int, int] | list[int], latent: int, components: int,
+            noise: int | None = None) -> dict[str, int]:
+    """The fixed symbolic dimensions of one bundle (``noise``: its prior's noise size, if any)."""
     c, h, w = image_shape
-    return {"channels": c, "height": h, "width": w, "latent": latent, "components": components}
+    dims = {"channels": c, "height": h, "width": w, "latent": latent, "components": components}
+    if noise is not None:
+        dims["noise"] = noise
+    return dims
