@@ -16,7 +16,8 @@ posterior terms are closed-form, a few array passes per component:
 
 - its point masses at the clipped levels 0 and 255 (exact: the contract's edge bins),
 - its interior mass on 1..254, taken as a Gaussian with the component's interior mean (exact,
-  from the logistic's integral, softplus) and the logistic's variance s^2 pi^2 / 3.
+  from the logistic's integral, softplus) and the logistic's variance s^2 pi^2 / 3 (capped at a
+  uniform's over 1..254); its posterior mean is kept inside 0.5..254.5.
 
 Gaussian noise then gives the interior part Gaussian evidence N(y; m, tau^2 + sigma^2) and the
 usual shrinkage mean; the clipped observations y = 0 and y = 255 (noise below 0.5 or above
@@ -54,6 +55,8 @@ PIXEL_SCALE = 127.5
 MIN_LOG_SCALE = -7.0
 #: Variance of a standard logistic distribution.
 LOGISTIC_VARIANCE = math.pi**2 / 3
+#: Variance of a uniform distribution over the interior levels 1..254.
+INTERIOR_VARIANCE = (LEVELS - 2) ** 2 / 12
 #: Candidate Gaussian sigmas (pixel levels) and salt-and-pepper fractions of the level estimate.
 SIGMA_GRID = tuple(float(s) for s in np.geomspace(2.0, 160.0, 13).round(2))
 FRACTION_GRID = tuple(float(p) for p in np.geomspace(0.005, 0.6, 11).round(4))
@@ -109,7 +112,9 @@ class PixelPrior:
         # E[v] = sum_j P(v > j) ~ integral of the survival function over [0, 255] (midpoint rule).
         self.expected = (LEVELS - 1) - s * (_softplus((LEVELS - 1 - mu) / s) - _softplus(-mu / s))
         self.m = np.clip((self.expected - top * (LEVELS - 1)) / interior, 0.5, LEVELS - 1.5)
-        self.tau2 = (s * s) * np.float32(LOGISTIC_VARIANCE)
+        # A truncated logistic spreads no more than a uniform over the interior: cap its variance
+        # there, or a broad component's Gaussian would put mass far outside 0..255.
+        self.tau2 = np.minimum((s * s) * np.float32(LOGISTIC_VARIANCE), np.float32(INTERIOR_VARIANCE))
         self.mu, self.s = mu, s
 
     def pixels(self, rows: np.ndarray) -> "PixelPrior":
@@ -170,6 +175,7 @@ def _gaussian(prior: PixelPrior, y: np.ndarray, sigma: np.ndarray) -> tuple[np.n
             log_cdf = log_normal_cdf(a)
             log_ev[:, rows] = log_cdf
             post[:, rows] = m - sign * prior.tau2[:, rows] / sd * np.exp(-0.5 * a * a - _LOG_SQRT_2PI - log_cdf)
+    np.clip(post, 0.5, LEVELS - 1.5, out=post)  # an interior part's mean stays inside it
     t0 = prior.log_w + prior.log_zero + log_l0.astype(np.float32)
     t1 = prior.log_w + prior.log_top + log_l255.astype(np.float32)
     t2 = prior.log_w + prior.log_interior + log_ev
