@@ -582,14 +582,18 @@ def _describe_container(source: str, model_path: str | None, as_json: bool) -> N
                    "(maximum likelihood under the model).")
 @click.option("--amount", type=float, default=None,
               help="Salt-and-pepper: fraction of replaced pixels, e.g. 0.1. Default: estimated per image.")
+@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Passes that re-encode the current estimate for a sharper model of the clean image: "
+                   "worth ~0.5 dB with a bundle whose encoder never saw noise, nothing with the denoising "
+                   "bundle; each costs one more encoder + decoder run.")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="Average the posterior mean over this many latent draws (slower; 1 uses q's mean).")
 @RESIZE
 @output_options
 @model_options
 @guard
-def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: float | None, samples: int,
-            resize: bool, out: str, force: bool, as_json: bool, model_path: str | None, threads: int | None) -> None:
+def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: float | None, refine: int,
+            samples: int, resize: bool, out: str, force: bool, as_json: bool, model_path: str | None, threads: int | None) -> None:
     """Remove noise from INPUTS (image files, folders, .npy arrays).
 
     Each pixel becomes its posterior mean given the noisy image: the model's distribution of the
@@ -608,7 +612,7 @@ def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: fl
     model = load_denoiser(model_path, threads)
     images, names = _gather(inputs, model.image_shape, resize)
     with _progress(len(images), "denoising") as progress:
-        clean, used = run(model, images, level, noise, samples=samples, progress=progress)
+        clean, used = run(model, images, level, noise, samples=samples, refine=refine, progress=progress)
     paths = _write(clean, out, force, names)
     what = "sigma" if noise == "gaussian" else "amount"
     how = f"{what} {level:g}" if level is not None else f"{what} estimated, median {float(_median(used)):.3g}"

@@ -182,7 +182,7 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
                           force: bool = False) -> dict[str, Any]:
     """Write a bundle: the run's encoder (exported and parity-checked like any bundle) and the
     source bundle's decoder.onnx copied unchanged. It has no codec tables: it is not for coding."""
-    from edgevae.training.export import EXAMPLE_BATCH, EncoderGraph, _export_graph, _metadata_props, _validate
+    from edgevae.training.export import EXAMPLE_BATCH, EncoderGraph, _export_graph, _metadata_props, _validate, _versions
 
     run = Path(run_dir)
     if not (run / CHECKPOINT).is_file():
@@ -197,9 +197,9 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
     if target.exists() and not force:
         raise OutputError(f"{target} already exists; pass --force to replace it")
     manifest = json.loads(json.dumps(source_manifest))
-    manifest.pop("codec", None)
-    manifest.pop("evaluation", None)
-    manifest.pop("parity", None)
+    for key in ("codec", "evaluation", "parity", "novelty"):  # facts about the source's encoder or codec
+        manifest.pop(key, None)
+    manifest["versions"] = _versions()
     manifest["name"] = target.name
     manifest["training"] = {
         "command": config.command(),
@@ -210,6 +210,7 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
         "model_config": source_manifest["training"]["model_config"],
         "denoise_config": config.to_dict(),
         "epochs_trained": checkpoint["epoch"],
+        "checkpoint": f"last.pt after epoch {checkpoint['epoch']} of the {config.epochs}-epoch schedule",
         "last_epoch_metrics": checkpoint["metrics"],
         "decoder": f"decoder.onnx of {source.name}, byte for byte (sha256 unchanged)",
     }
