@@ -190,8 +190,9 @@ def _gaussian(prior: PixelPrior, y: np.ndarray, sigma: np.ndarray) -> tuple[np.n
     return num / den, top.astype(np.float64) + np.log(den.astype(np.float64))
 
 
-def _salt_pepper(prior: PixelPrior, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and log evidence per pixel (P,) under salt-and-pepper of fraction ``p`` (P,) (exact)."""
+def _salt_pepper(prior: PixelPrior, y: np.ndarray, p: np.ndarray, evidence: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and log evidence per pixel (P,) under salt-and-pepper of fraction ``p`` (P,) (exact;
+    without ``evidence`` the untouched pixels' evidence, the costly part, is left at 0)."""
     yf = y.astype(np.float64)
     w = np.exp(prior.log_w)
     p0 = (w * np.exp(prior.log_zero)).sum(axis=0)
@@ -204,30 +205,33 @@ def _salt_pepper(prior: PixelPrior, y: np.ndarray, p: np.ndarray) -> tuple[np.nd
     mean = np.where(at0 | at255, num / den, yf)
     log_ev = np.log(den)
     clean = np.flatnonzero(~(at0 | at255))
-    if len(clean):
+    log_ev[clean] = 0.0
+    if evidence and len(clean):
         log_ev[clean] = np.log(keep[clean]) + prior.pixels(clean).log_pmf(y[clean])
     return mean, log_ev
 
 
-def posterior(prior: PixelPrior, y: np.ndarray, kind: str, level: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def posterior(prior: PixelPrior, y: np.ndarray, kind: str, level: float | np.ndarray,
+              evidence: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """E[v | y, z] per pixel (float (N, C, H, W), pixel units) and log p(y | z) per image (N,) in nats,
     for uint8 images y (N, C, H, W).
 
     ``level`` is one noise level for all images or one per image (N,), already validated.
+    ``evidence=False`` may skip work that only the evidence needs (it is then not meaningful).
     """
     n = len(y)
     per_pixel = y.size // max(n, 1)
     levels = np.repeat(np.broadcast_to(np.asarray(level, dtype=np.float64), (n,)), per_pixel)
     flat = y.reshape(-1)
     if kind == SALT_PEPPER:
-        mean, log_ev = _salt_pepper(prior, flat, levels)
+        mean, log_ev = _salt_pepper(prior, flat, levels, evidence)
     else:
         clean = levels == 0
         mean, log_ev = _gaussian(prior, flat, np.where(clean, 1.0, levels))
         if clean.any():  # sigma 0: the observation is the clean image
             rows = np.flatnonzero(clean)
             mean[rows] = flat[rows]
-            log_ev[rows] = prior.pixels(rows).log_pmf(flat[rows])
+            log_ev[rows] = prior.pixels(rows).log_pmf(flat[rows]) if evidence else 0.0
     return mean.reshape(y.shape), log_ev.reshape(n, -1).sum(axis=1)
 
 
@@ -317,18 +321,18 @@ def _denoise_chunk(model: Any, y: np.ndarray, level: float | None, kind: str, sa
     mean, logvar = model.encode(y)
     prior = PixelPrior(*_params(model, mean))
     levels = estimate_level(prior, y, kind) if level is None else np.full(len(y), level)
-    estimate = _to_pixels(posterior(prior, y, kind, levels)[0])
+    estimate = _to_pixels(posterior(prior, y, kind, levels, evidence=False)[0])
     for _ in range(refine):
         # The encoder reads the current estimate, far cleaner than y: a better z, hence a sharper
         # p(v | z), while the posterior still weighs the original observation y.
         mean, logvar = model.encode(estimate)
         prior = PixelPrior(*_params(model, mean))
-        estimate = _to_pixels(posterior(prior, y, kind, levels)[0])
+        estimate = _to_pixels(posterior(prior, y, kind, levels, evidence=False)[0])
     if samples > 1:
-        total = posterior(prior, y, kind, levels)[0]
+        total = posterior(prior, y, kind, levels, evidence=False)[0]
         for _ in range(samples - 1):
             z = mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape, dtype=np.float32)
-            total += posterior(PixelPrior(*_params(model, z)), y, kind, levels)[0]
+            total += posterior(PixelPrior(*_params(model, z)), y, kind, levels, evidence=False)[0]
         estimate = _to_pixels(total / samples)
     return estimate, levels
 
