@@ -113,6 +113,10 @@ class PixelPrior:
         top = np.exp(self.log_top)
         interior = np.maximum(1.0 - np.exp(self.log_zero) - top, np.float32(1e-30))
         self.log_interior = np.log(interior)
+        self.log_w_interior = self.log_w + self.log_interior
+        # Mixture masses at levels 0 and 255, (1, P): kept 2-d so pixels() subsets them like the rest.
+        self.log_mass_zero = np.log(np.maximum((np.exp(self.log_w + self.log_zero)).sum(axis=0, keepdims=True), 1e-30))
+        self.log_mass_top = np.log(np.maximum(np.exp(self.log_w + self.log_top).sum(axis=0, keepdims=True), 1e-30))
         # E[v] = sum_j P(v > j) ~ integral of the survival function over [0, 255] (midpoint rule).
         self.expected = (LEVELS - 1) - s * (_softplus((LEVELS - 1 - mu) / s) - _softplus(-mu / s))
         self.m = np.clip((self.expected - top * (LEVELS - 1)) / interior, 0.5, LEVELS - 1.5)
@@ -180,14 +184,15 @@ def _gaussian(prior: PixelPrior, y: np.ndarray, sigma: np.ndarray) -> tuple[np.n
             log_ev[:, rows] = log_cdf
             post[:, rows] = m - sign * prior.tau2[:, rows] / sd * np.exp(-0.5 * a * a - _LOG_SQRT_2PI - log_cdf)
     np.clip(post, 0.5, LEVELS - 1.5, out=post)  # an interior part's mean stays inside it
-    t0 = prior.log_w + prior.log_zero + log_l0.astype(np.float32)
-    t1 = prior.log_w + prior.log_top + log_l255.astype(np.float32)
-    t2 = prior.log_w + prior.log_interior + log_ev
-    top = np.maximum(np.maximum(t0.max(axis=0), t1.max(axis=0)), t2.max(axis=0))
-    e0, e1, e2 = np.exp(t0 - top), np.exp(t1 - top), np.exp(t2 - top)
-    den = (e0 + e1 + e2).sum(axis=0)
-    num = (e1 * np.float32(LEVELS - 1) + e2 * post).sum(axis=0)
-    return num / den, top.astype(np.float64) + np.log(den.astype(np.float64))
+    # The point masses at 0 and 255 are the same levels for every component: pool them per pixel.
+    t0 = prior.log_mass_zero + log_l0.astype(np.float32)
+    t1 = prior.log_mass_top + log_l255.astype(np.float32)
+    t2 = prior.log_w_interior + log_ev
+    top = np.maximum(np.maximum(t0, t1), t2.max(axis=0))
+    e1, e2 = np.exp(t1 - top), np.exp(t2 - top)
+    den = np.exp(t0 - top) + e1 + e2.sum(axis=0)
+    num = e1 * np.float32(LEVELS - 1) + (e2 * post).sum(axis=0)
+    return (num / den).ravel(), (top.astype(np.float64) + np.log(den.astype(np.float64))).ravel()
 
 
 def _salt_pepper(prior: PixelPrior, y: np.ndarray, p: np.ndarray, evidence: bool) -> tuple[np.ndarray, np.ndarray]:
