@@ -223,9 +223,10 @@ def median3(images: np.ndarray) -> np.ndarray:
     return np.median(np.stack([padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)]), axis=0)
 
 
-#: Bands on the first 200 test images (benchmark noise seeds): (sigma, least mean PSNR in dB, least
-#: gain over a 3x3 median in dB). Set ~0.2 dB below what benchmarks/denoise.py measures.
-QUALITY_BANDS = ((25.0, 25.3, 3.0), (50.0, 21.0, 2.5), (75.0, 18.6, 3.0))
+#: Bands on the first 200 test images (the benchmark's noise seeds): (sigma, least mean PSNR in dB,
+#: least gain over a 3x3 median in dB). Measured 27.30 / 23.56 / 21.63 dB, gains 6.98 / 5.44 / 5.26;
+#: the PSNR floors sit 0.3 dB below, still above BM3D's 24.74 / 19.41 / 16.56 (+1 dB at 50 and 75).
+QUALITY_BANDS = ((25.0, 27.0, 6.5), (50.0, 23.25, 5.0), (75.0, 21.3, 4.8))
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +245,7 @@ def test_shipped_denoise_bundle_quality(real_test_images: np.ndarray, sigma: flo
     ours = float(psnr(real_test_images, model.denoise(noisy, sigma=sigma)).mean())
     median = float(psnr(real_test_images, median3(noisy)).mean())
     assert ours >= least_psnr and ours - median >= least_gain, (ours, median)
+    assert ours <= least_psnr + 1.0, ours  # far above the band: the benchmark and README are stale
 
 
 @pytest.mark.slow
