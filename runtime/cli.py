@@ -146,14 +146,19 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
         f"precision   {bundle.precision}",
         f"trained by  {m.get('training', {}).get('command', 'unknown')}",
     ]
+    if isinstance(m.get("novelty"), dict) and "threshold" in m["novelty"]:
+        nov = m["novelty"]
+        lines.append(f"novelty     threshold {nov['threshold']:.4f} for 'edgevae score' ({nov.get('percentile', 0):g}th "
+                     f"percentile of {nov.get('images', '?')} training images)")
     if m.get("codec"):
         names = [f"{q} (default)" if q == m["codec"].get("default_quality") else q for q in m["codec"]["qualities"]]
         lines.append(f"codec       qualities {', '.join(names)}")
     if model_path is None:
-        from edgevae.runtime.bundle import default_codec_bundle_path, shipped_bundles
+        from edgevae.runtime.bundle import default_codec_bundle_path, default_denoise_bundle_path, shipped_bundles
 
-        shipped = [name + (" (compress's lossy default)" if path == default_codec_bundle_path() else "")
-                   for name, path in shipped_bundles().items()]
+        roles = {default_codec_bundle_path(): " (compress's lossy default)",
+                 default_denoise_bundle_path(): " (denoise's default)"}
+        shipped = [name + roles.get(path, "") for name, path in shipped_bundles().items()]
         lines.append(f"shipped     {', '.join(shipped)}; pick one with --model NAME")
     if evaluation:
         lines.append(
