@@ -305,20 +305,17 @@ def denoise(model: Any, images: np.ndarray, level: float | None = None, kind: st
     used = np.empty(len(y))
     starts = range(0, len(y), CHUNK)
 
-    def run(start: int) -> None:
+    def run(start: int) -> int:
         part = y[start : start + CHUNK]
         out[start : start + len(part)], used[start : start + len(part)] = _denoise_chunk(
             model, part, level, kind, samples, refine, np.random.default_rng([seed, start]))
-        if progress is not None:
-            progress(len(part))
+        return len(part)
 
     workers = min(len(starts), WORKERS)
-    if workers <= 1:
-        for start in starts:
-            run(start)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, starts))  # list(): re-raise the first error here
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for done in pool.map(run, starts):  # in order; re-raises a chunk's error here
+            if progress is not None:
+                progress(done)  # from this thread only: progress bars need not be thread-safe
     return out, used
 
 
