@@ -24,3 +24,8 @@ DEFAULT_CODEC_BUNDLE = BUNDLES / "fashion-mnist-codec"
 #: (its best level passes 24 dB) for a decoder with 4x the FLOPs: ~1/5 of
 #: DEFAULT_CODEC_BUNDLE's decompression speed.
 HQ_CODEC_BUNDLE = BUNDLES / "fashion-mnist-codec-hq"
+
+#: The bundle ``edgevae denoise`` uses when given no --model: DEFAULT_BUNDLE's decoder, unchanged,
+#: with an encoder trained on noisy images (Gaussian and salt-and-pepper) to give the posterior
+#: of the clean image (training/denoise.py).
+DEFAULT_DENOISE_BUNDLE = BUNDLES / "fashion-mnist-denoise"

@@ -167,6 +167,13 @@ def default_codec_bundle_path() -> Path:
     return DEFAULT_CODEC_BUNDLE
 
 
+def default_denoise_bundle_path() -> Path:
+    """The shipped bundle trained for denoising (``edgevae denoise``'s default)."""
+    from edgevae.exported import DEFAULT_DENOISE_BUNDLE
+
+    return DEFAULT_DENOISE_BUNDLE
+
+
 def shipped_bundles() -> dict[str, Path]:
     """Name -> folder of every bundle shipped inside the package."""
     from edgevae.exported import BUNDLES

@@ -314,6 +314,32 @@ class EdgeVAE:
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
         return self.decode((1 - t) * mean[0] + t * mean[1])
 
+    # -- applications (each in its own module) ------------------------------------------------
+
+    def denoise(self, images: np.ndarray, sigma: float | None = None, noise: str = "gaussian",
+                amount: float | None = None, samples: int = 1, refine: int | None = None,
+                seed: int = 0) -> np.ndarray:
+        """Denoised copies of uint8 images (N, C, H, W) (or one (C, H, W)): uint8 (N, C, H, W).
+
+        ``noise="gaussian"``: ``sigma`` is the noise std in pixel levels (None: estimated per
+        image). ``noise="salt-pepper"``: ``amount`` is the fraction of replaced pixels (None:
+        estimated). Each pixel becomes its posterior mean E[v | y, z] (see
+        :mod:`edgevae.runtime.denoise`); ``refine`` passes re-encode the estimate (default 0),
+        ``samples`` > 1 averages over latent draws.
+        """
+        from edgevae.runtime.denoise import DEFAULT_REFINE, denoise, noise_level
+
+        return denoise(self, images, noise_level(noise, sigma, amount), noise, samples=samples,
+                       refine=DEFAULT_REFINE if refine is None else refine, seed=seed)[0]
+
+    def score(self, images: np.ndarray, samples: int | None = None, seed: int = 0) -> Any:
+        """:class:`edgevae.runtime.novelty.Scores` of uint8 images (N, C, H, W): per image
+        ``bits_per_dim`` (negative ELBO, ``samples`` Monte Carlo draws, default 4) and ``novelty``
+        (higher = less like the training data), plus the bundle's threshold if it has one."""
+        from edgevae.runtime.novelty import DEFAULT_SAMPLES, score
+
+        return score(self, images, samples=DEFAULT_SAMPLES if samples is None else samples, seed=seed)
+
 
 def load(path: str | os.PathLike[str] | None = None, threads: int | None = None) -> EdgeVAE:
     """Load a bundle folder (``None``: ``$EDGEVAE_MODEL`` or the shipped default model).

@@ -765,7 +765,8 @@ def test_cli_compress_defaults_to_the_codec_bundle_and_lossless_to_the_model(tmp
     # `edgevae info` names every shipped bundle and which one compress uses.
     done = edgevae("runner", "info")
     assert done.code == 0 and ("shipped     fashion-mnist, fashion-mnist-codec (compress's lossy default), "
-                               "fashion-mnist-codec-hq, fashion-mnist-int8; pick one with --model NAME") in done.stdout
+                               "fashion-mnist-codec-hq, fashion-mnist-denoise (denoise's default), fashion-mnist-int8; "
+                               "pick one with --model NAME") in done.stdout
     # Each container is decoded by the bundle that made it, found by its fingerprint alone.
     done = edgevae("runner", "decompress", tmp_path / "exact.evz", tmp_path / "lossy.evz", tmp_path / "hq.evz",
                    "-o", tmp_path / "back.npy")

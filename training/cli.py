@@ -348,3 +348,84 @@ def prior(bundle_dir: str, kind: str, hidden: int, layers: int, epochs: int, lr:
     click.echo(f"test latents: {metrics['test_nll_nats_per_dim']:.4f} nats/dim under the prior "
                f"({metrics['test_nll_is']}), {metrics['test_nll_normal_nats_per_dim']:.4f} under N(0, I)")
     click.echo(f"parity prior: latents {parity['max_abs_diff']['latents']:.2e} (tolerance {parity['tolerance']:.0e})")
+
+
+@main.command("denoise-train")
+@click.option("--from", "source", default="fashion-mnist", show_default=True,
+              help="Bundle (folder or shipped name) whose decoder is kept frozen and whose encoder is the start.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the Fashion-MNIST IDX files (as for train).")
+@click.option("--epochs", default=4, show_default=True, help="Passes over the training set (fresh noise each time).")
+@click.option("--batch-size", default=128, show_default=True, help="Images per optimizer step.")
+@click.option("--lr", default=1e-3, show_default=True, help="Peak Adam learning rate (cosine decay).")
+@click.option("--sigma-max", default=100.0, show_default=True,
+              help="Gaussian noise std is drawn uniformly from [0, this] pixel levels, per image.")
+@click.option("--salt-pepper-share", default=0.25, show_default=True,
+              help="Fraction of images corrupted by salt-and-pepper instead of Gaussian noise.")
+@click.option("--salt-pepper-max", default=0.3, show_default=True,
+              help="Salt-and-pepper fraction is drawn uniformly from [0, this], per image.")
+@click.option("--seed", default=0, show_default=True, help="Seeds shuffling and noise.")
+@threads_option
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@guard
+def denoise_train(source: str, data_dir: str | None, epochs: int, batch_size: int, lr: float, sigma_max: float,
+                  salt_pepper_share: float, salt_pepper_max: float, seed: int, run_dir: str) -> None:
+    """Train a denoising encoder: noisy images in, the ELBO of the clean image as loss, decoder frozen.
+
+    Checkpoints every epoch into --out; export with denoise-export.
+    """
+    from edgevae.training.data import load_dataset
+    from edgevae.training.denoise import DenoiseConfig, train_encoder
+
+    config = DenoiseConfig(source=source, epochs=epochs, batch_size=batch_size, lr=lr, sigma_max=sigma_max,
+                           salt_pepper_share=salt_pepper_share, salt_pepper_max=salt_pepper_max, seed=seed)
+    data = load_dataset("fashion-mnist", data_dir=data_dir)
+    train_encoder(data.train, data.test, config, run_dir, log=lambda line: click.echo(line, err=True))
+
+
+@main.command("denoise-export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the Fashion-MNIST IDX files (parity check images).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@threads_option
+@guard
+def denoise_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool) -> None:
+    """Export a denoise-train run as a bundle: its encoder + the source bundle's decoder, unchanged."""
+    from edgevae.training.data import load_dataset
+    from edgevae.training.denoise import export_denoise_bundle
+
+    data = load_dataset("fashion-mnist", data_dir=data_dir)
+    manifest = export_denoise_bundle(run_dir, bundle_dir, data.test, force=force)
+    diffs = ", ".join(f"{g}: {max(o.values()):.2e}" for g, o in manifest["parity"]["max_abs_diff"].items())
+    click.echo(f"wrote {bundle_dir}: encoder.onnx (new), decoder.onnx (from {manifest['training']['source_bundle']}), "
+               f"model.json; parity {diffs}")
+
+
+@main.command("novelty-threshold")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the Fashion-MNIST IDX files (as for train).")
+@click.option("--percentile", default=99.0, show_default=True,
+              help="Training images' novelty percentile used as the threshold: about (100 - this) % of "
+                   "training-like images get flagged.")
+@click.option("--images", "count", default=5000, show_default=True,
+              help="Training images (a seeded random subset) the percentile is taken over.")
+@click.option("--samples", default=4, show_default=True, help="Monte Carlo samples per negative ELBO.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the subset and the Monte Carlo samples.")
+@threads_option
+@guard
+def novelty_threshold(bundle_dir: str, data_dir: str | None, percentile: float, count: int, samples: int,
+                      seed: int) -> None:
+    """Fit the novelty threshold of an existing bundle on its training set; recorded in model.json.
+
+    Only model.json changes (the graphs, codec tables and fingerprint do not).
+    """
+    from edgevae.training.novelty import add_novelty_threshold
+
+    entry = add_novelty_threshold(bundle_dir, data_dir=data_dir, percentile=percentile, count=count,
+                                  samples=samples, seed=seed)
+    click.echo(f"wrote {bundle_dir}/model.json: novelty threshold {entry['threshold']:.4f} "
+               f"({entry['percentile']:g}th percentile of {entry['images']} training images, median "
+               f"{entry['novelty_median']:.4f})")
