@@ -1,5 +1,6 @@
 # The two commands of README.md. Each builds its own virtual environment from scratch-safe steps.
-#   make demo  runtime-only install (no torch), then sample / reconstruct / interpolate / compress + decompress (lossy and lossless) / denoise / score
+#   make demo  runtime-only install (no torch), then sample / reconstruct / interpolate / compress + decompress
+#              (lossy and lossless) / denoise / score / denoise / score
 #   make test  torch==2.13.0 first (an unpinned torch can pull a multi-GB CUDA build), then .[train,test], then pytest
 #              (after web-deps: the JavaScript package's parity tests run Node and headless Chromium)
 #   make web   serve the browser page (web/index.html) on http://127.0.0.1:8000/web/
@@ -30,7 +31,8 @@ demo:
 	  print('lossless round trip: all', len(orig), 'images exact')" examples/*.png
 	@$(DEMO_VENV)/bin/python -c "import sys, numpy as np; from PIL import Image; from edgevae.runtime.noise import corrupt; \
 	  clean = np.stack([np.asarray(Image.open(f))[None] for f in sys.argv[1:]]); \
-	  np.save('$(OUT)/noisy.npy', corrupt(clean, 'gaussian', 50, np.random.default_rng(0)))" examples/*.png
+	  noisy = corrupt(clean, 'gaussian', 50, np.random.default_rng(0)); np.save('$(OUT)/noisy.npy', noisy); \
+	  from edgevae.runtime.images import grid, to_pil; to_pil(grid(noisy)).save('$(OUT)/noisy.png')" examples/*.png
 	$(DEMO_VENV)/bin/edgevae denoise $(OUT)/noisy.npy -o $(OUT)/denoised.png --sigma 50 --force
 	$(DEMO_VENV)/bin/edgevae score examples/*.png -o $(OUT)/scores.csv --force
 	@echo "demo outputs in $(OUT)/"

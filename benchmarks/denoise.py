@@ -179,7 +179,7 @@ def timed(work: Any) -> tuple[Any, float]:
 
 def load_denoise_default() -> Any:
     """``edgevae denoise``'s default model."""
-    from edgevae.runtime.denoise import load_denoiser
+    from edgevae.runtime.selection import load_denoiser
 
     return load_denoiser(None)
 

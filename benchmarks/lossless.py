@@ -94,12 +94,12 @@ def _save(array: np.ndarray, options: dict[str, Any]) -> bytes:
 
 def model_bounds(model: Any, images: np.ndarray, samples: int) -> dict[str, float | None]:
     """Negative ELBO and IWAE in bits per pixel: manifest evaluation and Monte Carlo on these images."""
-    from edgevae.runtime import bitsback
+    from edgevae.runtime import likelihood
 
     evaluation = model.bundle.manifest.get("evaluation") or {}
     nelbo, iwae = [], []
     for start in range(0, len(images), 500):
-        a, b = bitsback.negative_elbo(model, images[start : start + 500], samples=samples, seed=start)
+        a, b = likelihood.negative_elbo(model, images[start : start + 500], samples=samples, seed=start)
         nelbo.append(a)
         iwae.append(b)
     per_image = images[0].size

@@ -22,7 +22,7 @@ from edgevae.runtime.errors import BundleError, ContainerError, EdgeVAEError, In
 _LAZY = {
     "load": "edgevae.runtime.model",
     "EdgeVAE": "edgevae.runtime.model",
-    "MixtureParams": "edgevae.runtime.model",
+    "MixtureParams": "edgevae.runtime.likelihood",
     "Codec": "edgevae.runtime.codec",
     "LosslessCodec": "edgevae.runtime.codec",
     "ContainerInfo": "edgevae.runtime.codec",

@@ -87,10 +87,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from edgevae.runtime.container import MAX_LOSSLESS_IMAGES_PER_BYTE, decode_varint, encode_varint
+from edgevae.runtime.contract import MIN_LOG_SCALE, PIXEL_LEVELS, PIXEL_SCALE
 from edgevae.runtime.errors import ContainerError, InputError
 
 if TYPE_CHECKING:
-    from edgevae.runtime.model import EdgeVAE, MixtureParams
+    from edgevae.runtime.likelihood import MixtureParams
+    from edgevae.runtime.model import EdgeVAE
 
 # -- format constants ------------------------------------------------------------------------
 
@@ -129,7 +131,7 @@ MEAN_SUBSTEPS = 32
 #: Mixture log-scales (normalized domain) are rounded to 1/LOG_SCALE_STEPS within this range;
 #: the lower end is the training clamp (likelihood.MIN_LOG_SCALE).
 LOG_SCALE_STEPS = 16
-LOG_SCALE_RANGE = (-7.0, 1.0)
+LOG_SCALE_RANGE = (MIN_LOG_SCALE, 1.0)
 #: Mixture logits are rounded to 1/LOGIT_STEPS; logits more than LOGIT_RANGE below the largest
 #: of their pixel get the smallest weight.
 LOGIT_STEPS = 16
@@ -137,9 +139,8 @@ LOGIT_RANGE = 32.0
 #: Unnormalized integer weight of the largest component of a pixel.
 WEIGHT_ONE = 1 << 30
 
-#: Pixel levels of an 8-bit image; the pixel domain of the contract (v sits at v / 127.5 - 1).
-LEVELS = 256
-PIXEL_SCALE = 127.5
+#: Pixel levels of an 8-bit image (the contract's pixel domain: v sits at v / PIXEL_SCALE - 1).
+LEVELS = PIXEL_LEVELS
 #: Levels per coarse group of the two-stage pixel code.
 PIXEL_GROUP = 16
 
@@ -692,48 +693,3 @@ def decode(model: EdgeVAE, payload: bytes, count: int, progress: Progress | None
             "compressed on a machine whose model arithmetic differs from this one's (see docs/FORMAT.md)"
         )
     return out.reshape((count, *shape))
-
-
-# -- what the coder should cost ------------------------------------------------------------------
-
-
-def log_likelihood(images: np.ndarray, params: MixtureParams) -> np.ndarray:
-    """log p(x|z) in nats per image of uint8 images (N, C, H, W), float64, by the contract's formula.
-
-    Uses sigmoid(u) - sigmoid(l) = sigmoid(u) (1 - sigmoid(l)) (1 - exp(l - u)) for the
-    interior levels, so no mass underflows; levels 0 and 255 take the whole tails.
-    """
-    x = images.astype(np.float64)[:, None]
-    log_scales = np.maximum(params.log_scales.astype(np.float64), LOG_SCALE_RANGE[0])
-    centered = x / PIXEL_SCALE - 1.0 - params.means.astype(np.float64)
-    inv_scale = np.exp(-log_scales)
-    half_bin = 1.0 / (LEVELS - 1)
-    upper, lower = inv_scale * (centered + half_bin), inv_scale * (centered - half_bin)
-    log_below_upper = -np.logaddexp(0.0, -upper)  # log sigmoid(upper)
-    log_above_lower = -np.logaddexp(0.0, lower)  # log (1 - sigmoid(lower))
-    inner = log_below_upper + log_above_lower + np.log(-np.expm1(lower - upper))
-    per_component = np.where(x == 0, log_below_upper, np.where(x == LEVELS - 1, log_above_lower, inner))
-    logits = params.logits.astype(np.float64)
-    log_weights = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    return np.logaddexp.reduce(per_component + log_weights, axis=1).reshape(len(images), -1).sum(axis=1)
-
-
-def negative_elbo(model: EdgeVAE, images: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Negative ELBO and IWAE bound in bits per image (two float64 (N,) arrays), by Monte Carlo.
-
-    ``samples`` posterior draws per image (numpy, seeded). The net cost of :func:`encode` per
-    image approaches the negative ELBO; this is the yardstick for it.
-    """
-    batch = model.check_images(images)
-    if samples < 1:
-        raise InputError(f"samples must be >= 1, got {samples}")
-    rng = np.random.default_rng(seed)
-    mean, logvar = (a.astype(np.float64) for a in model.encode(batch))
-    log_w = np.empty((samples, len(batch)))
-    for s in range(samples):
-        eps = rng.standard_normal(mean.shape)
-        z = mean + np.exp(0.5 * logvar) * eps
-        log_prior_over_posterior = (0.5 * (eps**2 - z**2 + logvar)).sum(axis=1)
-        log_w[s] = log_likelihood(batch, model.likelihood(z.astype(np.float32))) + log_prior_over_posterior
-    iwae = -(np.logaddexp.reduce(log_w, axis=0) - math.log(samples))
-    return -log_w.mean(axis=0) / math.log(2), iwae / math.log(2)

@@ -587,7 +587,8 @@ def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: fl
       edgevae denoise scans/ -o cleaned/                       sigma estimated per image
       edgevae denoise dotted.png -o clean.png --noise salt-pepper
     """
-    from edgevae.runtime.denoise import denoise as run, load_denoiser, noise_level
+    from edgevae.runtime.denoise import denoise as run, noise_level
+    from edgevae.runtime.selection import load_denoiser
 
     level = noise_level(noise, sigma, amount)
     model = load_denoiser(model_path, threads)

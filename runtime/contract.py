@@ -26,6 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+#: Pixel levels of an 8-bit image, and the likelihood's normalized domain: level v sits at
+#: v / PIXEL_SCALE - 1, each bin +-1/(PIXEL_LEVELS - 1) wide (the formula above).
+PIXEL_LEVELS = 256
+PIXEL_SCALE = 127.5
+#: Smallest mixture log-scale (normalized domain); the decoder graph clamps its log_scales to it.
+MIN_LOG_SCALE = -7.0
+
 #: Identifies a manifest as an edgevae bundle manifest.
 MANIFEST_FORMAT = "edgevae-bundle"
 #: Version of the manifest schema; bump on any incompatible change.

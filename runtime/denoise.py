@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgevae.runtime.contract import MIN_LOG_SCALE, PIXEL_SCALE
 from edgevae.runtime.errors import InputError
 from edgevae.runtime.noise import GAUSSIAN, KINDS, LEVELS, MAX_SIGMA, SALT_PEPPER, check_noise
 
@@ -50,10 +51,6 @@ from edgevae.runtime.noise import GAUSSIAN, KINDS, LEVELS, MAX_SIGMA, SALT_PEPPE
 CHUNK = 128
 #: Chunks in flight at once.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
-#: Pixel units per normalized unit (pixel v sits at v / 127.5 - 1).
-PIXEL_SCALE = 127.5
-#: Lower bound on decoder log-scales (normalized domain), as in the contract's likelihood.
-MIN_LOG_SCALE = -7.0
 #: Variance of a standard logistic distribution.
 LOGISTIC_VARIANCE = math.pi**2 / 3
 #: Variance of a uniform distribution over the interior levels 1..254.
@@ -347,14 +344,3 @@ def _to_pixels(values: np.ndarray) -> np.ndarray:
 def _params(model: Any, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     params = model.likelihood(z)
     return params.logits, params.means, params.log_scales
-
-
-def load_denoiser(path: str | os.PathLike[str] | None = None, threads: int | None = None) -> Any:
-    """The model ``edgevae denoise`` uses: ``path`` (a bundle folder or shipped name), else
-    ``$EDGEVAE_MODEL``, else the shipped denoising bundle (its encoder was trained on noisy images
-    for the default bundle's decoder)."""
-    from edgevae.runtime.bundle import MODEL_ENV, default_denoise_bundle_path
-    from edgevae.runtime.model import load
-
-    chosen = path if path is not None else os.environ.get(MODEL_ENV) or default_denoise_bundle_path()
-    return load(chosen, threads=threads)

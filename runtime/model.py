@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,25 +20,13 @@ import numpy as np
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import Bundle, read_bundle
 from edgevae.runtime.errors import BundleError, InputError
+from edgevae.runtime.likelihood import MixtureParams
 
 #: Images or latents per session call; bounds peak memory on huge inputs.
 CHUNK = 1024
 
 #: ``prior=`` choices of :meth:`EdgeVAE.sample`: the bundle's learned prior, or N(0, I).
 PRIORS = ("learned", "normal")
-
-
-@dataclass(frozen=True)
-class MixtureParams:
-    """Decoder likelihood parameters, each float32 (N, K, C, H, W).
-
-    Means and log-scales are in the normalized domain where pixel value v sits at
-    v / 127.5 - 1 (see :mod:`edgevae.runtime.contract`).
-    """
-
-    logits: np.ndarray
-    means: np.ndarray
-    log_scales: np.ndarray
 
 
 def integer(value: Any, what: str, minimum: int | None = 0) -> int:

@@ -19,13 +19,14 @@ import math
 
 import numpy as np
 
+from edgevae.runtime.contract import PIXEL_LEVELS
 from edgevae.runtime.errors import InputError
 
 GAUSSIAN = "gaussian"
 SALT_PEPPER = "salt-pepper"
 KINDS = (GAUSSIAN, SALT_PEPPER)
 
-LEVELS = 256
+LEVELS = PIXEL_LEVELS
 #: Largest Gaussian sigma accepted (pixel levels); beyond it the image carries almost no signal.
 MAX_SIGMA = 255.0
 

@@ -1,7 +1,7 @@
 """Novelty scores: how unlike the training data an image is, where raw likelihood fails.
 
     bits_per_dim(x) = negative ELBO of x under the model, bits per pixel dimension
-                      (Monte Carlo over q(z | x), edgevae.runtime.bitsback.negative_elbo)
+                      (Monte Carlo over q(z | x), edgevae.runtime.likelihood.negative_elbo)
     complexity(x)   = bits per pixel dimension of x as a PNG file (Pillow, zlib level 9)
     novelty(x)      = bits_per_dim(x) - complexity(x)
 
@@ -82,7 +82,7 @@ def threshold_of(manifest: dict[str, Any]) -> float | None:
 def score(model: Any, images: np.ndarray, samples: int = DEFAULT_SAMPLES, seed: int = 0,
           progress: Callable[[int], None] | None = None) -> Scores:
     """Negative ELBO, complexity and novelty of uint8 images (N, C, H, W) under ``model`` (an EdgeVAE)."""
-    from edgevae.runtime.bitsback import negative_elbo
+    from edgevae.runtime.likelihood import negative_elbo
 
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise InputError(f"samples must be a positive integer, got {samples!r}")

@@ -6,6 +6,8 @@ embedding the API makes them exactly as ``edgevae compress`` / ``decompress`` / 
 
 - a mode's default bundle: lossy coding uses the shipped codec bundle (trained for PSNR per
   byte), lossless the default model (trained for likelihood, which is what bits-back spends);
+- the denoising job's bundle: the shipped one whose encoder was trained on noisy images for the
+  default bundle's decoder;
 - a container's bundle: the one named by the caller or ``$EDGEVAE_MODEL``, else the shipped
   bundle whose fingerprint made it (containers record it), else none that can vouch for it.
 """
@@ -30,6 +32,7 @@ from edgevae.runtime.errors import BundleError, ContainerError, InputError
 
 if TYPE_CHECKING:
     from edgevae.runtime.codec import _ContainerCodec
+    from edgevae.runtime.model import EdgeVAE
 
 ModelRef = Union[str, "os.PathLike[str]", None]
 AnyCodec = Union[Codec, LosslessCodec]
@@ -45,6 +48,17 @@ def default_bundle_for(mode: str) -> Path:
 def _named(model: ModelRef) -> ModelRef:
     """The caller's model, else ``$EDGEVAE_MODEL``, else None."""
     return model if model is not None else (os.environ.get(MODEL_ENV) or None)
+
+
+def load_denoiser(model: ModelRef = None, threads: int | None = None) -> EdgeVAE:
+    """The model ``edgevae denoise`` uses: ``model`` (a bundle folder or shipped name), else
+    ``$EDGEVAE_MODEL``, else the shipped denoising bundle (its encoder was trained on noisy images
+    for the default bundle's decoder; any bundle denoises, that one best)."""
+    from edgevae.runtime.bundle import default_denoise_bundle_path
+    from edgevae.runtime.model import load
+
+    chosen = _named(model)
+    return load(chosen if chosen is not None else default_denoise_bundle_path(), threads=threads)
 
 
 def open_codec(mode: str = "lossy", model: ModelRef = None, threads: int | None = None) -> AnyCodec:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageFont
 
 import edgevae.runtime as ev
-from edgevae.runtime.bitsback import negative_elbo
+from edgevae.runtime.likelihood import negative_elbo
 from edgevae.runtime.cli import main as cli
 from edgevae.runtime.errors import InputError
 from edgevae.runtime.novelty import CSV_HEADER, complexity_bits, score

@@ -17,7 +17,7 @@ import pytest
 
 import edgevae.runtime as ev
 from edgevae.exported import BUNDLES, DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE, HQ_CODEC_BUNDLE
-from edgevae.runtime import bitsback as bb
+from edgevae.runtime import likelihood as lik
 from edgevae.runtime.bundle import shipped_bundles
 from edgevae.training.data import load_fashion_mnist
 
@@ -93,7 +93,7 @@ def test_readme_records_the_commands_that_made_the_codec_bundle(bundle: Path) ->
 
 def test_runtime_likelihood_matches_the_manifest(shipped: ev.EdgeVAE, test_images: np.ndarray) -> None:
     """The torch-free runtime's negative ELBO on real images agrees with the training-side evaluation."""
-    nelbo, _ = bb.negative_elbo(shipped, test_images, samples=4)
+    nelbo, _ = lik.negative_elbo(shipped, test_images, samples=4)
     bpd = nelbo.mean() / test_images[0].size
     claimed = manifest(DEFAULT_BUNDLE)["evaluation"]["nelbo_bpd"]
     assert abs(bpd - claimed) <= 0.05, (bpd, claimed)

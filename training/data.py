@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,9 +192,16 @@ def stream_batches(files: ImageFiles, batches: Sequence[Sequence[tuple[Any, int]
 
     # A generator of its own: a DataLoader draws its workers' base seed from the one it is given,
     # by default torch's global generator, which would shift the training noise drawn after it.
+    # Workers are forked (fast) from a process whose only Python thread is this one; with other
+    # threads alive (an app or a test runner embedding training) a fork can copy a lock another
+    # thread holds and the worker hangs on it forever, so they then start from a forkserver.
+    context = None
+    if workers:
+        context = "fork" if threading.active_count() == 1 else "forkserver"
     loader = DataLoader(files, batch_sampler=batches, num_workers=workers,  # type: ignore[arg-type]
                         collate_fn=functools.partial(collate_images, files.image_shape),
-                        prefetch_factor=4 if workers else None, generator=torch.Generator())
+                        prefetch_factor=4 if workers else None, generator=torch.Generator(),
+                        multiprocessing_context=context)
     yield from loader
 
 
