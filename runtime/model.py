@@ -190,7 +190,8 @@ class EdgeVAE:
         means, logvars = [], []
         for start in range(0, len(batch), CHUNK):
             chunk = batch[start : start + CHUNK]
-            mean, logvar = _run(self._encoder, None, {"images": chunk}, self._where(contract.ENCODER))
+            mean, logvar = _run(self._encoder, None, {contract.ENCODER.inputs[0].name: chunk},
+                                self._where(contract.ENCODER))
             self._outputs(contract.ENCODER, contract.ENCODER.output_names, [mean, logvar], len(chunk))
             means.append(mean)
             logvars.append(logvar)
@@ -204,25 +205,25 @@ class EdgeVAE:
         where = self._where(contract.DECODER)
         for start in range(0, len(z), CHUNK):
             chunk = z[start : start + CHUNK]
-            values = _run(self._decoder, outputs, {"latents": chunk}, where)
+            values = _run(self._decoder, outputs, {contract.DECODER.inputs[0].name: chunk}, where)
             self._outputs(contract.DECODER, outputs, values, len(chunk))
             for part, value in zip(parts, values):
                 part.append(value)
         if not len(z):
-            values = _run(self._decoder, outputs, {"latents": np.zeros((1, self.latent_dim), np.float32)}, where)
+            empty = np.zeros((1, self.latent_dim), np.float32)
+            values = _run(self._decoder, outputs, {contract.DECODER.inputs[0].name: empty}, where)
             self._outputs(contract.DECODER, outputs, values, 1)
             return [value[:0] for value in values]
         return [np.concatenate(part) for part in parts]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Images for latents (N, D): the decoder's mean pixels, uint8 (N, C, H, W)."""
-        return self._run_decoder(latents, ["pixels"])[0]
+        return self._run_decoder(latents, contract.DECODER.output_names[:1])[0]  # pixels
 
     def likelihood(self, latents: np.ndarray) -> MixtureParams:
         """The decoder's discretized-logistic-mixture parameters for latents (N, D) (normalized domain)."""
-        logits, means, log_scales = self._run_decoder(
-            latents, ["mixture_logits", "mixture_means", "mixture_log_scales"]
-        )
+        # mixture_logits, mixture_means, mixture_log_scales: the outputs after pixels
+        logits, means, log_scales = self._run_decoder(latents, contract.DECODER.output_names[1:])
         return MixtureParams(logits, means, log_scales)
 
     def _prior_session(self) -> Any:

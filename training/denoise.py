@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import read_bundle, sha256_file
-from edgevae.runtime.errors import ExportError, InputError, OutputError
+from edgevae.runtime.errors import InputError, OutputError
 from edgevae.runtime.noise import GAUSSIAN, SALT_PEPPER, corrupt
 from edgevae.training.model import VAE, ModelConfig
 
@@ -182,7 +181,9 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
                           force: bool = False) -> dict[str, Any]:
     """Write a bundle: the run's encoder (exported and parity-checked like any bundle) and the
     source bundle's decoder.onnx copied unchanged. It has no codec tables: it is not for coding."""
-    from edgevae.training.export import EXAMPLE_BATCH, EncoderGraph, _export_graph, _metadata_props, _validate, _versions
+    from edgevae.training.export import EncoderGraph, check_parity
+    from edgevae.training.staging import check_target, staged_bundle
+    from edgevae.training.onnxgraph import EXAMPLE_BATCH, export_graph, library_versions, metadata_props
 
     run = Path(run_dir)
     if not (run / CHECKPOINT).is_file():
@@ -194,12 +195,11 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
     model.eval()
     source = read_bundle(config.source)
     target = Path(bundle_dir)
-    if target.exists() and not force:
-        raise OutputError(f"{target} already exists; pass --force to replace it")
+    check_target(target, force)
     manifest = json.loads(json.dumps(source_manifest))
     for key in ("codec", "evaluation", "parity", "novelty"):  # facts about the source's encoder or codec
         manifest.pop(key, None)
-    manifest["versions"] = _versions()
+    manifest["versions"] = library_versions()
     manifest["name"] = target.name
     manifest["training"] = {
         "command": config.command(),
@@ -214,25 +214,13 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
         "last_epoch_metrics": checkpoint["metrics"],
         "decoder": f"decoder.onnx of {source.name}, byte for byte (sha256 unchanged)",
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_bundle(target, force) as staging:
         c, h, w = model.config.image_shape
-        _export_graph(EncoderGraph(model), torch.zeros(EXAMPLE_BATCH, c, h, w, dtype=torch.uint8), contract.ENCODER,
-                      staging / contract.ENCODER.file, _metadata_props(manifest))
+        export_graph(EncoderGraph(model), torch.zeros(EXAMPLE_BATCH, c, h, w, dtype=torch.uint8), contract.ENCODER,
+                     staging / contract.ENCODER.file, metadata_props(manifest))
         shutil.copyfile(source.graph_path(contract.DECODER), staging / contract.DECODER.file)
         for spec in contract.GRAPHS:
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
-        manifest["parity"] = _validate(model, staging, test)
+        manifest["parity"] = check_parity(model, staging, test)
         (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.chmod(0o755)
-        staging.rename(target)
-    except ExportError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     return manifest

@@ -16,12 +16,6 @@ Steps, each failing loudly (ExportError, nothing left in the output folder):
 from __future__ import annotations
 
 import json
-import logging
-import platform
-import shutil
-import tempfile
-import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,16 +26,14 @@ from torch import nn
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import sha256_file
 from edgevae.runtime.quality import QUALITY_LEVELS, QualityLevel, quality_levels
-from edgevae.runtime.errors import ExportError, InputError, OutputError
+from edgevae.runtime.errors import ExportError, InputError
 from edgevae.training.model import VAE
 from edgevae.training.codec_tables import write_codec_tables
+from edgevae.training.onnxgraph import EXAMPLE_BATCH, PARITY_BATCHES, export_graph, library_versions, metadata_props
+from edgevae.training.staging import check_target, staged_bundle
 from edgevae.training.evaluate import EVALUATION_FILE
 from edgevae.training.train import load_checkpoint, model_from_checkpoint, train_command
 
-#: Batch sizes the parity check runs at; 1 guards against torch.export specializing the batch.
-PARITY_BATCHES = (1, 7, 64)
-#: Batch used as the export example; must not be 0 or 1 (torch.export would specialize it).
-EXAMPLE_BATCH = 4
 
 
 class EncoderGraph(nn.Module):
@@ -71,68 +63,7 @@ class DecoderGraph(nn.Module):
         return self.model.mean_pixels(logits, means), logits, means, log_scales
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("edgevae", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = "not installed"
-    return out
-
-
-def _run_exporter(module: nn.Module, example: torch.Tensor, spec: contract.GraphSpec, batch: Any) -> Any:
-    return torch.onnx.export(
-        module.eval(),
-        (example,),
-        dynamo=True,
-        input_names=spec.input_names,
-        output_names=spec.output_names,
-        dynamic_shapes={spec.inputs[0].name: {0: batch}},
-        opset_version=contract.OPSET,
-        optimize=True,
-        verbose=False,
-    )
-
-
-def _export_graph(module: nn.Module, example: torch.Tensor, spec: contract.GraphSpec, path: Path,
-                  metadata_props: dict[str, str]) -> None:
-    import onnx
-
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    # The exporter logs optional-operator notes (e.g. torchvision absent) that are not problems.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = _run_exporter(module, example, spec, batch)
-    if program is None:
-        raise ExportError(f"{spec.file}: the exporter returned no program")
-    proto = program.model_proto
-    del proto.metadata_props[:]
-    for key, value in metadata_props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = f"edgevae {spec.key}: see model.json and README 'ONNX contract'"
-    # The dynamo exporter would put weights in a side file; keep one self-contained .onnx.
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    onnx.checker.check_model(str(path), full_check=True)
-
-
-def _metadata_props(manifest: dict[str, Any]) -> dict[str, str]:
-    """The key facts of the manifest that also travel inside each ONNX file."""
-    return {
-        "edgevae.format": contract.MANIFEST_FORMAT,
-        "edgevae.format_version": str(contract.MANIFEST_VERSION),
-        "edgevae.image_shape": json.dumps(manifest["image"]["shape"]),
-        "edgevae.pixel_range": json.dumps(manifest["image"]["pixel_range"]),
-        "edgevae.latent_dim": str(manifest["latent"]["dim"]),
-        "edgevae.likelihood": json.dumps(manifest["likelihood"]),
-        "edgevae.precision": manifest["precision"],
-        "edgevae.training_command": manifest["training"]["command"],
-    }
-
-
-def _validate(model: VAE, folder: Path, images: np.ndarray, seed: int = 0) -> dict[str, Any]:
+def check_parity(model: VAE, folder: Path, images: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Compare ONNX Runtime with PyTorch; returns the max abs difference per output."""
     import onnxruntime as ort
 
@@ -164,11 +95,10 @@ def _validate(model: VAE, folder: Path, images: np.ndarray, seed: int = 0) -> di
                     continue
                 diff = float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) if g.size else 0.0
                 diffs[spec.key][out_spec.name] = max(diffs[spec.key][out_spec.name], diff)
-        for name, diff in diffs[spec.key].items():
-            # uint8 pixels may round the other way at .5 boundaries; one level is the honest bound.
-            limit = 1.0 if name == "pixels" else contract.PARITY_TOLERANCE
-            if not diff <= limit:
-                failures.append(f"{spec.file}:{name}: max abs diff {diff:.3g} > {limit:g}")
+        for out_spec in spec.outputs:
+            diff = diffs[spec.key][out_spec.name]
+            if not diff <= out_spec.tolerance:
+                failures.append(f"{spec.file}:{out_spec.name}: max abs diff {diff:.3g} > {out_spec.tolerance:g}")
     if failures:
         raise ExportError("export validation failed: " + "; ".join(failures))
     return {"tolerance": contract.PARITY_TOLERANCE, "batch_sizes": list(PARITY_BATCHES),
@@ -200,7 +130,7 @@ def build_manifest(checkpoint: dict[str, Any], evaluation: dict[str, Any] | None
             "last_epoch_metrics": checkpoint.get("metrics", {}),
         },
         "evaluation": evaluation,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
 
 
@@ -214,36 +144,23 @@ def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path,
     default: ``images``).
     """
     target = Path(bundle_dir)
-    if target.exists() and not force:
-        raise OutputError(f"{target} already exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_target(target, force)
     manifest = build_manifest(checkpoint, evaluation, name=target.name)
-    props = _metadata_props(manifest)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    props = metadata_props(manifest)
+    with staged_bundle(target, force) as staging:
         c, h, w = model.config.image_shape
         examples = {
             contract.ENCODER.key: torch.zeros(EXAMPLE_BATCH, c, h, w, dtype=torch.uint8),
             contract.DECODER.key: torch.zeros(EXAMPLE_BATCH, model.config.latent_dim),
         }
         for spec, module in ((contract.ENCODER, EncoderGraph(model)), (contract.DECODER, DecoderGraph(model))):
-            _export_graph(module, examples[spec.key], spec, staging / spec.file, props)
+            export_graph(module, examples[spec.key], spec, staging / spec.file, props)
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
-        manifest["parity"] = _validate(model, staging, images)
+        manifest["parity"] = check_parity(model, staging, images)
         write_codec_tables(staging, manifest, images if codec_images is None else codec_images,
                            source={"data": checkpoint["data"], "split": "train" if codec_images is not None else "test"},
                            levels=levels)
         (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary package data
-        staging.rename(target)
-    except ExportError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     return manifest
 
 

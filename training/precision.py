@@ -55,8 +55,10 @@ import numpy as np
 
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import read_bundle, sha256_file
-from edgevae.runtime.errors import ExportError, InputError, OutputError
+from edgevae.runtime.errors import ExportError, InputError
 from edgevae.runtime.images import psnr
+from edgevae.training.onnxgraph import save_checked, set_metadata_props
+from edgevae.training.staging import check_target, staged_bundle
 
 #: Precisions a bundle can have; ``fp32`` is the exporter's own output.
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -193,14 +195,8 @@ def _stamp(path: Path, precision: str) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props}
-    props["edgevae.precision"] = precision
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save_model(model, str(path), save_as_external_data=False)
-    onnx.checker.check_model(str(path), full_check=True)
+    set_metadata_props(model, {**{p.key: p.value for p in model.metadata_props}, "edgevae.precision": precision})
+    save_checked(model, path)
 
 
 def method_of(precision: str) -> dict[str, Any]:
@@ -334,14 +330,11 @@ def make_variant(source: str | Path, target: str | Path, precision: str, train_i
     if precision == "fp32":
         raise InputError("fp32 is the exporter's own output; a variant is int8 or fp16")
     out = Path(target)
-    if out.exists() and not force:
-        raise OutputError(f"{out} already exists; pass --force to replace it")
+    check_target(out, force)
     fp32 = read_bundle(source)
     if fp32.precision != "fp32":
         raise InputError(f"{fp32.path}: variants are made from an fp32 bundle, this one is {fp32.precision}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_bundle(out, force, what=f"{precision} conversion") as staging:
         reference = load(fp32.path, threads=None)
         if precision == "int8":
             images = calibration_images(train_images)
@@ -379,17 +372,6 @@ def make_variant(source: str | Path, target: str | Path, precision: str, train_i
             raise ExportError(f"{precision} variant fails its check: " + "; ".join(check["failures"]))
         manifest["variant"]["check"] = check
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary package data
-        staging.rename(out)
-    except (ExportError, InputError):
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"{precision} conversion failed: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return manifest
 
 
@@ -401,8 +383,7 @@ def export_variant(export_fp32: Any, target: str | Path, precision: str, train_i
     check first, so a variant is only ever made from verified graphs.
     """
     out = Path(target)
-    if out.exists() and not force:
-        raise OutputError(f"{out} already exists; pass --force to replace it")
+    check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-fp32-", dir=out.parent))
     try:
