@@ -570,3 +570,28 @@ def test_readme_c_snippet_compiles_and_runs(tmp_path: Path) -> None:
                              capture_output=True, text=True, check=True, timeout=60).stdout
         c, h, w = bundle.image_shape
         assert out.startswith(f"D={bundle.latent_dim} pixels uint8 [1, {c}, {h}, {w}]"), out
+
+
+def test_node_samples_through_the_learned_prior_like_python(tmp_path: Path) -> None:
+    """The JavaScript model samples through prior.onnx when the bundle has one: the latents it gives
+    for its own noise are what Python's prior graph gives for that noise, and without a prior it
+    keeps N(0, I)."""
+    script = tmp_path / "prior.mjs"
+    script.write_text(
+        f'import {{ load, }} from "{(WEB / "index.js").as_uri()}";\n'
+        f'import {{ gaussian }} from "{(WEB / "model.js").as_uri()}";\n'
+        f'const m = await load("{ROOT / "exported" / "fashion-mnist"}");\n'
+        'const z = await m.sampleLatents(5, { seed: 3, temperature: 0.85 });\n'
+        'const d = Number(m.bundle.manifest.prior.noise_dim);\n'
+        'const u = gaussian(5 * d, 3).map((e) => Math.fround(e * Math.fround(0.85)));\n'
+        f'const c = await load("{ROOT / "exported" / "fashion-mnist-codec"}");\n'
+        'const normal = await c.sampleLatents(2, { seed: 3 });\n'
+        'console.log(JSON.stringify({ prior: m.prior, codecPrior: c.prior, z: Array.from(z), u: Array.from(u),\n'
+        '  normal: Array.from(normal), expectedNormal: Array.from(gaussian(2 * c.latentDim, 3)) }));\n')
+    out = json.loads(run_node(script).stdout)
+    assert out["prior"] == "learned" and out["codecPrior"] == "normal"
+    model = load("fashion-mnist")
+    u = np.array(out["u"], np.float32).reshape(5, -1)
+    want = model._prior_session().run(None, {"noise": u})[0]
+    np.testing.assert_allclose(np.array(out["z"], np.float32).reshape(want.shape), want, atol=1e-5)
+    assert out["normal"] == pytest.approx(out["expectedNormal"])

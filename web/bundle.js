@@ -158,6 +158,31 @@ export class Bundle {
     return Number(this.manifest.latent.dim);
   }
 
+  /** Kind of the bundle's learned sampling prior (prior.onnx), or null: sampling uses N(0, I). */
+  get priorKind() {
+    return this.manifest.graphs?.prior ? String(this.manifest.prior?.kind ?? "learned") : null;
+  }
+
+  /**
+   * The verified bytes of an optional graph the manifest names ("prior"): read and checked against
+   * its sha256 when first asked for, so loading for the codec never fetches it.
+   */
+  async optionalGraph(key) {
+    if (!this.files[key]) {
+      const entry = this.manifest.graphs?.[key];
+      if (typeof entry?.file !== "string" || typeof entry?.sha256 !== "string") {
+        throw new BundleError(`${this.location}: this bundle has no ${key} graph`);
+      }
+      const bytes = await this.source.read(entry.file);
+      if (bytes === null) throw new BundleError(`${this.source.label}: bundle is partial, ${entry.file} is missing`);
+      if (hex(await sha256(bytes)) !== entry.sha256) {
+        throw new BundleError(`${this.source.where(entry.file)}: sha256 does not match model.json (file altered or from another bundle)`);
+      }
+      this.files[key] = bytes;
+    }
+    return this.files[key];
+  }
+
   /** The codec tables (codec.json), validated; BundleError if the bundle has none. */
   async codecTables() {
     if (!this.files.codec) {

@@ -96,12 +96,36 @@ export class EdgeVAE {
     return Uint8Array.from(out.pixels.data);
   }
 
-  /** `n` new images decoded from z = temperature * eps, eps ~ N(0, I) from `seed` (our own generator). */
-  async sample(n, { temperature = 1, seed = 0 } = {}) {
+  /** What `sample` draws from by default: "learned" (the bundle has prior.onnx) or "normal". */
+  get prior() {
+    return this.bundle.priorKind ? "learned" : "normal";
+  }
+
+  /**
+   * `n` latents (Float32Array n*D): u = temperature * eps, eps ~ N(0, I) from `seed` (our own
+   * generator), then z = u (prior "normal") or z = prior.onnx(u) ("learned", the default when
+   * the bundle has a learned prior), as Python's EdgeVAE.sample_latents.
+   */
+  async sampleLatents(n, { temperature = 1, seed = 0, prior = this.prior } = {}) {
     if (!(Number.isInteger(n) && n >= 0)) throw new InputError(`number of samples must be >= 0, got ${n}`);
     if (!(Number.isFinite(temperature) && temperature >= 0)) throw new InputError(`temperature must be a finite number >= 0, got ${temperature}`);
-    const eps = gaussian(n * this.latentDim, seed);
-    return this.decode(eps.map((e) => Math.fround(e * Math.fround(temperature))));
+    if (prior !== "learned" && prior !== "normal") throw new InputError(`prior must be one of learned, normal, got ${prior}`);
+    if (prior === "normal") return gaussian(n * this.latentDim, seed).map((e) => Math.fround(e * Math.fround(temperature)));
+    if (!this.bundle.priorKind) throw new InputError(`${this.bundle.name} has no learned prior (prior.onnx); sample with prior "normal"`);
+    const noiseDim = Number(this.bundle.manifest.prior.noise_dim);
+    const u = gaussian(n * noiseDim, seed).map((e) => Math.fround(e * Math.fround(temperature)));
+    if (n === 0) return new Float32Array(0);
+    this.priorSession ??= await session(this.ort, await this.bundle.optionalGraph("prior"), "prior", undefined);
+    const out = await this.priorSession.run({ noise: new this.ort.Tensor("float32", u, [n, noiseDim]) });
+    if (!out.latents || out.latents.data.length !== n * this.latentDim) {
+      throw new BundleError(`prior.onnx: gave latents of shape ${JSON.stringify(out.latents?.dims)}, expected [${n}, ${this.latentDim}]`);
+    }
+    return Float32Array.from(out.latents.data);
+  }
+
+  /** `n` new images decoded from `sampleLatents` (same options): the learned prior when the bundle has one. */
+  async sample(n, options = {}) {
+    return this.decode(await this.sampleLatents(n, options));
   }
 
   /** Encode to the posterior mean and decode again. */
