@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import os
 import struct
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,14 +189,17 @@ def stream_batches(files: ImageFiles, batches: Sequence[Sequence[tuple[Any, int]
     import torch
     from torch.utils.data import DataLoader
 
-    # A generator of its own: a DataLoader draws its workers' base seed from the one it is given,
-    # by default torch's global generator, which would shift the training noise drawn after it.
-    # Workers are forked (fast) from a process whose only Python thread is this one; with other
-    # threads alive (an app or a test runner embedding training) a fork can copy a lock another
-    # thread holds and the worker hangs on it forever, so they then start from a forkserver.
+    # Workers start from a forkserver, not by forking this process: a fork copies whatever locks
+    # other threads hold at that instant (the DataLoader's own queue-feeder threads, an app's or a
+    # test runner's threads), and a worker that needs one waits forever (seen: a hung CliRunner
+    # test). The cost is ~1 s of start-up per worker and epoch; an epoch of a real folder takes minutes.
     context = None
     if workers:
-        context = "fork" if threading.active_count() == 1 else "forkserver"
+        import multiprocessing
+
+        context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+    # A generator of its own: a DataLoader draws its workers' base seed from the one it is given,
+    # by default torch's global generator, which would shift the training noise drawn after it.
     loader = DataLoader(files, batch_sampler=batches, num_workers=workers,  # type: ignore[arg-type]
                         collate_fn=functools.partial(collate_images, files.image_shape),
                         prefetch_factor=4 if workers else None, generator=torch.Generator(),
