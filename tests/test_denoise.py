@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import edgevae.runtime as ev
+from edgevae.exported import DEFAULT_BUNDLE, DEFAULT_DENOISE_BUNDLE
 from edgevae.runtime.cli import main as cli
 from edgevae.runtime.denoise import PixelPrior, denoise, estimate_level, log_normal_cdf, posterior
 from edgevae.runtime.errors import InputError
@@ -20,9 +21,8 @@ from edgevae.runtime.images import psnr
 from edgevae.runtime.noise import corrupt, likelihood_table
 from tests.conftest import synthetic_images, write_pngs
 
-ROOT = Path(__file__).resolve().parents[1]
-DENOISE_BUNDLE = ROOT / "exported" / "fashion-mnist-denoise"
-DEFAULT_BUNDLE = ROOT / "exported" / "fashion-mnist"
+# The installed package's bundles (site-packages in CI, the checkout in an editable install).
+DENOISE_BUNDLE = DEFAULT_DENOISE_BUNDLE
 
 
 def exact_posterior_mean(model: ev.EdgeVAE, y: np.ndarray, kind: str, level: float) -> np.ndarray:

@@ -241,7 +241,7 @@ def _interrupt_after(args: list[object], seconds: float, signum: int, cwd: Path)
 def test_ctrl_c_during_compress_split_leaves_nothing(signum: int, tmp_path: Path) -> None:
     """Issue 12 item 2: ``compress --split`` of many images, interrupted: exit 130, one line, and
     either every file or none, never a .tmp. A second run then works without --force."""
-    np.save(tmp_path / "many.npy", np.repeat(synthetic_images(50), 800, axis=0))  # 40,000 images: ~6 s of work
+    np.save(tmp_path / "many.npy", np.repeat(synthetic_images(50), 2400, axis=0))  # 120,000 images: >= 8 s of work
     args = ["compress", "many.npy", "-o", "sp", "--split", "--threads", 1]
     proc, took = _interrupt_after(args, 2.0, signum, tmp_path)
     assert proc.returncode == 130, proc.stderr.read()
@@ -268,7 +268,9 @@ def test_issue_repro_encode_with_logvar_on_a_full_disk(small_tmpfs: Path, tmp_pa
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_lossless_stops_within_a_second_of_ctrl_c(signum: int, tmp_path: Path) -> None:
     """Issue 12 item 3: the lanes' thread pool no longer waits for the whole job."""
-    np.save(tmp_path / "many.npy", np.repeat(synthetic_images(40), 100, axis=0))  # 4,000 images, ~20 s of work
+    # 20,000 images: ~25 s of work on an idle machine, so the signal lands mid-job, never in the
+    # interpreter's shutdown after a finished job (where the default SIGINT action kills it: -2)
+    np.save(tmp_path / "many.npy", np.repeat(synthetic_images(40), 500, axis=0))
     proc, took = _interrupt_after(["compress", "many.npy", "-o", "ll.evz", "--lossless"], 3.0, signum, tmp_path)
     stderr = proc.stderr.read()
     assert proc.returncode == 130, stderr

@@ -185,7 +185,8 @@ def test_single_image_containers_and_random_access(parity: dict) -> None:
 def test_node_model_interpolates_as_python_and_samples_by_seed(images: np.ndarray, tmp_path: Path) -> None:
     """interpolate() follows Python's float32 arithmetic (same pixels); sample() is seeded by its own
     generator (numpy's stream is not required): the same seed repeats, another seed differs, and
-    temperature 0 decodes the zero latent as Python does."""
+    temperature 0 decodes the prior's image of the zero noise (the zero latent without a learned
+    prior) as Python does."""
     name = "fashion-mnist"
     bundle = shipped_bundles()[name]
     np.save(tmp_path / "pair.npy", images[[3, 40]])
@@ -200,7 +201,7 @@ def test_node_model_interpolates_as_python_and_samples_by_seed(images: np.ndarra
     assert np.array_equal(np.load(tmp_path / "blend.npy"), model.interpolate(images[3], images[40], steps=9))
     a, b, c = (np.load(tmp_path / f"{x}.npy") for x in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c) and a.std() > 20
-    assert np.array_equal(np.load(tmp_path / "zero.npy"), model.decode(np.zeros((6, model.latent_dim), np.float32)))
+    assert np.array_equal(np.load(tmp_path / "zero.npy"), model.sample(6, temperature=0.0))
 
 
 # -- the same errors for damaged and wrong-model containers -------------------------------------

@@ -171,7 +171,7 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
               resume: bool) -> None:
     """The train command on this process: rank 0 prints and writes, the others stay quiet;
     a failure or interrupt on any rank stops them all with one clear line each."""
-    from edgevae.training import report
+    from edgevae.training import distributed, report
     from edgevae.training.distributed import Stopped
     from edgevae.training.data import open_dataset
     from edgevae.training.train import check_run_folder, on_rank_0, run_settings, train as run_training
@@ -216,6 +216,7 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
     if main_rank:
         report.write_run_figures(model, run_dir, seed=config.seed)
         click.echo(f"done: {run_dir}/curve.png, {run_dir}/samples.png")
+    distributed.finish(context)
 
 
 @main.command()

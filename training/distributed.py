@@ -220,6 +220,16 @@ def start(device: str = "auto") -> Context:
                    device=where, distributed=True)
 
 
+def finish(context: Context) -> None:
+    """At the end of a successful run, every rank waits here for the others (rank 0 writes the
+    run's figures after training): a rank that tore its process group down while rank 0 was
+    still busy was seen to abort in gloo ('terminate called without an active exception')."""
+    if context.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def stop(context: Context) -> None:
     """Leave the process group (if any) and restore the signal handlers :func:`start` replaced."""
     _restore_signal_handlers()
