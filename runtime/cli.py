@@ -95,6 +95,8 @@ def main() -> None:
       edgevae compress shirt.png -o shirt.evz           about 20 bytes (lossy, --quality)
       edgevae decompress shirt.evz -o shirt-back.png
       edgevae info shirt.evz                            what a container holds, without decoding
+      edgevae denoise noisy.png -o clean.png --sigma 50  remove Gaussian noise (std in pixel levels)
+      edgevae score scans/ -o scores.csv                 bits/dim and novelty per image
 
     Outputs: NAME.png is a grid, NAME.npy an array, anything else a folder of PNGs.
     Existing files are never overwritten without --force. Errors exit with code 2.
