@@ -432,8 +432,9 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
             raise OutputError(f"{out}: is a folder; pass --split to write one .evz per image into it")
         check_target(Path(out), force)
     codec = open_codec("lossless" if lossless else "lossy", model_path, threads)
-    options = {} if lossless else {"quality": codec.tables.lookup(quality).index}
-    level = "lossless" if lossless else codec.tables.lookup(quality).name
+    table = None if lossless else codec.tables.lookup(quality)
+    options = {} if table is None else {"quality": table.index}
+    level = "lossless" if table is None else table.name
     images, names = _gather(inputs, codec.model.image_shape, resize)
     with _progress(len(images), "compressing") as progress:
         if split:
@@ -652,8 +653,7 @@ def score(inputs: tuple[str, ...], out: str, samples: int, force: bool, as_json:
         scores = run(model, images, samples=samples, progress=progress)
     text = csv_text(names, scores)
     if out == STDIO:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _write_stdout(text.encode())
     else:
         atomic_write_bytes(out, text.encode(), force)
     flagged = scores.flagged

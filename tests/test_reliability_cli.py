@@ -111,9 +111,10 @@ def shirt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "one.npy"
 
 
-def test_compress_to_a_full_stdout(shirt: Path) -> None:
+@pytest.mark.parametrize("command", ["compress", "score"])
+def test_writing_to_a_full_stdout(command: str, shirt: Path) -> None:
     with open("/dev/full", "wb") as full:
-        proc = run("compress", shirt, "-o", "-", stdout=full.fileno())
+        proc = run(command, shirt, "-o", "-", stdout=full.fileno())
     one_line(proc.stderr, proc.returncode, 2, "stdout", "No space left on device")
 
 
