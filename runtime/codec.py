@@ -36,6 +36,7 @@ import numpy as np
 from edgevae.runtime import container as fmt
 from edgevae.runtime.bundle import Bundle
 from edgevae.runtime.errors import ContainerError, InputError
+from edgevae.runtime.model import integer
 from edgevae.runtime.rangecode import decode_payloads, encode_payloads
 from edgevae.runtime.tables import CodecTables, QualityTable, load_tables
 
@@ -166,8 +167,6 @@ class _ContainerCodec:
         if indices is None:
             chosen = list(range(count))
         else:
-            from edgevae.runtime.model import integer
-
             chosen = [integer(i, "image index", None) for i in indices]  # 1.7 is refused, not read as 1
             bad = [i for i in chosen if not 0 <= i < count]
             if bad:

@@ -43,15 +43,9 @@ MANIFEST_KEY = "novelty"
 
 def complexity_bits(images: np.ndarray) -> np.ndarray:
     """Bits of each uint8 image (N, C, H, W) as a PNG file (zlib level 9), float64 (N,)."""
-    from edgevae.runtime.images import to_pil
+    from edgevae.runtime.outputs import png_bytes
 
-    out = np.empty(len(images))
-    for i, image in enumerate(images):
-        buffer = io.BytesIO()
-        buffer.name = "image.png"
-        to_pil(image).save(buffer, compress_level=9)
-        out[i] = 8 * buffer.tell()
-    return out
+    return np.array([8.0 * len(png_bytes(image, compress_level=9)) for image in images], dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -222,13 +222,13 @@ def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Pa
     return write_files([(path, data)], force)[0]
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode one uint8 (C, H, W) image as PNG bytes."""
+def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encode one uint8 (C, H, W) image as PNG bytes (zlib ``compress_level`` 0..9; 6 is Pillow's default)."""
     buffer = io.BytesIO()
     # A buffer named *.png makes Pillow import only its PNG plugin; format="PNG" would first
     # import five format plugins, 10-20 ms of every image-writing command's start-up.
     buffer.name = "image.png"
-    to_pil(image).save(buffer)
+    to_pil(image).save(buffer, compress_level=compress_level)
     return buffer.getvalue()
 
 
