@@ -630,3 +630,18 @@ def test_evaluate_and_export_use_the_split_training_held_out(tiny_run: Path, tmp
     evaluate_mod.evaluate_run(run, k=2, limit=4)
     export_run(run, tmp_path / "bundle")
     assert seeds and set(seeds) == {7}, seeds
+
+
+def test_a_bundles_data_set_comes_from_its_manifest(tiny_bundle: Path, image_folder: Path) -> None:
+    """Codec tables, priors, denoisers and novelty thresholds are fitted on the data set and split the
+    bundle's training run used, and a manifest that does not say is refused by name."""
+    from edgevae.runtime.bundle import read_bundle
+    from edgevae.training.data import bundle_dataset, load_dataset
+
+    bundle = read_bundle(tiny_bundle)
+    data, expected = bundle_dataset(bundle), load_dataset(str(image_folder), TINY_SHAPE)
+    assert data.fingerprint == expected.fingerprint and np.array_equal(data.test, expected.test)
+    manifest = json.loads(json.dumps(bundle.manifest))
+    del manifest["training"]["train_config"]["dataset"]
+    with pytest.raises(InputError, match="does not record the data set"):
+        bundle_dataset(type(bundle)(bundle.path, manifest))

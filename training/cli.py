@@ -236,10 +236,7 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
     """
     from edgevae.training.evaluate import evaluate_run
 
-    def bar(total: int, label: str) -> Any:
-        return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
-
-    metrics = evaluate_run(run_dir, k=k, data_dir=data_dir, limit=limit, seed=seed, progress=bar)
+    metrics = evaluate_run(run_dir, k=k, data_dir=data_dir, limit=limit, seed=seed, progress=_progress)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
@@ -375,12 +372,13 @@ def denoise_train(source: str, data_dir: str | None, epochs: int, batch_size: in
 
     Checkpoints every epoch into --out; export with denoise-export.
     """
-    from edgevae.training.data import load_dataset
+    from edgevae.runtime.bundle import read_bundle
+    from edgevae.training.data import bundle_dataset
     from edgevae.training.denoise import DenoiseConfig, train_encoder
 
     config = DenoiseConfig(source=source, epochs=epochs, batch_size=batch_size, lr=lr, sigma_max=sigma_max,
                            salt_pepper_share=salt_pepper_share, salt_pepper_max=salt_pepper_max, seed=seed)
-    data = load_dataset("fashion-mnist", data_dir=data_dir)
+    data = bundle_dataset(read_bundle(source), data_dir)  # the source bundle's own data set and split
     train_encoder(data.train, data.test, config, run_dir, log=lambda line: click.echo(line, err=True))
 
 
@@ -394,11 +392,9 @@ def denoise_train(source: str, data_dir: str | None, epochs: int, batch_size: in
 @guard
 def denoise_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool) -> None:
     """Export a denoise-train run as a bundle: its encoder + the source bundle's decoder, unchanged."""
-    from edgevae.training.data import load_dataset
     from edgevae.training.denoise import export_denoise_bundle
 
-    data = load_dataset("fashion-mnist", data_dir=data_dir)
-    manifest = export_denoise_bundle(run_dir, bundle_dir, data.test, force=force)
+    manifest = export_denoise_bundle(run_dir, bundle_dir, force=force, data_dir=data_dir)
     diffs = ", ".join(f"{g}: {max(o.values()):.2e}" for g, o in manifest["parity"]["max_abs_diff"].items())
     click.echo(f"wrote {bundle_dir}: encoder.onnx (new), decoder.onnx (from {manifest['training']['source_bundle']}), "
                f"model.json; parity {diffs}")

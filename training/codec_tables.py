@@ -60,12 +60,11 @@ def add_codec_tables(bundle_dir: str | Path, data_dir: str | Path | None = None,
     decode (the bundle fingerprint covers the tables). Returns the tables.
     """
     from edgevae.runtime.outputs import atomic_write_bytes
-    from edgevae.training.data import load_dataset
+    from edgevae.training.data import bundle_dataset
 
     bundle = read_bundle(bundle_dir)
     manifest = json.loads(json.dumps(bundle.manifest))  # a deep copy
-    train_config = manifest["training"]["train_config"]
-    data = load_dataset(train_config["dataset"], bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
+    data = bundle_dataset(bundle, data_dir)
     try:
         own = bundle_levels(bundle)
     except BundleError:

@@ -368,6 +368,17 @@ def load_dataset(
     return load_image_folder(spec, image_shape or (1, 28, 28), seed=seed)
 
 
+def bundle_dataset(bundle: Any, data_dir: str | Path | None = None) -> Dataset:
+    """The data set an exported bundle was trained on, split as its training run split it (the
+    manifest records the data set and the seed); what codec tables, priors, denoisers and novelty
+    thresholds are fitted on. InputError if the manifest does not say."""
+    train_config = (bundle.manifest.get("training") or {}).get("train_config") or {}
+    if "dataset" not in train_config:
+        raise InputError(f"{bundle.path}: model.json does not record the data set it was trained on "
+                         "(training.train_config.dataset)")
+    return load_dataset(train_config["dataset"], bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
+
+
 def open_dataset(
     spec: str,
     image_shape: tuple[int, int, int],

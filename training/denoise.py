@@ -177,10 +177,11 @@ def train_encoder(train: np.ndarray, test: np.ndarray, config: DenoiseConfig, ru
     return model.eval()
 
 
-def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.ndarray,
-                          force: bool = False) -> dict[str, Any]:
+def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.ndarray | None = None,
+                          force: bool = False, data_dir: str | Path | None = None) -> dict[str, Any]:
     """Write a bundle: the run's encoder (exported and parity-checked like any bundle) and the
-    source bundle's decoder.onnx copied unchanged. It has no codec tables: it is not for coding."""
+    source bundle's decoder.onnx copied unchanged. It has no codec tables: it is not for coding.
+    The parity check runs on ``test`` images (default: the source bundle's test split)."""
     from edgevae.training.export import EncoderGraph, check_parity
     from edgevae.training.staging import check_target, staged_bundle
     from edgevae.training.onnxgraph import EXAMPLE_BATCH, export_graph, library_versions, metadata_props
@@ -194,6 +195,10 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
     model.encoder.load_state_dict(checkpoint["encoder"])
     model.eval()
     source = read_bundle(config.source)
+    if test is None:
+        from edgevae.training.data import bundle_dataset
+
+        test = bundle_dataset(source, data_dir).test
     target = Path(bundle_dir)
     check_target(target, force)
     manifest = json.loads(json.dumps(source_manifest))

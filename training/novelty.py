@@ -25,15 +25,13 @@ def add_novelty_threshold(bundle_dir: str | Path, data_dir: str | Path | None = 
                           count: int = 5000, samples: int = 4, seed: int = 0) -> dict[str, Any]:
     """Score ``count`` random training images of the bundle's data set, write the threshold at
     ``percentile`` into its model.json (key ``novelty``); returns that entry."""
-    from edgevae.training.data import load_dataset
+    from edgevae.training.data import bundle_dataset
 
     if count < 10:
         raise InputError(f"need at least 10 training images for a percentile, got {count}")
     bundle = read_bundle(bundle_dir)
     manifest = json.loads(json.dumps(bundle.manifest))
-    train_config = manifest.get("training", {}).get("train_config", {})
-    dataset = train_config.get("dataset", "fashion-mnist")
-    data = load_dataset(dataset, bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
+    data = bundle_dataset(bundle, data_dir)
     rng = np.random.default_rng(seed)
     images = data.train[np.sort(rng.choice(len(data.train), size=min(count, len(data.train)), replace=False))]
     entry = fit_threshold(EdgeVAE(bundle), images, percentile, samples=samples, seed=seed,

@@ -407,13 +407,12 @@ def add_prior(bundle_dir: str | Path, config: PriorConfig, data_dir: str | Path 
     Refuses a bundle that already has a prior unless ``force``. ``command_dir`` is how the
     bundle is named in the recorded command (default: as given). Returns the new manifest.
     """
-    from edgevae.training.data import load_dataset
+    from edgevae.training.data import bundle_dataset
 
     bundle = read_bundle(bundle_dir)
     if contract.PRIOR.key in bundle.manifest["graphs"] and not force:
         raise OutputError(f"{bundle.path}: already has a prior ({contract.PRIOR.file}); pass --force to replace it")
-    train_config = bundle.manifest["training"]["train_config"]
-    data = load_dataset(train_config["dataset"], bundle.image_shape, data_dir, seed=train_config.get("seed", 0))
+    data = bundle_dataset(bundle, data_dir)
     log(f"encoding {len(data.train)} training and {len(data.test)} test images with {bundle.name}'s encoder")
     train, test = encode_latents(bundle, data.train), encode_latents(bundle, data.test)
     result = fit_prior(train, test, config, progress=progress, log=log)
