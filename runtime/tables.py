@@ -24,7 +24,6 @@ Decoded latents ``symbol * step / 2**16`` are exact in float32.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -32,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgevae.runtime import container as fmt
-from edgevae.runtime.bundle import Bundle, digest_mismatch
+from edgevae.runtime.bundle import MAX_TABLES_BYTES, Bundle, read_verified
 from edgevae.runtime.errors import BundleError, ContainerError, InputError
 from edgevae.runtime.quality import DEFAULT_QUALITY, QUALITY_LEVELS, QualityLevel
 
@@ -279,13 +278,10 @@ def load_tables(bundle: Bundle) -> CodecTables:
             f"{bundle.path}: this model bundle has no codec tables ({fmt.TABLES_FILE}); export it again with "
             f"'edgevae-train export' or add them with 'edgevae-train codec-tables {bundle.path}'"
         )
-    try:
-        raw = bundle.files["codec"] if "codec" in bundle.files else path.read_bytes()  # the bytes load() hashed
-    except OSError as e:
-        raise BundleError(f"{path}: cannot read codec tables ({e.strerror})") from None
-    # Re-check the hash of the bytes actually parsed: the file may have changed since load().
-    if hashlib.sha256(raw).hexdigest() != bundle.manifest["codec"]["sha256"]:
-        raise digest_mismatch(path)
+    raw = bundle.files.get("codec")  # the bytes read_bundle read and hashed
+    if raw is None:  # a bundle from read_manifest alone: read now, inside the folder, and checked the same way
+        entry = bundle.manifest["codec"]
+        raw = read_verified(bundle.path, entry["file"], entry["sha256"], MAX_TABLES_BYTES)
     return parse_tables(raw, bundle.latent_dim, str(path))
 
 
