@@ -20,8 +20,9 @@ from edgevae.runtime.clicommon import Group, guard
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-OUT_HELP = ("Where to write: NAME.png writes one grid picture, NAME.npy the uint8 array (N, C, H, W), "
-            "anything else is a folder (created if needed) with one PNG per image.")
+OUT_HELP = ("Where to write: NAME.png writes the image itself (one image) or a grid of them (several), "
+            "NAME.npy the uint8 array (N, C, H, W), anything else is a folder (created if needed) "
+            "with one PNG per image.")
 
 
 #: Most ONNX Runtime threads --threads accepts: more threads than cores only compete, and
@@ -98,7 +99,7 @@ def main() -> None:
       edgevae denoise noisy.png -o clean.png --sigma 50  remove Gaussian noise (std in pixel levels)
       edgevae score scans/ -o scores.csv                 bits/dim and novelty per image
 
-    Outputs: NAME.png is a grid, NAME.npy an array, anything else a folder of PNGs.
+    Outputs: NAME.png is the image (a grid if several), NAME.npy an array, anything else a folder of PNGs.
     Existing files are never overwritten without --force. Errors exit with code 2.
     """
 
@@ -482,8 +483,7 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
 
     from edgevae.runtime.container import read_header
     from edgevae.runtime.errors import InputError
-    from edgevae.runtime.images import grid
-    from edgevae.runtime.outputs import png_bytes
+    from edgevae.runtime.outputs import picture_png
     from edgevae.runtime.selection import codec_for_container
 
     if indices and len(inputs) != 1:
@@ -503,7 +503,7 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
             parts.append(images)
     images = np.concatenate(parts)
     if out == STDIO:
-        _write_stdout(png_bytes(images[0] if len(images) == 1 else grid(images)))
+        _write_stdout(picture_png(images))
         paths = [STDIO]
     else:
         paths = _write(images, out, force, names)

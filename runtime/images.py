@@ -1,9 +1,23 @@
 """Reading images into uint8 (N, C, H, W) arrays and tiling them into grids (Pillow + numpy).
 
-Channel rules: an image counts as gray (C=1) if Pillow's mode is gray, or if it is RGB(A)
-with identical channels; otherwise it has 3 channels. Alpha is dropped. A mismatch with the
-model's channel count or size is an :class:`InputError` unless ``resize=True``, which
-converts colour and resizes + centre-crops to the model's size.
+Input rules (what :func:`load_image` does with each kind of file; README "Command line" says the same):
+
+- **Bit depth.** 8-bit pixels are taken as they are. 16-bit gray (PNG, TIFF, PGM) is mapped to
+  8 bits the way a viewer shows it, ``v8 = round(v16 * 255 / 65535)`` (so 8-bit values stored as
+  ``v * 257`` come back exactly). Pillow itself reduces 16-bit *colour* and 16-bit gray + alpha
+  PNGs to their high byte, ``v16 >> 8``, within one level of that rule. Both give the same pixels
+  with and without ``resize``: resizing works on the 8-bit image. Floating-point pixels have no
+  standard scale and are refused, as are 32-bit integers outside 0..65535.
+- **Alpha.** A fully opaque alpha channel (every value 255, also a palette's or a tRNS colour's
+  transparency that no pixel uses) is ignored. Real transparency is refused: changing pixels
+  silently is worse for a codec than a clear error. With ``resize`` (the flag that fits any
+  image to the model) it is composited over :data:`ALPHA_BACKGROUND`.
+- **Colour.** An image counts as gray if its mode is gray or its colour channels are identical
+  everywhere; otherwise it is colour. A gray/colour mismatch with the model is an
+  :class:`InputError` unless ``resize``, which converts (Pillow's ITU-R 601-2 luma for gray).
+- **Size.** An image of another size is an :class:`InputError` unless ``resize``, which
+  resizes (Lanczos) and centre-crops it to the model's size; anything above
+  :data:`MAX_IMAGE_PIXELS` is refused from its header, before decoding.
 """
 
 from __future__ import annotations
@@ -28,9 +42,24 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 #: the file's header before its pixels are decoded (a 97 KB PNG can claim 20000x20000 pixels).
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
+#: The level a fully transparent pixel becomes when ``resize`` composites an image: black, the
+#: background of the shipped bundles' training data (Fashion-MNIST draws objects on 0), so a
+#: transparent surround reads as "no object" to the model.
+ALPHA_BACKGROUND = 0
+
 #: Pixels between tiles of a grid, and their value.
 GRID_PADDING = 2
 GRID_PAD_VALUE = 255
+
+#: Pillow modes that hold one gray channel (plus alpha for LA and La).
+_GRAY_MODES = ("1", "L", "LA", "La")
+
+#: How messages describe an image's mode (others are named by their Pillow mode).
+_MODE_NAMES = {"1": "1 channel, black and white", "L": "1 channel, gray", "LA": "2 channels, gray + alpha",
+               "La": "2 channels, gray + alpha", "P": "palette", "PA": "palette + alpha", "RGB": "3 channels, RGB",
+               "RGBA": "4 channels, RGBA", "RGBa": "4 channels, RGBA", "RGBX": "3 channels, RGB",
+               "CMYK": "4 channels, CMYK", "YCbCr": "3 channels, YCbCr", "LAB": "3 channels, Lab",
+               "HSV": "3 channels, HSV", "I": "1 channel, integers"}
 
 
 def find_image_files(folder: Path) -> list[Path]:
@@ -38,15 +67,56 @@ def find_image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _to_array(image: Image.Image) -> np.ndarray:
-    """Pillow image -> uint8 (H, W, C) with C in {1, 3}, by the channel rules above."""
-    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
-        gray = image.convert("L") if image.mode != "I;16" else image.point(lambda v: v / 257).convert("L")
-        return np.asarray(gray, dtype=np.uint8)[:, :, None]
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    if (rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all():
-        return rgb[:, :, :1].copy()
-    return rgb
+def _describe_mode(mode: str) -> str:
+    if mode.startswith("I;16"):
+        return "1 channel, 16-bit gray"
+    return _MODE_NAMES.get(mode, f"Pillow mode {mode}")
+
+
+#: 16-bit level -> 8-bit level, round(v * 255 / 65535) in integers (v / 257 is never halfway).
+_SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) * 255 + 65535 // 2) // 65535).astype(np.uint8)
+
+
+def _sixteen_bit_gray(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 16-bit gray Pillow image (I;16*, or I holding 0..65535) -> uint8 (H, W, 1) by
+    :data:`_SIXTEEN_TO_EIGHT`, and its alpha from a tRNS gray level (or None)."""
+    wide = np.asarray(image)  # uint16 (I;16B arrives big-endian) or int32 (I)
+    if wide.size and (int(wide.min()) < 0 or int(wide.max()) > 65535):
+        raise InputError(f"{name}: has 32-bit integer pixels outside 0..65535 ({wide.min()}..{wide.max()}), "
+                         "a scale edgevae cannot map to 8 bits; save it as an 8- or 16-bit image")
+    gray = _SIXTEEN_TO_EIGHT[wide][:, :, None]  # a table: 1 byte per pixel, where v * 255 needs 4
+    key = image.info.get("transparency")
+    alpha = np.where(wide == key, 0, 255).astype(np.uint8) if isinstance(key, int) else None
+    return gray, alpha
+
+
+def _decode(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pillow image -> uint8 (H, W, C) with C in {1, 3} and its uint8 alpha (H, W), or None when
+    the image has no transparency or every pixel is opaque; bit depth and gray by the rules above."""
+    mode = image.mode
+    if mode == "F":
+        raise InputError(f"{name}: has floating-point pixels, which have no standard 8-bit scale; "
+                         "save it as an 8- or 16-bit image")
+    if mode.startswith("I;16") or mode == "I":  # Pillow opens 16-bit PGM as I, scaled to 0..65535
+        pixels, alpha = _sixteen_bit_gray(image, name)
+    else:
+        transparent = image.has_transparency_data
+        target = ("LA" if transparent else "L") if mode in _GRAY_MODES else ("RGBA" if transparent else "RGB")
+        array = np.asarray(image.convert(target), dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        pixels, alpha = (array[:, :, :-1], array[:, :, -1]) if transparent else (array, None)
+    if alpha is not None and (alpha == 255).all():
+        alpha = None
+    if pixels.shape[2] == 3 and (pixels[:, :, :1] == pixels[:, :, 1:]).all():  # colour that is gray
+        pixels = pixels[:, :, :1]
+    return np.ascontiguousarray(pixels), alpha
+
+
+def _composite(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) pixels with uint8 alpha (H, W) over :data:`ALPHA_BACKGROUND`, rounded."""
+    a = alpha.astype(np.uint32)[:, :, None]
+    return ((pixels * a + ALPHA_BACKGROUND * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def _check_size(im: Image.Image, name: str, image_shape: tuple[int, int, int], resize: bool) -> None:
@@ -60,13 +130,25 @@ def _check_size(im: Image.Image, name: str, image_shape: tuple[int, int, int], r
                          f"edgevae reads (about {math.isqrt(MAX_IMAGE_PIXELS)}x{math.isqrt(MAX_IMAGE_PIXELS)})")
 
 
+def _fit(pixels: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """uint8 (H, W, C) -> uint8 (h, w, c) of ``image_shape``: colour converted by Pillow (gray to
+    RGB by repetition, RGB to gray by ITU-R 601-2 luma), then resized + centre-cropped (Lanczos).
+    An image already of the model's shape comes back unchanged."""
+    c, h, w = image_shape
+    image = to_pil(pixels.transpose(2, 0, 1)).convert("L" if c == 1 else "RGB")
+    fitted = ImageOps.fit(image, (w, h), method=Image.Resampling.LANCZOS)
+    return np.asarray(fitted, dtype=np.uint8).reshape(h, w, c)
+
+
 def load_image(path: str | Path | BinaryIO, image_shape: tuple[int, int, int], resize: bool = False,
                name: str | None = None) -> np.ndarray:
-    """Read one image (a file, or a binary file object) as uint8 (C, H, W) matching ``image_shape``.
+    """Read one image (a file, or a binary file object) as uint8 (C, H, W) matching ``image_shape``,
+    by the input rules of this module's docstring.
 
-    Raises InputError if the file is missing, not an image, larger than :data:`MAX_IMAGE_PIXELS`
-    or (without ``resize``) of the wrong size or channel count; sizes are checked from the
-    header, before decoding. ``name`` is what messages call the image (default: the path).
+    Raises InputError if the file is missing, not an image, larger than :data:`MAX_IMAGE_PIXELS`,
+    has floating-point pixels, or (without ``resize``) has transparent pixels or the wrong size
+    or channel count; sizes are checked from the header, before decoding. ``name`` is what
+    messages call the image (default: the path).
     """
     source = Path(path) if isinstance(path, (str, os.PathLike)) else path
     name = name if name is not None else str(source)
@@ -78,11 +160,8 @@ def load_image(path: str | Path | BinaryIO, image_shape: tuple[int, int, int], r
             with Image.open(source) as im:
                 _check_size(im, name, image_shape, resize)
                 im.load()
-                array = _to_array(im)
-                if resize:
-                    mode = "L" if c == 1 else "RGB"
-                    fitted = ImageOps.fit(im.convert(mode), (w, h), method=Image.Resampling.LANCZOS)
-                    array = np.asarray(fitted, dtype=np.uint8).reshape(h, w, c)
+                kind = _describe_mode(im.mode)
+                pixels, alpha = _decode(im, name)
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -95,17 +174,23 @@ def load_image(path: str | Path | BinaryIO, image_shape: tuple[int, int, int], r
         raise InputError(f"{name}: claims {size}, more than the {MAX_IMAGE_PIXELS:,} pixels edgevae reads") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputError(f"{name}: not a readable image ({type(e).__name__})") from None
-    if array.shape[2] != c:
-        kinds = {1: "gray", 3: "RGB"}
+    if alpha is not None:
+        if not resize:
+            raise InputError(f"{name}: has transparent pixels ({kind}); edgevae codes opaque images only: "
+                             "flatten it first, or pass --resize to composite it over black")
+        pixels = _composite(pixels, alpha)
+    if pixels.shape[2] != c and not resize:
+        found = "gray" if pixels.shape[2] == 1 else "colour"
+        expected = "gray (1 channel)" if c == 1 else "colour (3 channels, RGB)"
+        raise InputError(f"{name}: is a {found} image ({kind}), the model expects {expected}; "
+                         "pass --resize to convert it")
+    if resize:
+        pixels = _fit(pixels, image_shape)
+    if pixels.shape[:2] != (h, w):
         raise InputError(
-            f"{name}: has {array.shape[2]} channel(s) ({kinds[array.shape[2]]}), the model expects {c} "
-            f"({kinds.get(c, c)}); pass --resize to convert"
+            f"{name}: is {pixels.shape[1]}x{pixels.shape[0]} pixels, the model expects {w}x{h}; pass --resize to fit it"
         )
-    if array.shape[:2] != (h, w):
-        raise InputError(
-            f"{name}: is {array.shape[1]}x{array.shape[0]} pixels, the model expects {w}x{h}; pass --resize to fit it"
-        )
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 def grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Writing results safely, all or nothing: PNG grids, folders of PNGs, .npy arrays, raw bytes.
+"""Writing results safely, all or nothing: PNG pictures, folders of PNGs, .npy arrays, raw bytes.
 
 One writer, :func:`write_files`, serves every output (single files, ``encode --logvar``, folders,
 ``compress --split``). Its promise holds under any failure: a full disk, an unwritable place,
@@ -19,7 +19,8 @@ after success every target holds its new bytes (new inodes: a hard link to an ol
 the old bytes).
 
 Where an image output goes is decided by its name:
-``*.png`` -> one grid picture; ``*.npy`` -> the uint8 array (N, C, H, W);
+``*.png`` -> one picture (:func:`picture_png`: a single image is written as itself, exactly
+C x H x W; several are tiled into a grid); ``*.npy`` -> the uint8 array (N, C, H, W);
 anything else (an existing or new folder) -> one PNG per image.
 """
 
@@ -48,10 +49,10 @@ _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def output_kind(out: str | Path) -> str:
-    """``grid``, ``npy`` or ``folder`` for an image output path."""
+    """``png`` (one picture), ``npy`` or ``folder`` for an image output path."""
     suffix = Path(out).suffix.lower()
     if suffix == ".png":
-        return "grid"
+        return "png"
     if suffix == ".npy":
         return "npy"
     return "folder"
@@ -232,6 +233,16 @@ def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
+def picture_png(images: np.ndarray) -> bytes:
+    """The PNG bytes of one picture of uint8 images (N, C, H, W), N >= 1: a single image is the
+    image itself, exactly (C, H, W), so it round-trips pixel for pixel; several are tiled by
+    :func:`~edgevae.runtime.images.grid`. Every ``.png`` output (files and stdout) goes through here.
+    """
+    if len(images) == 0:
+        raise OutputError("no images to write as a picture")
+    return png_bytes(images[0] if len(images) == 1 else grid(images))
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     """Serialize an array in .npy format."""
     buffer = io.BytesIO()
@@ -258,9 +269,10 @@ def folder_targets(folder: Path, names: Sequence[str] | None, count: int, suffix
 def write_images(
     images: np.ndarray, out: str | Path, names: Sequence[str] | None = None, force: bool = False
 ) -> list[Path]:
-    """Write uint8 images (N, C, H, W) to ``out`` as a grid, an array or a folder of PNGs.
+    """Write uint8 images (N, C, H, W) to ``out`` as one picture (:func:`picture_png`), an array
+    or a folder of PNGs, by :func:`output_kind`.
 
-    Returns the paths written. ``names`` (file stems) are used for folder output. A grid or a
+    Returns the paths written. ``names`` (file stems) are used for folder output. A picture or a
     folder needs at least one image (an .npy array may hold none).
     """
     target = Path(out)
@@ -269,8 +281,8 @@ def write_images(
         return [atomic_write_bytes(target, npy_bytes(images), force)]
     if len(images) == 0:
         raise OutputError(f"{target}: no images to write")
-    if kind == "grid":
-        return [atomic_write_bytes(target, png_bytes(grid(images)), force)]
+    if kind == "png":
+        return [atomic_write_bytes(target, picture_png(images), force)]
     return write_folder(target, [png_bytes(image) for image in images], names, ".png", force)
 
 
