@@ -490,3 +490,21 @@ def test_unwritable_output_in_a_real_process(target: str, tiny_bundle: Path, unw
     outcome = edgevae("subprocess", "sample", "-n", 2, "--model", tiny_bundle, "-o", unwritable_dir / target)
     assert_clean_error(outcome, str(unwritable_dir))
     assert not (unwritable_dir / target).exists()
+
+
+@pytest.mark.parametrize("command, default", [
+    ("sample", "else fashion-mnist."),
+    ("denoise", "else fashion-mnist-denoise "),
+    ("compress", "else fashion-mnist-codec (lossy) or fashion-mnist (--lossless)."),
+    ("decompress", "else the shipped bundle that made each container"),
+])
+def test_model_help_lists_the_shipped_bundles_and_the_commands_default(command: str, default: str) -> None:
+    import click
+
+    from edgevae.runtime.bundle import shipped_bundles
+
+    cmd = main.commands[command]
+    option = next(p for p in cmd.params if p.name == "model_path")
+    text = option.get_help_record(click.Context(cmd))[1]
+    assert f"({', '.join(shipped_bundles())})" in text and len(shipped_bundles()) >= 5
+    assert f"Default: $EDGEVAE_MODEL, {default}" in text, text
