@@ -209,6 +209,7 @@ def test_cli_denoise_wrong_shape_and_missing_input_exit_2(tiny_bundle: Path, tmp
 # -- training a denoising encoder ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_denoise_training_and_export_keep_the_decoder(tiny_bundle: Path, tmp_path: Path) -> None:
     from edgevae.runtime.bundle import read_bundle
     from edgevae.training.denoise import DenoiseConfig, export_denoise_bundle, train_encoder

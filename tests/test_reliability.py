@@ -237,6 +237,7 @@ def _interrupt_after(args: list[object], seconds: float, signum: int, cwd: Path)
     return proc, time.monotonic() - sent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_during_compress_split_leaves_nothing(signum: int, tmp_path: Path) -> None:
     """Issue 12 item 2: ``compress --split`` of many images, interrupted: exit 130, one line, and
@@ -265,6 +266,7 @@ def test_issue_repro_encode_with_logvar_on_a_full_disk(small_tmpfs: Path, tmp_pa
 # -- lossless: Ctrl-C and forged containers -----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_lossless_stops_within_a_second_of_ctrl_c(signum: int, tmp_path: Path) -> None:
     """Issue 12 item 3: the lanes' thread pool no longer waits for the whole job."""
