@@ -621,7 +621,7 @@ def png_folder(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
-@pytest.mark.parametrize("mode", ["runner", "subprocess"])
+@pytest.mark.parametrize("mode", ["runner", pytest.param("subprocess", marks=pytest.mark.slow)])
 def test_cli_round_trip(mode: str, active_bundle: Path, codec: C.Codec, png_folder: Path, tmp_path: Path,
                         images: np.ndarray) -> None:
     out = tmp_path / "all.evz"
@@ -655,6 +655,7 @@ def test_cli_split_keeps_names(active_bundle: Path, codec: C.Codec, png_folder: 
     assert files_under(tmp_path / "pngs") == [f"{i:03d}.png" for i in range(6)]
 
 
+@pytest.mark.slow
 def test_cli_index_and_stdin_stdout(active_bundle: Path, codec: C.Codec, png_folder: Path, tmp_path: Path,
                                     images: np.ndarray) -> None:
     data = codec.compress(images[:6])

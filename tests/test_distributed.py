@@ -219,6 +219,7 @@ def test_resume_on_three_processes_after_the_crash(crashed: tuple[Path, subproce
 # -- in one process -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plain_train_sets_up_nothing_distributed(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

@@ -76,6 +76,7 @@ def test_compress_split_honours_force(tmp_path: Path) -> None:
 # -- lossless: the pixel checksum alone ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_only_the_pixel_checksum_stops_wrong_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     """A decode that goes wrong without breaking the ANS chains (every chain still ends exactly
     empty, as on a machine whose network arithmetic differs in a way the chains do not notice):

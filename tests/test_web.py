@@ -315,6 +315,7 @@ def evz(*args: str | Path) -> subprocess.CompletedProcess:
     return run_node(WEB / "evz.mjs", *args, check=False, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_compress_and_decompress_match_python(images: np.ndarray, tmp_path: Path) -> None:
     np.save(tmp_path / "in.npy", images[:12])
     codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
