@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import one_fast
 from edgevae.runtime import container as fmt
 from edgevae.runtime import contract
 from edgevae.runtime import load
@@ -273,7 +274,7 @@ def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, 
     return cases
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist-codec", "fashion-mnist"])
+@pytest.mark.parametrize("name", one_fast(["fashion-mnist-codec", "fashion-mnist"]))
 def test_damaged_containers_give_the_same_errors(name: str, images: np.ndarray, tmp_path: Path) -> None:
     codec = Codec(load(shipped_bundles()[name], threads=1))
     other_name = "fashion-mnist-codec-hq" if name != "fashion-mnist-codec-hq" else "fashion-mnist-codec"
