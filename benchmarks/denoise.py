@@ -1,12 +1,13 @@
 """Denoising Fashion-MNIST test images: edgevae denoise against BM3D and a 3x3 median filter.
 
-    python benchmarks/denoise.py                               # 1,000 images, BM3D on the first 200
+    python benchmarks/denoise.py --update                      # 1,000 images, BM3D on the first 200
     python benchmarks/denoise.py --images 200 --bm3d-images 50 # quick look
     python benchmarks/denoise.py --bm3d-only                   # fill BM3D's cache, nothing else
 
 Needs the Fashion-MNIST test set (/usr/share/datasets/fashion-mnist) and the ``bench`` extra
-(``pip install -e .[bench]``: the PyPI ``bm3d`` package). Writes benchmarks/results/denoise.json
-(every number), denoise.md (the table) and docs/img/denoise.png (noisy / BM3D / edgevae / clean).
+(``pip install -e .[bench]``: the PyPI ``bm3d`` package). Writes denoise.json (every number),
+denoise.md (the table) and denoise.png (noisy / BM3D / edgevae / clean) to runs/bench/denoise/ or
+``--out``; ``--update`` writes benchmarks/results/ and docs/img/denoise.png (what README shows).
 
 Noise: :func:`edgevae.runtime.noise.corrupt`, one fixed seed per setting, on the first
 ``--images`` test images: Gaussian std 25, 50, 75 pixel levels (rounded and clipped to uint8,
@@ -22,7 +23,7 @@ PSNR (uint8 outputs). Methods, all given the true noise level unless marked "est
   and the plain shipped bundle (its encoder never saw noise) for reference, also with one
   refinement pass (``refine=1``: re-encode the estimate).
 
-Speed: images/s of ``EdgeVAE.denoise`` on all ``--images`` images in one call (wall clock, best
+Speed: images/s of ``edgevae.runtime.denoise`` on all ``--images`` images in one call (wall clock, best
 of 3 runs, model loaded beforehand, onnxruntime's default threads), beside the encoder + decoder
 alone (``reconstruct``) timed the same way, and BM3D's seconds per image.
 """
@@ -41,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
+import outdir
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "bench-cache"
-PICTURE = ROOT / "docs" / "img" / "denoise.png"
+PICTURE = "denoise.png"
 TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 #: (kind, level, seed) of every setting.
@@ -105,7 +107,10 @@ def bm3d_cached(noisy: np.ndarray, sigma: float, key: str) -> tuple[np.ndarray, 
     return out, spent / len(noisy)
 
 
-def run(images: int, bm3d_images: int, bm3d_only: bool, model_path: str | None) -> dict[str, Any]:
+def run(images: int, bm3d_images: int, bm3d_only: bool, model_path: str | None,
+        picture_path: Path | None = None) -> dict[str, Any]:
+    """Every figure of the benchmark; writes the picture to ``picture_path`` (None: no picture)."""
+    from edgevae.runtime.denoising import denoise
     from edgevae.runtime.images import psnr
     from edgevae.runtime.noise import corrupt
 
@@ -127,15 +132,15 @@ def run(images: int, bm3d_images: int, bm3d_only: bool, model_path: str | None) 
     rows, outputs = [], {}
     for kind, level, _ in SETTINGS:
         noisy = noisy_sets[kind, level]
-        ours, seconds = timed(lambda: denoiser.denoise(noisy, **known(kind, level)))
+        ours, seconds = timed(lambda: denoise(denoiser, noisy, **known(kind, level)))
         _, floor = timed(lambda: denoiser.reconstruct(noisy))
         methods = {
             "noisy input": noisy,
             "3x3 median": median3(noisy),
             "edgevae denoise": ours,
-            "edgevae denoise, level estimated": denoiser.denoise(noisy, noise=kind),
-            "edgevae, plain fashion-mnist bundle": plain.denoise(noisy, **known(kind, level)),
-            "edgevae, plain bundle, 1 refinement pass": plain.denoise(noisy, **known(kind, level), refine=1),
+            "edgevae denoise, level estimated": denoise(denoiser, noisy, noise=kind),
+            "edgevae, plain fashion-mnist bundle": denoise(plain, noisy, **known(kind, level)),
+            "edgevae, plain bundle, 1 refinement pass": denoise(plain, noisy, **known(kind, level), refine=1),
         }
         outputs[kind, level] = ours
         row: dict[str, Any] = {"setting": setting_name(kind, level), "kind": kind, "level": level,
@@ -154,7 +159,8 @@ def run(images: int, bm3d_images: int, bm3d_only: bool, model_path: str | None) 
             row["margin_db"] = subset["edgevae denoise"] - subset["BM3D"]
             row["meets_bar"] = row["margin_db"] >= BARS_DB[level]
         rows.append(row)
-    picture(clean, noisy_sets["gaussian", 50.0], bm3d_results[50.0][0], outputs["gaussian", 50.0])
+    if picture_path is not None:
+        picture(picture_path, clean, noisy_sets["gaussian", 50.0], bm3d_results[50.0][0], outputs["gaussian", 50.0])
     return {
         "model": str(denoiser.bundle.path), "rows": rows, "bar_images_per_s": BAR_IMAGES_PER_S,
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs",
@@ -163,7 +169,7 @@ def run(images: int, bm3d_images: int, bm3d_only: bool, model_path: str | None) 
 
 
 def known(kind: str, level: float) -> dict[str, Any]:
-    """The keyword that tells EdgeVAE.denoise the true noise level."""
+    """The keyword that tells ``denoise`` the true noise level."""
     return {"sigma": level} if kind == "gaussian" else {"noise": kind, "amount": level}
 
 
@@ -184,7 +190,7 @@ def load_denoise_default() -> Any:
     return load_denoiser(None)
 
 
-def picture(clean: np.ndarray, noisy: np.ndarray, bm3d: np.ndarray, ours: np.ndarray) -> None:
+def picture(path: Path, clean: np.ndarray, noisy: np.ndarray, bm3d: np.ndarray, ours: np.ndarray) -> None:
     """Rows noisy / BM3D / edgevae / clean of the first images, enlarged 4x."""
     from PIL import Image
 
@@ -193,8 +199,7 @@ def picture(clean: np.ndarray, noisy: np.ndarray, bm3d: np.ndarray, ours: np.nda
     k = PICTURE_IMAGES
     tiles = np.concatenate([noisy[:k], bm3d[:k], ours[:k], clean[:k]])
     picture = grid(tiles, columns=k)[0]
-    PICTURE.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture).resize((picture.shape[1] * 4, picture.shape[0] * 4), Image.Resampling.NEAREST).save(PICTURE)
+    Image.fromarray(picture).resize((picture.shape[1] * 4, picture.shape[0] * 4), Image.Resampling.NEAREST).save(path)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -239,13 +244,13 @@ def main() -> None:
     parser.add_argument("--bm3d-images", type=int, default=200, help="BM3D's subset (default 200)")
     parser.add_argument("--bm3d-only", action="store_true", help="only compute (and cache) BM3D")
     parser.add_argument("--model", default=None, help="denoise bundle (default: edgevae denoise's default)")
-    parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    outdir.add_options(parser, "denoise")
     args = parser.parse_args()
-    result = run(args.images, min(args.bm3d_images, args.images), args.bm3d_only, args.model)
+    picture_path = None if args.bm3d_only else outdir.picture_folder(args, "denoise") / PICTURE
+    result = run(args.images, min(args.bm3d_images, args.images), args.bm3d_only, args.model, picture_path)
     if not result:
         return
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = outdir.folder(args, "denoise")
     (out / "denoise.json").write_text(json.dumps(result, indent=2) + "\n")
     table = render(result)
     (out / "denoise.md").write_text(table)

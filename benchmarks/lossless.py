@@ -6,7 +6,8 @@ classical lossless codecs, all in bits per pixel, plus speed and the initial-bit
 
 Needs the Fashion-MNIST test set (``--data``, else $EDGEVAE_DATA, else Debian's
 /usr/share/datasets/fashion-mnist, as for training) and the training extras (only for
-``edgevae.training.data.load_fashion_mnist``). Writes benchmarks/results/lossless.json
+``edgevae.training.data.load_fashion_mnist``). Writes (to runs/bench/lossless/ or ``--out``;
+``--update``: benchmarks/results/) lossless.json
 (every number) and lossless.md (the table).
 
 Measured, on the same images:
@@ -40,14 +41,13 @@ import sys
 import time
 import zlib
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import outdir
+
 
 #: The issue's bars (issue 5).
 BAR_NET_OVER_NELBO = 1.02
@@ -235,8 +235,9 @@ def main() -> None:
                         help="images cut into containers of 1, 10 and 100 (default 1000)")
     parser.add_argument("--samples", type=int, default=8, help="Monte Carlo samples per image for the ELBO")
     parser.add_argument("--skip-classical", action="store_true", help="leave out the classical codecs")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for lossless.json and lossless.md")
+    outdir.add_options(parser, "lossless")
     args = parser.parse_args()
+    out = outdir.folder(args, "lossless")  # before the work: a bad --out fails at once
 
     from edgevae.runtime import load
     from edgevae.runtime.bitsback import LANES
@@ -264,8 +265,6 @@ def main() -> None:
         print("classical codecs ...", flush=True)
     result["classical"] = classical(images) if not args.skip_classical else {"lzma (raw set)": float("nan")}
     text = render(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "lossless.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "lossless.md").write_text(text)
     print(text)

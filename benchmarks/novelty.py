@@ -1,6 +1,6 @@
 """Out-of-domain detection: AUROC of edgevae's novelty score against raw negative ELBO.
 
-    python benchmarks/novelty.py                   # shipped default bundle
+    python benchmarks/novelty.py --update          # shipped default bundle: benchmarks/results/
     python benchmarks/novelty.py --test-images 500 # quick look
 
 In-domain: the first ``--test-images`` Fashion-MNIST test images. Out-of-domain sets, each made
@@ -19,7 +19,8 @@ In-domain: the first ``--test-images`` Fashion-MNIST test images. Out-of-domain 
 AUROC (probability that a random out-of-domain image scores above a random in-domain one; 0.5 =
 chance) for novelty and for bits_per_dim (the negative ELBO, Nalisnick et al.'s failing score),
 and the share of each set above the bundle's novelty threshold. The issue's bar: AUROC >= 0.95 on
-real out-of-domain images (digits, photos, glyphs). Writes benchmarks/results/novelty.{json,md}.
+real out-of-domain images (digits, photos, glyphs). Writes novelty.{json,md} to runs/bench/novelty/ or
+``--out`` (``--update``: benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import outdir
+
 TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 DIGITS = Path("/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz")
 PHOTOS = [Path("/usr/lib/python3/dist-packages/sklearn/datasets/images/china.jpg"),
@@ -113,6 +114,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 
 def run(test_images: int, model_path: str | None, seed: int) -> dict[str, Any]:
     from edgevae.runtime.model import load
+    from edgevae.runtime.novelty import score
     from edgevae.training.data import read_idx_images
 
     rng = np.random.default_rng(seed)
@@ -127,11 +129,11 @@ def run(test_images: int, model_path: str | None, seed: int) -> dict[str, Any]:
     }
     model = load(model_path)
     started = time.perf_counter()
-    inside = model.score(test)
+    inside = score(model, test)
     seconds = time.perf_counter() - started
     rows = []
     for name, images in sets.items():
-        scores = model.score(images)
+        scores = score(model, images)
         rows.append({
             "set": name, "real": name in REAL_SETS, "images": len(images),
             "auroc_novelty": auroc(inside.novelty, scores.novelty),
@@ -186,11 +188,10 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=2000, help="in-domain test images (default 2000)")
     parser.add_argument("--model", default=None, help="bundle (default: the shipped default)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the made sets")
-    parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    outdir.add_options(parser, "novelty")
     args = parser.parse_args()
+    out = outdir.folder(args, "novelty")  # before the work: a bad --out fails at once
     result = run(args.test_images, args.model, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "novelty.json").write_text(json.dumps(result, indent=2) + "\n")
     table = render(result)
     (out / "novelty.md").write_text(table)

@@ -1,11 +1,11 @@
 """Rate-distortion and speed of edgevae's lossy codec against JPEG and WebP on Fashion-MNIST.
 
-    python benchmarks/rd.py                          # shipped bundle, full test set (10,000 images)
+    python benchmarks/rd.py --update                 # shipped bundle, full test set: benchmarks/results/
     python benchmarks/rd.py --model BUNDLE --limit 1000 --out /tmp/rd   # a quick look
 
 Needs the Fashion-MNIST test set (Debian's ``dataset-fashion-mnist``, or ``--data DIR``) and
 matplotlib. Writes ``rd.json`` (every number), ``rd.md`` (the tables) and ``rd.png`` (the plot)
-into ``--out`` (default benchmarks/results/), and prints the tables.
+into ``--out`` (default runs/bench/rd/; ``--update``: benchmarks/results/), and prints the tables.
 
 What is measured:
 
@@ -49,8 +49,8 @@ import edgevae.runtime as ev
 from edgevae.runtime import container as fmt
 from edgevae.runtime.images import psnr
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+import outdir
+
 
 #: Pillow quality settings swept; dense at the low end, where edgevae's files sit.
 JPEG_QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95)
@@ -347,8 +347,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N test images.")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the speed figures.")
     parser.add_argument("--repeats", type=int, default=3, help="Speed: best of this many runs.")
-    parser.add_argument("--out", default=str(RESULTS), help="Folder for rd.json, rd.md and rd.png.")
+    outdir.add_options(parser, "rd")
     args = parser.parse_args()
+    out = outdir.folder(args, "rd")  # before the work: a bad --out fails at once
 
     from edgevae.runtime.bundle import MODEL_ENV, default_codec_bundle_path, resolve_path
     from edgevae.training.data import load_fashion_mnist
@@ -374,8 +375,6 @@ def main() -> int:
     }
     result["speed"] = speed(codec, images, args.repeats, model_path, args.threads)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "rd.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (out / "rd.md").write_text(text)

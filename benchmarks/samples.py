@@ -23,7 +23,8 @@ reach), N(0, I) samples, and the bundle's learned prior (``prior.onnx``) at seve
 temperatures. Every generated set is the runtime's own output (``EdgeVAE.sample``).
 
 Needs torch (the classifier) and the Fashion-MNIST IDX files (/usr/share/datasets/fashion-mnist).
-Writes benchmarks/results/samples.json (every number) and samples.md (the table).
+Writes samples.json (every number) and samples.md (the table) to runs/bench/samples/ or ``--out``
+(``--update``: benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import outdir
+
 DATA = Path("/usr/share/datasets/fashion-mnist")
 
 #: The issue's goal: samples within this factor of the reconstructions' Fréchet distance.
@@ -282,8 +283,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the classifier, the picks and the samples")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and onnxruntime threads (default 1: on a shared machine more threads can be far slower)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for samples.json and samples.md")
+    outdir.add_options(parser, "samples")
     args = parser.parse_args()
+    out = outdir.folder(args, "samples")  # before the work: a bad --out fails at once
     if not 1 <= args.count <= 10_000:
         raise SystemExit("--count must be between 1 and 10,000 (the test set's size)")
     temperatures = tuple(float(t) for t in args.temperatures.split(","))
@@ -322,8 +324,6 @@ def main() -> None:
         "command": "python benchmarks/samples.py " + " ".join(sys.argv[1:]),
     }
     text = render(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "samples.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "samples.md").write_text(text)
     print(text)

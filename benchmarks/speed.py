@@ -1,11 +1,12 @@
 """Edge performance of edgevae against PyTorch on the same weights, in one run and one table.
 
-    python benchmarks/speed.py                 # the shipped bundle, 2 threads, everything
+    python benchmarks/speed.py --update        # the shipped bundle, 2 threads, everything: benchmarks/results/
     python benchmarks/speed.py --quick --skip footprint,variants   # a fast look while developing
 
 Needs the training extras (torch, onnx) and the bundle's data set (Fashion-MNIST: Debian's
 ``dataset-fashion-mnist``); the footprint part also needs PyPI (it builds a runtime-only venv
-with ``pip``). Writes benchmarks/results/speed.json (every number) and speed.md (the table).
+with ``pip``). Writes speed.json (every number) and speed.md (the table) to runs/bench/speed/ or
+``--out`` (``--update``: benchmarks/results/).
 
 What is measured, with the same thread count for both engines (``--threads``):
 
@@ -55,8 +56,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+import outdir
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 BATCHES = (1, 64, 1024)
 #: The issue's bars (issue 4), all checked in the table.
@@ -651,8 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=int, default=9, help="process launches per command (default 9)")
     parser.add_argument("--skip", default="", help=f"comma-separated sections to skip: {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (numbers only indicative)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for speed.json and speed.md")
+    outdir.add_options(parser, "speed")
     args = parser.parse_args(argv)
+    out = outdir.folder(args, "speed")  # before the work: a bad --out fails at once
     skip = {s for s in args.skip.split(",") if s}
     if skip - set(SECTIONS):
         parser.error(f"unknown sections {sorted(skip - set(SECTIONS))}; known: {', '.join(SECTIONS)}")
@@ -711,9 +714,8 @@ def main(argv: list[str] | None = None) -> int:
              f"torch {env['versions']['torch']}" + (" [QUICK: indicative only]" if args.quick else ""))
     print(title)
     print(render(rows, markdown=False), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (args.out / "speed.md").write_text(textwrap.dedent(f"""\
+    (out / "speed.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "speed.md").write_text(textwrap.dedent(f"""\
         # Speed benchmark
 
         `{results['command']}` on {env['date_utc']} UTC, git {env['git_commit'] or 'unknown'}.
@@ -721,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
 
         """) + render(rows, markdown=True) + "\n\nMethod: see the docstring of benchmarks/speed.py; raw numbers "
         "in speed.json.\n" + rd_markdown(results.get("variants")))
-    print(f"wrote {args.out / 'speed.json'} and {args.out / 'speed.md'}", file=sys.stderr)
+    print(f"wrote {out / 'speed.json'} and {out / 'speed.md'}", file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Training throughput on 1 and 2 processes (torchrun + DDP, gloo, one thread each), and the
 folder-streaming loader against the in-memory path, in images per second.
 
-    python benchmarks/train_scaling.py                  # 8,192 Fashion-MNIST images, default model
+    python benchmarks/train_scaling.py --update         # 8,192 Fashion-MNIST images, default model
     python benchmarks/train_scaling.py --images 2048    # a quicker look
 
 Training: the product's ``train`` on the first ``--images`` Fashion-MNIST training images (held in
@@ -15,7 +15,8 @@ processes over the whole run / images trained on (a measure other jobs on the ma
 Loader: the same images written as PNG files, decoded + resized + cropped by
 ``edgevae.training.data.stream_batches`` with 0, 1 and 2 DataLoader workers, batches of 128,
 against slicing the in-memory array. Needs Fashion-MNIST (/usr/share/datasets/fashion-mnist) and
-the training extras. Writes benchmarks/results/train_scaling.json (every number) and .md (tables).
+the training extras. Writes train_scaling.json (every number) and .md (tables) to
+runs/bench/train_scaling/ or ``--out`` (``--update``: benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import outdir
+
 
 
 def model_and_config(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -155,10 +156,12 @@ def main() -> None:
     parser.add_argument("--widths", default="32,64,128")
     parser.add_argument("--batch-size", type=int, default=128, help="The global batch.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    outdir.add_options(parser, "train_scaling")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
+    out = outdir.folder(args, "train_scaling")  # before the work: a bad --out fails at once
 
     import torch
 
@@ -180,8 +183,7 @@ def main() -> None:
         "allreduce_bytes_per_step": parameters * 4,
         "loader": loader,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_scaling.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "train_scaling.json").write_text(json.dumps(results, indent=2) + "\n")
     md = [
         f"Training throughput, Fashion-MNIST ({args.images} training images in memory, batch {args.batch_size} global), "
         f"widths {args.widths}, latent 32, {parameters:,} parameters; one torch thread per process; "
@@ -202,7 +204,7 @@ def main() -> None:
            "| path | workers | images/s |", "|---|---:|---:|"]
     for row in loader:
         md.append(f"| {row['path']} | {row['workers']} | {row['images_per_s']:,.0f} |")
-    (RESULTS / "train_scaling.md").write_text("\n".join(md) + "\n")
+    (out / "train_scaling.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

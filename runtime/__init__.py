@@ -6,6 +6,8 @@
     >>> codec = ev.open_codec("lossy")     # the shipped codec bundle (or "lossless": exact pixels)
     >>> images = codec.decompress(codec.compress(images, quality="balanced"))
     >>> ev.codec_for_container(data).decompress(data)   # the shipped bundle that made ``data``
+    >>> clean = ev.denoise(ev.load("fashion-mnist-denoise"), noisy, sigma=50)
+    >>> scores = ev.score(model, images)   # bits/dim and novelty per image
 
 Names are imported on first use (PEP 562), so ``edgevae --help`` and other light commands
 do not pay for numpy and onnxruntime.
@@ -28,6 +30,9 @@ _LAZY = {
     "ContainerInfo": "edgevae.runtime.codec",
     "open_codec": "edgevae.runtime.selection",
     "codec_for_container": "edgevae.runtime.selection",
+    "denoise": "edgevae.runtime.denoising",
+    "score": "edgevae.runtime.novelty",
+    "Scores": "edgevae.runtime.novelty",
 }
 
 __all__ = ["EdgeVAEError", "InputError", "OutputError", "BundleError", "ContainerError", *_LAZY]

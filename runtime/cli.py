@@ -30,15 +30,61 @@ OUT_HELP = ("Where to write: NAME.png writes the image itself (one image) or a g
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 
-def model_options(fn: F) -> F:
-    """--model and --threads, shared by every command that loads a bundle."""
-    fn = click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-                      help=f"ONNX Runtime threads, 1..{MAX_THREADS} (4 per core; default: one per core).")(fn)
-    fn = click.option("--model", "model_path", type=click.Path(), default=None, envvar="EDGEVAE_MODEL",
-                      help="Bundle folder (encoder.onnx, decoder.onnx, model.json) or the name of a shipped "
-                           "bundle (fashion-mnist, fashion-mnist-int8). "
-                           "Default: $EDGEVAE_MODEL, else the shipped Fashion-MNIST model.")(fn)
-    return fn
+MODEL_HELP = "Bundle folder (encoder.onnx, decoder.onnx, model.json) or the name of a shipped bundle"
+
+
+class _ModelOption(click.Option):
+    """--model, whose help names the shipped bundles and the command's default bundle as the
+    package has them, read when the help is shown (not at import: every command would pay)."""
+
+    def __init__(self, *args: Any, default_text: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default_text = default_text
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from edgevae.runtime.bundle import shipped_bundles
+
+        self.help = f"{MODEL_HELP} ({', '.join(shipped_bundles())}). Default: $EDGEVAE_MODEL, else {self.default_text()}."
+        return super().get_help_record(ctx)
+
+
+def _default_model() -> str:
+    from edgevae.runtime.bundle import default_bundle_path
+
+    return default_bundle_path().name
+
+
+def _default_denoise_model() -> str:
+    from edgevae.runtime.bundle import default_denoise_bundle_path
+
+    return f"{default_denoise_bundle_path().name} (trained for denoising)"
+
+
+def _default_codec_model() -> str:
+    from edgevae.runtime.bundle import default_bundle_path, default_codec_bundle_path
+
+    return f"{default_codec_bundle_path().name} (lossy) or {default_bundle_path().name} (--lossless)"
+
+
+def _container_model() -> str:
+    return "the shipped bundle that made each container (containers record its fingerprint)"
+
+
+def _info_model() -> str:
+    return f"{_default_model()}; for a CONTAINER, the shipped bundle that made it"
+
+
+def model_options(fn: F | None = None, *, default: Callable[[], str] = _default_model) -> Any:
+    """--model and --threads, shared by every command that loads a bundle; ``default()`` names the
+    bundle the command uses without --model, for the help. ``@model_options`` or
+    ``@model_options(default=...)``."""
+    def decorate(fn: F) -> F:
+        fn = click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+                          help=f"ONNX Runtime threads, 1..{MAX_THREADS} (4 per core; default: one per core).")(fn)
+        return click.option("--model", "model_path", cls=_ModelOption, type=click.Path(), default=None,
+                            envvar="EDGEVAE_MODEL", help=MODEL_HELP + ".", default_text=default)(fn)
+
+    return decorate(fn) if fn is not None else decorate
 
 
 FORCE = click.option("--force", is_flag=True, help="Overwrite existing output files.")
@@ -106,7 +152,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("container", required=False, type=click.Path())
-@model_options
+@model_options(default=_info_model)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest (or the container's description) as JSON.")
 @guard
 def info(container: str | None, model_path: str | None, threads: int | None, as_json: bool) -> None:
@@ -402,7 +448,7 @@ def _bits_per_pixel(total_bytes: int, count: int, image_shape: tuple[int, int, i
 @FORCE
 @JSON_SIZES
 @RESIZE
-@model_options
+@model_options(default=_default_codec_model)
 @guard
 def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool, lossless: bool, force: bool,
              as_json: bool, resize: bool, model_path: str | None, threads: int | None) -> None:
@@ -467,7 +513,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
               help="Decode only image N of the container (0-based, repeatable); needs a single input.")
 @FORCE
 @JSON_SIZES
-@model_options
+@model_options(default=_container_model)
 @guard
 def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], force: bool, as_json: bool,
                model_path: str | None, threads: int | None) -> None:
@@ -574,7 +620,7 @@ def _describe_container(source: str, model_path: str | None, as_json: bool) -> N
               help="Average the posterior mean over this many latent draws (slower; 1 uses q's mean).")
 @RESIZE
 @output_options
-@model_options
+@model_options(default=_default_denoise_model)
 @guard
 def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: float | None, refine: int,
             samples: int, resize: bool, out: str, force: bool, as_json: bool, model_path: str | None, threads: int | None) -> None:
@@ -590,14 +636,15 @@ def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: fl
       edgevae denoise scans/ -o cleaned/                       sigma estimated per image
       edgevae denoise dotted.png -o clean.png --noise salt-pepper
     """
-    from edgevae.runtime.denoise import denoise as run, noise_level
+    from edgevae.runtime.denoising import denoise_with_levels, noise_level
     from edgevae.runtime.selection import load_denoiser
 
-    level = noise_level(noise, sigma, amount)
+    level = noise_level(noise, sigma, amount)  # a bad level fails before the model loads
     model = load_denoiser(model_path, threads)
     images, names = _gather(inputs, model.image_shape, resize)
     with _progress(len(images), "denoising") as progress:
-        clean, used = run(model, images, level, noise, samples=samples, refine=refine, progress=progress)
+        clean, used = denoise_with_levels(model, images, sigma=sigma, noise=noise, amount=amount, samples=samples,
+                                          refine=refine, progress=progress)
     paths = _write(clean, out, force, names)
     what = "sigma" if noise == "gaussian" else "amount"
     how = f"{what} {level:g}" if level is not None else f"{what} estimated, median {float(_median(used)):.3g}"

@@ -58,10 +58,23 @@ def _array(value: Any, what: str) -> np.ndarray:
 _ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
 
 
-def _session(graph: bytes, where: str, threads: int | None, optimize: bool = True) -> Any:
-    """An ONNX Runtime session of a graph given as its verified bytes (never re-read by name);
-    ``optimize=False`` skips graph optimization (faster to create, for small graphs)."""
+def new_session(graph: bytes | str | os.PathLike[str], where: str | None = None, threads: int | None = None,
+                optimize: bool = True) -> Any:
+    """An ONNX Runtime CPU session of a graph: the one place every package creates sessions.
+
+    ``graph`` is the graph's bytes (the runtime passes the bytes it verified, never re-reading
+    the file by name) or a path (the exporter's checks of a file it just wrote). ``threads``
+    sets the intra-op threads (None: ONNX Runtime's choice: one per core); ``optimize=False``
+    skips graph optimization (faster to create, for small graphs). A graph ONNX Runtime cannot
+    load raises BundleError naming ``where`` (default: the path); running out of memory,
+    MemoryError.
+    """
     import onnxruntime as ort
+
+    if where is None:
+        where = "graph" if isinstance(graph, bytes) else str(graph)
+    if not isinstance(graph, bytes):
+        graph = os.fspath(graph)
 
     options = ort.SessionOptions()
     if not optimize:
@@ -126,8 +139,8 @@ class EdgeVAE:
         self.image_shape = bundle.image_shape
         self.latent_dim = bundle.latent_dim
         self._dims = contract.dims_of(bundle.image_shape, bundle.latent_dim, bundle.components)
-        self._encoder = _session(bundle.graph_bytes(contract.ENCODER), self._where(contract.ENCODER), threads)
-        self._decoder = _session(bundle.graph_bytes(contract.DECODER), self._where(contract.DECODER), threads)
+        self._encoder = new_session(bundle.graph_bytes(contract.ENCODER), self._where(contract.ENCODER), threads)
+        self._decoder = new_session(bundle.graph_bytes(contract.DECODER), self._where(contract.DECODER), threads)
         for spec, session in ((contract.ENCODER, self._encoder), (contract.DECODER, self._decoder)):
             _check_session(session, spec, self._dims, self._where(spec))
         self._threads = threads
@@ -235,7 +248,7 @@ class EdgeVAE:
                 # ~0.06 s for the shipped 290-node flow: a third of a cold `sample -n 1`) to save
                 # ~4 ms per 1,024 latents, a small fraction of the decoder's time on them.
                 where = self._where(spec)
-                session = _session(self.bundle.optional_graph_bytes(spec), where, self._threads, optimize=False)
+                session = new_session(self.bundle.optional_graph_bytes(spec), where, self._threads, optimize=False)
                 dims = {**self._dims, "noise": self.bundle.prior_noise_dim}
                 _check_session(session, spec, dims, where)
                 self._prior = session
@@ -301,32 +314,6 @@ class EdgeVAE:
         mean, _ = self.encode(pair)
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
         return self.decode((1 - t) * mean[0] + t * mean[1])
-
-    # -- applications (each in its own module) ------------------------------------------------
-
-    def denoise(self, images: np.ndarray, sigma: float | None = None, noise: str = "gaussian",
-                amount: float | None = None, samples: int = 1, refine: int | None = None,
-                seed: int = 0) -> np.ndarray:
-        """Denoised copies of uint8 images (N, C, H, W) (or one (C, H, W)): uint8 (N, C, H, W).
-
-        ``noise="gaussian"``: ``sigma`` is the noise std in pixel levels (None: estimated per
-        image). ``noise="salt-pepper"``: ``amount`` is the fraction of replaced pixels (None:
-        estimated). Each pixel becomes its posterior mean E[v | y, z] (see
-        :mod:`edgevae.runtime.denoise`); ``refine`` passes re-encode the estimate (default 0),
-        ``samples`` > 1 averages over latent draws.
-        """
-        from edgevae.runtime.denoise import DEFAULT_REFINE, denoise, noise_level
-
-        return denoise(self, images, noise_level(noise, sigma, amount), noise, samples=samples,
-                       refine=DEFAULT_REFINE if refine is None else refine, seed=seed)[0]
-
-    def score(self, images: np.ndarray, samples: int | None = None, seed: int = 0) -> Any:
-        """:class:`edgevae.runtime.novelty.Scores` of uint8 images (N, C, H, W): per image
-        ``bits_per_dim`` (negative ELBO, ``samples`` Monte Carlo draws, default 4) and ``novelty``
-        (higher = less like the training data), plus the bundle's threshold if it has one."""
-        from edgevae.runtime.novelty import DEFAULT_SAMPLES, score
-
-        return score(self, images, samples=DEFAULT_SAMPLES if samples is None else samples, seed=seed)
 
 
 def load(path: str | os.PathLike[str] | None = None, threads: int | None = None) -> EdgeVAE:

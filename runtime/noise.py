@@ -10,7 +10,7 @@ Two kinds, both acting on uint8 pixels independently:
 
 :func:`corrupt` draws noise (training, benchmarks, tests); :func:`likelihood_table` gives the
 256 x 256 table p(y | v) that turns the decoder's per-pixel distribution p(v | z) into a
-posterior (see :mod:`edgevae.runtime.denoise`).
+posterior (see :mod:`edgevae.runtime.denoising`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,13 @@ def write_pngs(images: np.ndarray, folder: Path) -> list[Path]:
     return paths
 
 
+def one_fast(values) -> list:
+    """Parameters for ``values``, all but the first marked slow: for cases that each start a real
+    process (~1 s of start-up), the fast loop (-m "not slow") runs one and the full suite all."""
+    values = list(values)
+    return values[:1] + [pytest.param(v, marks=pytest.mark.slow) for v in values[1:]]
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of 160 synthetic 28x28 gray PNGs in two sub-folders (a training data set)."""

@@ -1,5 +1,6 @@
 """The layout holds what docs/ARCHITECTURE.md says: every module states its job, and no module of
-edgevae.runtime or edgevae.training imports, even inside a function, one that imports it back."""
+edgevae.runtime or edgevae.training imports, even inside a function or only for type annotations
+(``if TYPE_CHECKING:``), one that imports it back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"edgevae.runtime": ROOT / "runtime", "edgevae.training": ROOT / "training"}
+
+#: ``if TYPE_CHECKING:`` imports still allowed to close a cycle, as (importer, imported). Each is
+#: a debt: likelihood.negative_elbo annotates its ``model`` with the EdgeVAE of runtime.model,
+#: which imports likelihood's MixtureParams. Remove the entry when the import goes.
+TYPE_ONLY_BACK_IMPORTS = {("edgevae.runtime.likelihood", "edgevae.runtime.model")}
 
 
 def _modules() -> dict[str, Path]:
@@ -20,16 +26,17 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Modules of ``known`` that ``path`` imports anywhere (top level or inside functions)."""
+def _imports(name: str, path: Path, known: set[str], typing_only: bool = False) -> set[str]:
+    """Modules of ``known`` that ``path`` imports anywhere (top level, inside functions, under
+    ``if TYPE_CHECKING:``); with ``typing_only``, just those under ``if TYPE_CHECKING:``."""
     found = set()
     package = name.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text())
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+    annotations = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
                    for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue  # ``if TYPE_CHECKING:`` imports are for annotations; they never run
+        if typing_only and id(node) not in annotations:
+            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -47,9 +54,25 @@ def test_every_module_states_its_job() -> None:
         assert doc and len(doc.split()) >= 5, f"{name} has no docstring saying its job"
 
 
+def _graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Importer -> imported, every import counted but the allowed TYPE_CHECKING back-imports."""
+    return {name: {m for m in _imports(name, path, set(modules))
+                   if (name, m) not in TYPE_ONLY_BACK_IMPORTS
+                   or m not in _imports(name, path, set(modules), typing_only=True)}
+            for name, path in modules.items()}
+
+
+def test_the_allowed_typing_back_imports_still_exist() -> None:
+    """An entry of TYPE_ONLY_BACK_IMPORTS whose import is gone must go too (the list only shrinks)."""
+    modules = _modules()
+    for importer, imported in TYPE_ONLY_BACK_IMPORTS:
+        assert imported in _imports(importer, modules[importer], set(modules), typing_only=True), \
+            f"{importer} no longer imports {imported} for annotations: remove it from TYPE_ONLY_BACK_IMPORTS"
+
+
 def test_no_import_cycles() -> None:
     modules = _modules()
-    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    graph = _graph(modules)
 
     def cycle_from(start: str) -> list[str] | None:
         stack = [(start, [start])]

@@ -28,6 +28,7 @@ from conftest import (
     is_root,
     make_bad_input,
     make_bad_latents,
+    one_fast,
     synthetic_images,
     write_pngs,
 )
@@ -35,7 +36,8 @@ from edgevae.runtime.cli import main
 from edgevae.runtime.images import GRID_PADDING, grid, read_images
 
 COMMANDS = ("info", "sample", "reconstruct", "interpolate", "encode", "decode")
-MODES = ("runner", "subprocess")
+#: In-process (CliRunner) and a real process; the real process costs ~1 s of start-up per call: slow.
+MODES = ("runner", pytest.param("subprocess", marks=pytest.mark.slow))
 
 
 @dataclass
@@ -318,7 +320,7 @@ def test_bad_inputs(kind: str, command: str, tiny_bundle: Path, inputs: dict[str
     assert files_under(out) == []
 
 
-@pytest.mark.parametrize("kind", BAD_INPUT_KINDS)
+@pytest.mark.parametrize("kind", one_fast(BAD_INPUT_KINDS))
 def test_bad_inputs_in_a_real_process(kind: str, tiny_bundle: Path, inputs: dict[str, Path], tmp_path: Path,
                                       out: Path) -> None:
     bad, phrases = make_bad_input(kind, tmp_path / "bad")
@@ -363,7 +365,7 @@ def test_bad_latents(kind: str, tiny_bundle: Path, tmp_path: Path, out: Path) ->
     assert files_under(out) == []
 
 
-@pytest.mark.parametrize("kind", ["nan", "wrong_width"])
+@pytest.mark.parametrize("kind", one_fast(["nan", "wrong_width"]))
 def test_bad_latents_in_a_real_process(kind: str, tiny_bundle: Path, tmp_path: Path, out: Path) -> None:
     latents, phrase = make_bad_latents(kind, 8)
     np.save(tmp_path / "z.npy", latents)
@@ -437,7 +439,7 @@ def test_damaged_bundle(kind: str, command: str, tiny_bundle: Path, inputs: dict
     assert files_under(out) == []
 
 
-@pytest.mark.parametrize("kind", ["tampered_decoder", "partial", "future_version"])
+@pytest.mark.parametrize("kind", one_fast(["tampered_decoder", "partial", "future_version"]))
 def test_damaged_bundle_in_a_real_process(kind: str, tiny_bundle: Path, inputs: dict[str, Path],
                                           latents_file: Path, tmp_path: Path, out: Path) -> None:
     bundle, phrase = damage_bundle(kind, tiny_bundle, tmp_path)
@@ -485,8 +487,26 @@ def test_unwritable_output(command: str, tiny_bundle: Path, inputs: dict[str, Pa
     assert sorted(os.listdir(unwritable_dir)) == before
 
 
-@pytest.mark.parametrize("target", ["edgevae-test.png", "edgevae-test-folder"])
+@pytest.mark.parametrize("target", one_fast(["edgevae-test.png", "edgevae-test-folder"]))
 def test_unwritable_output_in_a_real_process(target: str, tiny_bundle: Path, unwritable_dir: Path) -> None:
     outcome = edgevae("subprocess", "sample", "-n", 2, "--model", tiny_bundle, "-o", unwritable_dir / target)
     assert_clean_error(outcome, str(unwritable_dir))
     assert not (unwritable_dir / target).exists()
+
+
+@pytest.mark.parametrize("command, default", [
+    ("sample", "else fashion-mnist."),
+    ("denoise", "else fashion-mnist-denoise "),
+    ("compress", "else fashion-mnist-codec (lossy) or fashion-mnist (--lossless)."),
+    ("decompress", "else the shipped bundle that made each container"),
+])
+def test_model_help_lists_the_shipped_bundles_and_the_commands_default(command: str, default: str) -> None:
+    import click
+
+    from edgevae.runtime.bundle import shipped_bundles
+
+    cmd = main.commands[command]
+    option = next(p for p in cmd.params if p.name == "model_path")
+    text = option.get_help_record(click.Context(cmd))[1]
+    assert f"({', '.join(shipped_bundles())})" in text and len(shipped_bundles()) >= 5
+    assert f"Default: $EDGEVAE_MODEL, {default}" in text, text

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import edgevae.runtime as ev
-from conftest import synthetic_images, write_pngs
+from conftest import one_fast, synthetic_images, write_pngs
 from edgevae.runtime import codec as C
 from edgevae.runtime import container as fmt
 from edgevae.runtime import quality as Q
@@ -621,7 +621,7 @@ def png_folder(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
-@pytest.mark.parametrize("mode", ["runner", "subprocess"])
+@pytest.mark.parametrize("mode", ["runner", pytest.param("subprocess", marks=pytest.mark.slow)])
 def test_cli_round_trip(mode: str, active_bundle: Path, codec: C.Codec, png_folder: Path, tmp_path: Path,
                         images: np.ndarray) -> None:
     out = tmp_path / "all.evz"
@@ -655,6 +655,7 @@ def test_cli_split_keeps_names(active_bundle: Path, codec: C.Codec, png_folder: 
     assert files_under(tmp_path / "pngs") == [f"{i:03d}.png" for i in range(6)]
 
 
+@pytest.mark.slow
 def test_cli_index_and_stdin_stdout(active_bundle: Path, codec: C.Codec, png_folder: Path, tmp_path: Path,
                                     images: np.ndarray) -> None:
     data = codec.compress(images[:6])
@@ -678,7 +679,9 @@ def test_cli_index_and_stdin_stdout(active_bundle: Path, codec: C.Codec, png_fol
     assert np.array_equal(np.asarray(Image.open(BytesIO(back.stdout)))[None], codec.decompress(piped.stdout)[0])
 
 
-@pytest.mark.parametrize("kind", CONTAINER_DAMAGE_KINDS)
+# The library refuses every kind (test_damaged_containers_are_refused); the CLI loads the model three
+# times per kind, so the fast loop runs one kind through it and the full suite all of them.
+@pytest.mark.parametrize("kind", one_fast(CONTAINER_DAMAGE_KINDS))
 def test_cli_refuses_damaged_containers(kind: str, active_bundle: Path, codec: C.Codec,
                                         specimens: tuple[bytes, bytes], tmp_path: Path) -> None:
     data, phrase = damage_container(kind, codec, *specimens)

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 import edgevae.runtime as ev
 from edgevae.exported import DEFAULT_BUNDLE, DEFAULT_DENOISE_BUNDLE
 from edgevae.runtime.cli import main as cli
-from edgevae.runtime.denoise import PixelPrior, denoise, estimate_level, log_normal_cdf, posterior
+from edgevae.runtime import denoising
+from edgevae.runtime.denoising import PixelPrior, denoise_with_levels, estimate_level, log_normal_cdf, posterior
 from edgevae.runtime.errors import InputError
 from edgevae.runtime.images import psnr
 from edgevae.runtime.noise import corrupt, likelihood_table
@@ -99,18 +100,27 @@ def test_salt_and_pepper_posterior_is_exact(tiny_model: ev.EdgeVAE) -> None:
 
 def test_denoise_api_shapes_and_determinism(tiny_model: ev.EdgeVAE) -> None:
     y = corrupt(synthetic_images(5), "gaussian", 30.0, np.random.default_rng(0))
-    out = tiny_model.denoise(y, sigma=30)
+    out = ev.denoise(tiny_model, y, sigma=30)
     assert out.dtype == np.uint8 and out.shape == y.shape
-    np.testing.assert_array_equal(tiny_model.denoise(y[0], sigma=30), out[:1])
-    np.testing.assert_array_equal(tiny_model.denoise(y, sigma=0), y)  # no noise: nothing to remove
-    twice = [tiny_model.denoise(y, sigma=30, samples=3, seed=7) for _ in range(2)]
+    np.testing.assert_array_equal(ev.denoise(tiny_model, y[0], sigma=30), out[:1])
+    np.testing.assert_array_equal(ev.denoise(tiny_model, y, sigma=0), y)  # no noise: nothing to remove
+    twice = [ev.denoise(tiny_model, y, sigma=30, samples=3, seed=7) for _ in range(2)]
     np.testing.assert_array_equal(*twice)
-    assert tiny_model.denoise(y[:0], sigma=30).shape == (0, *y.shape[1:])
+    assert ev.denoise(tiny_model, y[:0], sigma=30).shape == (0, *y.shape[1:])
+    # The package's name is the function even though its module (imported above) is not called denoise.
+    assert ev.denoise is denoising.denoise
+
+
+def test_denoise_with_levels_reports_the_given_level(tiny_model: ev.EdgeVAE) -> None:
+    y = corrupt(synthetic_images(3), "salt-pepper", 0.1, np.random.default_rng(0))
+    out, used = denoise_with_levels(tiny_model, y, noise="salt-pepper", amount=0.1)
+    np.testing.assert_array_equal(out, ev.denoise(tiny_model, y, noise="salt-pepper", amount=0.1))
+    np.testing.assert_array_equal(used, [0.1] * 3)
 
 
 def test_salt_and_pepper_keeps_pixels_it_cannot_have_touched(tiny_model: ev.EdgeVAE) -> None:
     y = corrupt(synthetic_images(4), "salt-pepper", 0.1, np.random.default_rng(0))
-    out = tiny_model.denoise(y, noise="salt-pepper", amount=0.1)
+    out = ev.denoise(tiny_model, y, noise="salt-pepper", amount=0.1)
     untouched = (y != 0) & (y != 255)
     np.testing.assert_array_equal(out[untouched], y[untouched])
 
@@ -128,7 +138,7 @@ def test_salt_and_pepper_keeps_pixels_it_cannot_have_touched(tiny_model: ev.Edge
 ])
 def test_denoise_rejects_bad_arguments(tiny_model: ev.EdgeVAE, kwargs: dict, phrase: str) -> None:
     with pytest.raises(InputError, match=phrase.replace("[", r"\[").replace(")", r"\)")):
-        tiny_model.denoise(synthetic_images(2), **kwargs)
+        ev.denoise(tiny_model, synthetic_images(2), **kwargs)
 
 
 @pytest.mark.parametrize("images, phrase", [
@@ -139,7 +149,7 @@ def test_denoise_rejects_bad_arguments(tiny_model: ev.EdgeVAE, kwargs: dict, phr
 ])
 def test_denoise_rejects_bad_images(tiny_model: ev.EdgeVAE, images: np.ndarray, phrase: str) -> None:
     with pytest.raises(InputError, match=phrase):
-        tiny_model.denoise(images, sigma=10)
+        ev.denoise(tiny_model, images, sigma=10)
 
 
 def test_estimated_level_follows_the_true_level(tiny_model: ev.EdgeVAE) -> None:
@@ -151,7 +161,7 @@ def test_estimated_level_follows_the_true_level(tiny_model: ev.EdgeVAE) -> None:
         p = tiny_model.likelihood(mean)
         estimates.append(np.median(estimate_level(PixelPrior(p.logits, p.means, p.log_scales), y, "gaussian")))
     assert estimates[0] < estimates[1] < estimates[2], estimates
-    _, used = denoise(tiny_model, y, None, "gaussian")
+    _, used = denoise_with_levels(tiny_model, y)
     assert used.shape == (6,) and (used > 0).all()
 
 
@@ -199,6 +209,7 @@ def test_cli_denoise_wrong_shape_and_missing_input_exit_2(tiny_bundle: Path, tmp
 # -- training a denoising encoder ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_denoise_training_and_export_keep_the_decoder(tiny_bundle: Path, tmp_path: Path) -> None:
     from edgevae.runtime.bundle import read_bundle
     from edgevae.training.denoise import DenoiseConfig, export_denoise_bundle, train_encoder
@@ -211,7 +222,7 @@ def test_denoise_training_and_export_keep_the_decoder(tiny_bundle: Path, tmp_pat
     assert made.manifest["graphs"]["encoder"]["sha256"] != source.manifest["graphs"]["encoder"]["sha256"]
     assert manifest["training"]["command"].startswith("edgevae-train denoise-train --from ")
     assert "codec" not in made.manifest and max(manifest["parity"]["max_abs_diff"]["encoder"].values()) < 1e-4
-    assert ev.load(tmp_path / "denoiser").denoise(synthetic_images(2), sigma=20).shape == (2, 1, 28, 28)
+    assert ev.denoise(ev.load(tmp_path / "denoiser"), synthetic_images(2), sigma=20).shape == (2, 1, 28, 28)
 
 
 # -- the shipped bundles on real test images ------------------------------------------------------
@@ -242,7 +253,7 @@ def test_shipped_denoise_bundle_quality(real_test_images: np.ndarray, sigma: flo
                                         least_gain: float) -> None:
     model = ev.load(DENOISE_BUNDLE)
     noisy = corrupt(real_test_images, "gaussian", sigma, np.random.default_rng(int(sigma)))
-    ours = float(psnr(real_test_images, model.denoise(noisy, sigma=sigma)).mean())
+    ours = float(psnr(real_test_images, ev.denoise(model, noisy, sigma=sigma)).mean())
     median = float(psnr(real_test_images, median3(noisy)).mean())
     assert ours >= least_psnr and ours - median >= least_gain, (ours, median)
     assert ours <= least_psnr + 1.0, ours  # far above the band: the benchmark and README are stale

@@ -117,6 +117,7 @@ def two_processes(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return run, proc
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_one_process_model(one_process: Path, two_processes: tuple[Path, object]) -> None:
     run, proc = two_processes
     assert "training on 2 processes (gloo) on cpu, 1 torch thread(s) each" in proc.stdout
@@ -130,6 +131,7 @@ def test_two_processes_train_the_one_process_model(one_process: Path, two_proces
     assert torch.equal(load_checkpoint(one_process)["torch_rng"], load_checkpoint(run)["torch_rng"])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_does_not_depend_on_the_world_size(one_process: Path, two_processes: tuple[Path, object]) -> None:
     """What export reads: the same keys, shapes, dtypes, CPU tensors and recorded command."""
     from edgevae.training.train import train_command
@@ -143,6 +145,7 @@ def test_a_checkpoint_does_not_depend_on_the_world_size(one_process: Path, two_p
     assert single["data_fingerprint"] == double["data_fingerprint"]
 
 
+@pytest.mark.slow
 def test_rank_0_alone_writes_and_prints(two_processes: tuple[Path, subprocess.CompletedProcess]) -> None:
     run, proc = two_processes
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "curve.png", "last.pt", "metrics.jsonl",
@@ -168,6 +171,7 @@ def crashed(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return run, proc, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_every_rank(crashed: tuple[Path, subprocess.CompletedProcess, float]) -> None:
     run, proc, seconds = crashed
     assert proc.returncode != 0
@@ -182,6 +186,7 @@ def test_a_failing_rank_stops_every_rank(crashed: tuple[Path, subprocess.Complet
     assert not list(run.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_hanging_rank_times_out(folder: Path, tmp_path: Path) -> None:
     """A peer alive but silent (not a closed connection) fails the run after $EDGEVAE_DIST_TIMEOUT."""
     run = tmp_path / "run"
@@ -196,6 +201,7 @@ def test_a_hanging_rank_times_out(folder: Path, tmp_path: Path) -> None:
     assert load_checkpoint(run)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_resume_on_three_processes_after_the_crash(crashed: tuple[Path, subprocess.CompletedProcess, float],
                                                    one_process: Path, folder: Path, tmp_path: Path) -> None:
     """The multi-node form of torchrun (c10d rendezvous on a 127.0.0.1 endpoint), another world size."""
@@ -213,6 +219,7 @@ def test_resume_on_three_processes_after_the_crash(crashed: tuple[Path, subproce
 # -- in one process -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plain_train_sets_up_nothing_distributed(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -259,6 +266,7 @@ def test_shares_partition_a_batch_in_rank_order(count: int, world: int) -> None:
 # -- the streaming loader -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streamed_folder_matches_the_in_memory_one_and_skips_bad_files(folder: Path) -> None:
     messages: list[str] = []
     streamed = open_image_folder(folder, (1, 28, 28), seed=3, workers=1, log=messages.append)
@@ -274,6 +282,7 @@ def test_streamed_folder_matches_the_in_memory_one_and_skips_bad_files(folder: P
     assert bad == [] and keys == list(range(len(streamed.test)))
 
 
+@pytest.mark.slow
 def test_a_file_that_breaks_mid_run_is_reported_not_fatal(tmp_path: Path) -> None:
     paths = write_pngs(synthetic_images(6, seed=2), tmp_path / "imgs")
     files = ImageFiles(paths, (1, 28, 28))
@@ -285,6 +294,7 @@ def test_a_file_that_breaks_mid_run_is_reported_not_fatal(tmp_path: Path) -> Non
     assert keys2 == ["d"] and bad2 == []
 
 
+@pytest.mark.slow
 def test_streamed_training_is_the_in_memory_training_bit_for_bit(folder: Path, tmp_path: Path) -> None:
     """One process: streaming a folder changes nothing in the run (same batches, same noise),
     so folder runs made before streaming existed stay reproducible by their commands."""

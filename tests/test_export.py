@@ -269,6 +269,7 @@ def test_failed_parity_writes_nothing(tiny_run: Path, tmp_path: Path, monkeypatc
     assert list(tmp_path.iterdir()) == []  # neither the bundle nor the staging folder
 
 
+@pytest.mark.slow
 def test_a_nearest_upsampling_model_exports_and_quantizes(image_folder: Path, tmp_path: Path) -> None:
     """The resize + conv decoder goes through the same export, parity check and int8 variant,
     with no DepthToSpace left for onnxruntime to reorder around."""

@@ -141,6 +141,7 @@ def test_fashion_mnist_round_trip_tracks_the_negative_elbo(fashion_model: ev.Edg
 # -- determinism ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_bytes_across_runs_and_thread_counts(model: ev.EdgeVAE, model2: ev.EdgeVAE) -> None:
     images = synthetic_images(70, seed=11)
     one = bb.encode(model, images).payload
@@ -268,6 +269,7 @@ def _decode_or_error(model: ev.EdgeVAE, payload: bytes, images: np.ndarray, coun
         pytest.fail(f"damaged payload decoded (equal to the original: {np.array_equal(decoded, images)})")
 
 
+@pytest.mark.slow
 def test_bit_flips_are_detected(model: ev.EdgeVAE, sample: tuple[np.ndarray, bytes]) -> None:
     images, payload = sample
     rng = np.random.default_rng(0)
@@ -396,7 +398,7 @@ def test_codec_lossless_damage_is_an_error(lossless: ev.LosslessCodec) -> None:
         codec.decompress(data[:-7])
 
 
-@pytest.mark.parametrize("mode", ["runner", "subprocess"])
+@pytest.mark.parametrize("mode", ["runner", pytest.param("subprocess", marks=pytest.mark.slow)])
 def test_cli_lossless_round_trip_and_errors(mode: str, tiny_bundle: Path, tmp_path: Path) -> None:
     from test_cli import assert_clean_error, edgevae, files_under
 

@@ -118,6 +118,7 @@ def edgevae_calls(bundle: Path, images: list[Path], out: Path) -> dict[str, list
     }
 
 
+@pytest.mark.slow
 def test_every_command_without_torch(guarded, tiny_bundle: Path, image_files: list[Path], tmp_path: Path) -> None:
     calls = edgevae_calls(tiny_bundle, image_files, tmp_path)
     for name, args in calls.items():  # in order: decode reads what encode wrote

@@ -201,6 +201,7 @@ def test_codec_containers_refuse_another_precision(variants: dict[str, Path], ti
                     other.decompress(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["int8", "fp16"])
 def test_enforced_bounds_fail_and_leave_nothing(kind: str, tiny_bundle: Path, tiny_data, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,6 +253,7 @@ def test_export_cli_precision(tiny_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_a_variant_keeps_the_fp32_bundles_quality_levels(tiny_bundle: Path, tiny_data, tmp_path: Path) -> None:
     import shutil
 

@@ -100,6 +100,7 @@ def test_export_parity_is_checked_and_recorded(prior_bundle: Path) -> None:
     assert 0 <= parity["max_abs_diff"]["latents"] <= contract.PARITY_TOLERANCE
 
 
+@pytest.mark.slow
 def test_two_stage_prior_exports_with_parity(tiny_run: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     from edgevae.training.prior import Latents, PriorConfig, export_prior, fit_prior
 
@@ -346,6 +347,7 @@ def test_shipped_default_bundle_has_a_checked_prior() -> None:
     assert prior["command"] in (ROOT / "README.md").read_text()  # reproducible by a documented command
 
 
+@pytest.mark.slow
 def test_shipped_prior_matches_the_test_latents() -> None:
     """Quality band on real test images: the learned prior's z are far closer (Fréchet distance
     in latent space) to z ~ q(z|x) of 2,000 test images than N(0, I)'s are. Measured: 0.28

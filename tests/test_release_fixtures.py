@@ -39,6 +39,7 @@ def test_past_container_decodes_to_the_same_pixels(release: Path, entry: dict) -
     assert np.array_equal(codec.decompress(data), _expected(release, entry))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("release", RELEASES, ids=[r.name for r in RELEASES])
 def test_past_containers_decode_by_cli_without_model(release: Path, tmp_path: Path) -> None:
     """decompress finds, per container, the shipped bundle that made it."""

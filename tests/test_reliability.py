@@ -237,6 +237,7 @@ def _interrupt_after(args: list[object], seconds: float, signum: int, cwd: Path)
     return proc, time.monotonic() - sent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_during_compress_split_leaves_nothing(signum: int, tmp_path: Path) -> None:
     """Issue 12 item 2: ``compress --split`` of many images, interrupted: exit 130, one line, and
@@ -251,6 +252,7 @@ def test_ctrl_c_during_compress_split_leaves_nothing(signum: int, tmp_path: Path
     assert sorted(os.listdir(tmp_path)) == ["many.npy"]
 
 
+@pytest.mark.slow
 def test_issue_repro_encode_with_logvar_on_a_full_disk(small_tmpfs: Path, tmp_path: Path) -> None:
     """The exact repro of issue 12 item 1, through the CLI."""
     np.save(tmp_path / "ten.npy", synthetic_images(10))
@@ -265,6 +267,7 @@ def test_issue_repro_encode_with_logvar_on_a_full_disk(small_tmpfs: Path, tmp_pa
 # -- lossless: Ctrl-C and forged containers -----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_lossless_stops_within_a_second_of_ctrl_c(signum: int, tmp_path: Path) -> None:
     """Issue 12 item 3: the lanes' thread pool no longer waits for the whole job."""
@@ -294,6 +297,7 @@ def _forged_lossless(codec, count: int, size: int) -> bytes:  # type: ignore[no-
     return fmt.pack_lossless(codec.fingerprint, codec.model.image_shape, count, payload)
 
 
+@pytest.mark.slow
 def test_forged_lossless_container_is_refused_after_little_work() -> None:
     """Issue 12 item 9: 409 bytes claiming 3,200 images used to decode all 3,200 (13 ms of CPU per
     byte). Now a chain that keeps popping more than it holds is refused after a few steps."""
@@ -309,6 +313,7 @@ def test_forged_lossless_container_is_refused_after_little_work() -> None:
     assert sum(decoded) <= MAX_DRY_STEPS * MAX_CHAINS  # 256 of 3,200 claimed images, at most
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["black", "white", "noise", "black-then-noise"])
 def test_lossless_extremes_still_round_trip(kind: str) -> None:
     """The forged-container check must never refuse a real file: images whose coding pops more

@@ -128,6 +128,7 @@ def test_compress_to_a_closed_pipe(shirt: Path) -> None:
     one_line(proc.stderr, proc.returncode, 2, "stdout", "Broken pipe")
 
 
+@pytest.mark.slow
 def test_closed_and_empty_stdin(shirt: Path) -> None:
     closed = run("compress", "-", "-o", "-", prefix=["sh", "-c", 'exec "$@" <&-', "sh"])
     one_line(closed.stderr, closed.returncode, 2, "stdin: is closed")

@@ -76,6 +76,7 @@ def test_compress_split_honours_force(tmp_path: Path) -> None:
 # -- lossless: the pixel checksum alone ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_only_the_pixel_checksum_stops_wrong_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     """A decode that goes wrong without breaking the ANS chains (every chain still ends exactly
     empty, as on a machine whose network arithmetic differs in a way the chains do not notice):
@@ -121,6 +122,7 @@ class _InterruptAtEpoch2:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_train_resume_through_the_cli(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgevae.training import cli as train_cli
     from edgevae.training.train import load_checkpoint
@@ -188,6 +190,7 @@ def test_unreadable_input_even_as_root(tmp_path: Path) -> None:
     assert not (tmp_path / "z.npy").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_even_as_root(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", synthetic_images(2))
     folder = tmp_path / "locked"

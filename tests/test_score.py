@@ -44,18 +44,18 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 
 def test_score_api_reuses_the_runtime_likelihood(tiny_model: ev.EdgeVAE) -> None:
     images = synthetic_images(6)
-    scores = tiny_model.score(images, samples=3, seed=5)
+    scores = ev.score(tiny_model, images, samples=3, seed=5)
     dims = math.prod(tiny_model.image_shape)
     np.testing.assert_allclose(scores.bits_per_dim, negative_elbo(tiny_model, images, samples=3, seed=5)[0] / dims)
     np.testing.assert_allclose(scores.complexity_bpd, complexity_bits(images) / dims)
     np.testing.assert_allclose(scores.novelty, scores.bits_per_dim - scores.complexity_bpd)
     assert scores.threshold is None and scores.flagged is None  # the tiny bundle records none
-    np.testing.assert_array_equal(tiny_model.score(images, samples=3, seed=5).novelty, scores.novelty)
+    np.testing.assert_array_equal(ev.score(tiny_model, images, samples=3, seed=5).novelty, scores.novelty)
 
 
 def test_noise_costs_more_bits_than_training_like_images(tiny_model: ev.EdgeVAE) -> None:
-    inside = tiny_model.score(synthetic_images(20, seed=9))
-    noise = tiny_model.score(np.random.default_rng(0).integers(0, 256, (20, 1, 28, 28), dtype=np.uint8))
+    inside = ev.score(tiny_model, synthetic_images(20, seed=9))
+    noise = ev.score(tiny_model, np.random.default_rng(0).integers(0, 256, (20, 1, 28, 28), dtype=np.uint8))
     assert noise.bits_per_dim.min() > inside.bits_per_dim.max()
     assert noise.complexity_bpd.min() > inside.complexity_bpd.max()
 
@@ -66,7 +66,7 @@ def test_noise_costs_more_bits_than_training_like_images(tiny_model: ev.EdgeVAE)
 ])
 def test_score_rejects_bad_images(tiny_model: ev.EdgeVAE, images: np.ndarray, phrase: str) -> None:
     with pytest.raises(InputError, match=phrase):
-        tiny_model.score(images)
+        ev.score(tiny_model, images)
     with pytest.raises(InputError, match="samples"):
         score(tiny_model, synthetic_images(1), samples=0)
 
@@ -110,7 +110,7 @@ def test_novelty_threshold_command_records_a_percentile(tiny_bundle: Path, tmp_p
     model = ev.load(bundle)
     assert read_bundle(bundle).fingerprint == before  # the codec's identity is untouched
     assert model.bundle.manifest["novelty"]["threshold"] == entry["threshold"] and entry["images"] == 40
-    scores = model.score(synthetic_images(40, seed=11))
+    scores = ev.score(model, synthetic_images(40, seed=11))
     assert scores.threshold == entry["threshold"] and 0 < scores.flagged.mean() < 0.5
 
 
@@ -121,8 +121,8 @@ def test_novelty_separates_simple_images_that_raw_likelihood_prefers() -> None:
     from edgevae.training.data import load_fashion_mnist
 
     model = ev.load(DEFAULT_BUNDLE)
-    inside = model.score(load_fashion_mnist().test[:150])
-    outside = model.score(glyph_images(100))
+    inside = ev.score(model, load_fashion_mnist().test[:150])
+    outside = ev.score(model, glyph_images(100))
     assert auroc(inside.bits_per_dim, outside.bits_per_dim) < 0.5
     assert auroc(inside.novelty, outside.novelty) > 0.9
     assert inside.threshold is not None and inside.flagged.mean() <= 0.05
@@ -133,8 +133,8 @@ def test_noise_scores_more_novel_than_test_images() -> None:
     from edgevae.training.data import load_fashion_mnist
 
     model = ev.load(DEFAULT_BUNDLE)
-    inside = model.score(load_fashion_mnist().test[:100]).novelty
-    noise = model.score(np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8)).novelty
-    constant = model.score(np.full((5, 1, 28, 28), 128, np.uint8)).novelty
+    inside = ev.score(model, load_fashion_mnist().test[:100]).novelty
+    noise = ev.score(model, np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8)).novelty
+    constant = ev.score(model, np.full((5, 1, 28, 28), 128, np.uint8)).novelty
     assert np.median(noise) > np.quantile(inside, 0.9) and auroc(inside, noise) > 0.95
     assert constant.min() > inside.max()

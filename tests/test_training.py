@@ -313,6 +313,7 @@ def quiet(_: str) -> None:
     pass
 
 
+@pytest.mark.slow
 def test_seeded_training_is_repeatable(small_data: Dataset, tmp_path: Path) -> None:
     train(small_data, SMALL, small_config(seed=7, epochs=1), tmp_path / "a", log=quiet)
     train(small_data, SMALL, small_config(seed=7, epochs=1), tmp_path / "b", log=quiet)
@@ -339,6 +340,7 @@ class InterruptingBar:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_equals_an_unbroken_run(small_data: Dataset, tmp_path: Path) -> None:
     config = small_config(epochs=3)
     train(small_data, SMALL, config, tmp_path / "unbroken", log=quiet)
@@ -405,6 +407,7 @@ def test_train_command_reproduces_the_configuration(tiny_run: Path) -> None:
     assert "--distortion-sigma" not in argv and params["distortion_sigma"] == 0  # a plain ELBO run says so by omission
 
 
+@pytest.mark.slow
 def test_distortion_term_trains_a_different_model_and_is_in_the_command(small_data: Dataset, tmp_path: Path) -> None:
     train(small_data, SMALL, small_config(epochs=1), tmp_path / "elbo", log=quiet)
     train(small_data, SMALL, small_config(epochs=1, distortion_sigma=8.0), tmp_path / "codec", log=quiet)
@@ -416,6 +419,7 @@ def test_distortion_term_trains_a_different_model_and_is_in_the_command(small_da
         assert ctx.params["distortion_sigma"] == 8.0
 
 
+@pytest.mark.slow
 def test_nearest_upsampling_trains_and_is_in_the_command(small_data: Dataset, tmp_path: Path) -> None:
     nearest = ModelConfig(**{**SMALL.to_dict(), "upsample": "nearest"})
     model = VAE(nearest)
@@ -509,6 +513,7 @@ def cli_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return run, result
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_complete_run_folder(cli_run: tuple[Path, object]) -> None:
     run, result = cli_run
     assert result.exit_code == 0, (result.output, result.exception)
@@ -533,6 +538,7 @@ def test_train_cli_writes_a_complete_run_folder(cli_run: tuple[Path, object]) ->
         assert curve.size[0] >= 300 and curve.size[1] >= 200
 
 
+@pytest.mark.slow
 def test_train_cli_refuses_an_existing_run(cli_run: tuple[Path, object], image_folder: Path) -> None:
     run, _ = cli_run
     before = (run / "last.pt").read_bytes()
@@ -543,6 +549,7 @@ def test_train_cli_refuses_an_existing_run(cli_run: tuple[Path, object], image_f
     assert (run / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_evaluate_cli(cli_run: tuple[Path, object]) -> None:
     run, _ = cli_run
     result = CliRunner().invoke(train_cli, ["evaluate", str(run), "--k", "4", "--json"])
@@ -558,6 +565,7 @@ def test_evaluate_cli(cli_run: tuple[Path, object]) -> None:
     assert json.loads((run / "evaluation.json").read_text()) == metrics
 
 
+@pytest.mark.slow
 def test_threads_option_sets_torch_threads_for_evaluate(cli_run: tuple[Path, object]) -> None:
     run, _ = cli_run
     before = torch.get_num_threads()
@@ -577,6 +585,7 @@ def test_every_training_command_refuses_zero_threads(command: str, tmp_path: Pat
     assert "Invalid value for '--threads': 0 is not in the range x>=1." in result.stderr
 
 
+@pytest.mark.slow
 def test_training_cli_errors_in_a_real_process(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "edgevae.training", "evaluate", str(tmp_path / "no-run")],
                           capture_output=True, text=True, timeout=300)
@@ -610,6 +619,7 @@ def test_export_cli(cli_run: tuple[Path, object], tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_evaluate_and_export_use_the_split_training_held_out(tiny_run: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder data set's test split depends on the training seed; evaluate and export must

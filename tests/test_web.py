@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import one_fast
 from edgevae.runtime import container as fmt
 from edgevae.runtime import contract
 from edgevae.runtime import load
@@ -142,6 +143,7 @@ def test_every_shipped_codec_bundle_is_covered() -> None:
     assert {"fashion-mnist", "fashion-mnist-codec", "fashion-mnist-codec-hq"} <= set(CODEC_BUNDLES)
 
 
+@pytest.mark.slow
 def test_node_decodes_python_containers_to_identical_pixels(parity: dict) -> None:
     checked = 0
     for case in parity["cases"]:
@@ -155,6 +157,7 @@ def test_node_decodes_python_containers_to_identical_pixels(parity: dict) -> Non
     assert checked >= 5 * len(CODEC_BUNDLES) * REAL_IMAGES
 
 
+@pytest.mark.slow
 def test_node_containers_are_byte_identical_to_python(parity: dict) -> None:
     for case in parity["cases"]:
         if "python" in case:
@@ -162,6 +165,7 @@ def test_node_containers_are_byte_identical_to_python(parity: dict) -> None:
             assert js == case["python"], f"{case['bundle']} quality {case['quality']}: containers differ"
 
 
+@pytest.mark.slow
 def test_escapes_are_exercised(parity: dict) -> None:
     """Out-of-domain images must reach the escape path, or its parity is untested."""
     from edgevae.runtime.tables import load_tables
@@ -173,6 +177,7 @@ def test_escapes_are_exercised(parity: dict) -> None:
     assert escapes > 0
 
 
+@pytest.mark.slow
 def test_single_image_containers_and_random_access(parity: dict) -> None:
     for case in parity["cases"]:
         if "singles" not in case:
@@ -269,7 +274,7 @@ def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, 
     return cases
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist-codec", "fashion-mnist"])
+@pytest.mark.parametrize("name", one_fast(["fashion-mnist-codec", "fashion-mnist"]))
 def test_damaged_containers_give_the_same_errors(name: str, images: np.ndarray, tmp_path: Path) -> None:
     codec = Codec(load(shipped_bundles()[name], threads=1))
     other_name = "fashion-mnist-codec-hq" if name != "fashion-mnist-codec-hq" else "fashion-mnist-codec"
@@ -311,6 +316,7 @@ def evz(*args: str | Path) -> subprocess.CompletedProcess:
     return run_node(WEB / "evz.mjs", *args, check=False, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_compress_and_decompress_match_python(images: np.ndarray, tmp_path: Path) -> None:
     np.save(tmp_path / "in.npy", images[:12])
     codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
@@ -332,6 +338,7 @@ def test_cli_compress_and_decompress_match_python(images: np.ndarray, tmp_path: 
     assert info["count"] == 12 and info["quality"] == "high" and info["modelMatches"] is True
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarray, tmp_path: Path) -> None:
     codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
     good = codec.compress(images[:3])
@@ -445,6 +452,7 @@ def _pixel_differences(got: np.ndarray, want: np.ndarray) -> tuple[int, int]:
     return int((diff > 0).sum()), int(diff.max(initial=0))
 
 
+@pytest.mark.slow
 def test_page_loads_offline_and_samples(page_run: dict) -> None:
     result = page_run["result"]
     assert result["status"].startswith("ready") or "decoded" in result["status"], result["status"]
@@ -462,6 +470,7 @@ def test_page_loads_offline_and_samples(page_run: dict) -> None:
     assert page_run["screenshot"].stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_page_round_trip_gives_python_bytes_and_pixels(page_run: dict) -> None:
     from PIL import Image
 
@@ -481,6 +490,19 @@ def test_page_round_trip_gives_python_bytes_and_pixels(page_run: dict) -> None:
     assert largest <= WASM_MAX_PIXEL_DIFFERENCE and differing <= WASM_MAX_DIFFERING_FRACTION * len(want) + 2
 
 
+@pytest.mark.slow
+def test_page_clears_the_previous_result_when_a_file_fails(page_run: dict) -> None:
+    """A bad file picked after a good one: the error is shown, the good file's images are not."""
+    result = page_run["result"]
+    opened, compressed = result["openError"], result["compressError"]
+    assert opened["error"] and opened["status"], opened
+    assert opened["hidden"] and opened["summary"] == "" and opened["last"] is None, opened
+    assert compressed["error"] and compressed["status"].startswith("junk.png: not a readable image"), compressed
+    assert compressed["hidden"] and compressed["summary"] == "" and compressed["last"] is None, compressed
+    assert result["console"] == [], result["console"]  # typed errors: reported on the page, not the console
+
+
+@pytest.mark.slow
 def test_wasm_parity_figures(page_run: dict, capsys: pytest.CaptureFixture) -> None:
     """onnxruntime-web against Python: pixels of Python's containers, and the page's own containers."""
     lines, figures = [], []

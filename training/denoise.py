@@ -29,8 +29,11 @@ import torch
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import read_bundle, sha256_file
 from edgevae.runtime.errors import InputError, OutputError
+from edgevae.runtime.images import psnr
 from edgevae.runtime.noise import GAUSSIAN, SALT_PEPPER, corrupt
-from edgevae.training.model import VAE, ModelConfig
+from edgevae.runtime.units import bits_per_dim
+from edgevae.training.model import VAE, ModelConfig, gaussian_kl
+from edgevae.training.train import save_checkpoint
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
@@ -102,7 +105,7 @@ def corrupt_batch(images: np.ndarray, config: DenoiseConfig, rng: np.random.Gene
 def _elbo_terms(model: VAE, clean: torch.Tensor, noisy: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     mean, logvar = model.encoder(noisy)
     z = model.reparameterize(mean, logvar) if sample else mean
-    kl = (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)).sum(1)
+    kl = gaussian_kl(mean, logvar).sum(1)
     return model.recon_nll(clean, z), kl
 
 
@@ -110,20 +113,15 @@ def _elbo_terms(model: VAE, clean: torch.Tensor, noisy: torch.Tensor, sample: bo
 def check(model: VAE, test: np.ndarray, seed: int = 1) -> dict[str, float]:
     """Negative ELBO (bits/dim) of clean test images under q(z | y) at sigma CHECK_SIGMA, and the
     PSNR of the decoder's mean image at the posterior mean (a quick proxy, not the denoiser)."""
-    from edgevae.training import likelihood
-
     rng = np.random.default_rng(seed)
     clean = test[:CHECK_IMAGES]
     noisy = corrupt(clean, GAUSSIAN, CHECK_SIGMA, rng)
     x, y = torch.from_numpy(clean), torch.from_numpy(noisy)
     recon, kl = _elbo_terms(model, x, y)
     mean, _ = model.encoder(y)
-    logits, means, _ = model.split(model.decoder(mean))
-    mse = (likelihood.mean_pixels(logits, means).round() - x.float()).pow(2).flatten(1).mean(1)
-    dims = model.config.pixels
     return {"check_sigma": CHECK_SIGMA,
-            "check_nelbo_bpd": float((recon + kl).mean()) / (dims * math.log(2)),
-            "check_mean_image_psnr_db": float((10 * torch.log10(255.0**2 / mse.clamp(min=1e-10))).mean())}
+            "check_nelbo_bpd": bits_per_dim(float((recon + kl).mean()), model.config.pixels),
+            "check_mean_image_psnr_db": float(psnr(clean, model.mean_image(mean).numpy()).mean())}
 
 
 def train_encoder(train: np.ndarray, test: np.ndarray, config: DenoiseConfig, run_dir: str | Path,
@@ -159,7 +157,7 @@ def train_encoder(train: np.ndarray, test: np.ndarray, config: DenoiseConfig, ru
             loss.backward()
             optimizer.step()
             scheduler.step()
-            bpd = float(loss.detach()) / (dims * math.log(2))
+            bpd = bits_per_dim(float(loss.detach()), dims)
             running = bpd if running is None else 0.98 * running + 0.02 * bpd
             if step % 100 == 0:
                 log(f"epoch {epoch + 1} step {step}/{steps_per_epoch}: nelbo(clean | noisy) {running:.4f} bpd "
@@ -167,10 +165,8 @@ def train_encoder(train: np.ndarray, test: np.ndarray, config: DenoiseConfig, ru
         model.encoder.eval()
         metrics = {"epoch": epoch + 1, "train_nelbo_bpd": running, "seconds": round(time.time() - started, 1),
                    **check(model, test)}
-        tmp = run / (CHECKPOINT + ".tmp")
-        torch.save({"encoder": model.encoder.state_dict(), "config": config.to_dict(), "epoch": epoch + 1,
-                    "metrics": metrics}, tmp)
-        os.replace(tmp, run / CHECKPOINT)
+        save_checkpoint({"encoder": model.encoder.state_dict(), "config": config.to_dict(), "epoch": epoch + 1,
+                         "metrics": metrics}, run / CHECKPOINT)
         with open(run / METRICS, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         log(f"epoch {epoch + 1}: {json.dumps(metrics)}")

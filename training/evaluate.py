@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from edgevae.runtime.images import psnr
+from edgevae.runtime.outputs import atomic_write_bytes
+from edgevae.runtime.units import bits_per_dim
 from edgevae.training.model import VAE
 from edgevae.training.train import load_checkpoint, model_from_checkpoint
 
@@ -59,12 +61,11 @@ def evaluate_model(
             if bar is not None:
                 bar.update(len(x))
     n = len(images)
-    to_bpd = 1.0 / (n * dims * math.log(2))
     return {
         "images": n,
         "k": k,
-        "nelbo_bpd": nelbo * to_bpd,
-        "iwae_bpd": iwae * to_bpd,
+        "nelbo_bpd": bits_per_dim(nelbo, n * dims),
+        "iwae_bpd": bits_per_dim(iwae, n * dims),
         "psnr_db": psnr_sum / n,
         "seed": seed,
         "seconds": round(time.time() - started, 1),
@@ -94,5 +95,5 @@ def evaluate_run(
     metrics = evaluate_model(model, images, k=k, seed=seed, progress=progress)
     metrics.update({"data": data.name, "split": "test", "epochs_trained": checkpoint["epoch"]})
     if not limit or limit >= len(data.test):
-        (Path(run_dir) / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_bytes(Path(run_dir) / EVALUATION_FILE, (json.dumps(metrics, indent=2) + "\n").encode(), force=True)
     return metrics

@@ -18,15 +18,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-#: Lower bound on log-scales in the normalized domain, as in PixelCNN++: keeps the
-#: logistic from collapsing to a delta whose bin mass underflows.
-MIN_LOG_SCALE = -7.0
+# The pixel domain is the contract's (runtime/contract.py), the one the exported graphs promise:
+# PIXEL_SCALE maps the normalized domain to pixel levels (one level = 1); MIN_LOG_SCALE is the
+# lower bound on log-scales, as in PixelCNN++ (it keeps a logistic from collapsing to a delta
+# whose bin mass underflows).
+from edgevae.runtime.contract import MIN_LOG_SCALE, PIXEL_LEVELS, PIXEL_SCALE
 
 #: Half of one pixel level in the normalized [-1, 1] domain.
-HALF_BIN = 1.0 / 255.0
-
-#: Scale from the normalized domain to pixel units (one level = 1).
-PIXEL_SCALE = 127.5
+HALF_BIN = 1.0 / (PIXEL_LEVELS - 1)
+#: The top pixel level.
+TOP = float(PIXEL_LEVELS - 1)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,7 @@ def mean_pixels(logits: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         mean = means[:, 0]
     else:
         mean = (torch.softmax(logits, dim=1) * means).sum(dim=1)
-    return ((mean + 1.0) * PIXEL_SCALE).clamp(0.0, 255.0)
+    return ((mean + 1.0) * PIXEL_SCALE).clamp(0.0, TOP)
 
 
 def sample(
@@ -100,4 +101,4 @@ def sample(
     ls = log_scales.gather(1, choice).squeeze(1)
     u = torch.rand(mu.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
     x = mu + torch.exp(ls) * (torch.log(u) - torch.log1p(-u))
-    return ((x + 1.0) * PIXEL_SCALE).round().clamp(0, 255).to(torch.uint8)
+    return ((x + 1.0) * PIXEL_SCALE).round().clamp(0, TOP).to(torch.uint8)

@@ -154,6 +154,13 @@ class Decoder(nn.Module):
         return out.unflatten(1, (3 * self.components, c)).reshape(-1, 3 * self.components, c, hh, ww)
 
 
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) of each dimension, in nats, same shape as ``mean``:
+    the analytic KL of a diagonal Gaussian posterior to the standard normal prior (Kingma &
+    Welling 2014, appendix B). The one definition for the loss, checks and reports."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
 @dataclass
 class LossTerms:
     """Per-image terms of the negative ELBO, in nats (shape (N,))."""
@@ -223,8 +230,7 @@ class VAE(nn.Module):
         """
         mean, logvar = self.encoder(images)
         z = self.reparameterize(mean, logvar, eps)
-        # KL(N(mu, sigma^2) || N(0, 1)) per dimension, Kingma & Welling 2014, appendix B.
-        kl_per_dim = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+        kl_per_dim = gaussian_kl(mean, logvar)
         logits, means, log_scales = self.split(self.decoder(z))
         error = likelihood.mean_pixels(logits, means) - images.to(torch.float32)
         return LossTerms(recon=self._nll(images, logits, means, log_scales), kl=kl_per_dim.sum(1),

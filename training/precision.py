@@ -57,6 +57,7 @@ from edgevae.runtime import contract
 from edgevae.runtime.bundle import read_bundle, sha256_file
 from edgevae.runtime.errors import ExportError, InputError
 from edgevae.runtime.images import psnr
+from edgevae.runtime.units import bits_per_dim
 from edgevae.training.onnxgraph import save_checked, set_metadata_props
 from edgevae.training.staging import check_target, staged_bundle
 
@@ -229,6 +230,7 @@ def bundle_quality(model: Any, images: np.ndarray, seed: int = SEED, batch: int 
     import torch
 
     from edgevae.training import likelihood
+    from edgevae.training.model import gaussian_kl
 
     rng = np.random.default_rng(seed)
     psnr_sum = nats = 0.0
@@ -242,11 +244,10 @@ def bundle_quality(model: Any, images: np.ndarray, seed: int = SEED, batch: int 
         with torch.inference_mode():
             log_px = likelihood.log_prob(torch.from_numpy(x), torch.from_numpy(params.logits),
                                          torch.from_numpy(params.means), torch.from_numpy(params.log_scales))
-        # KL(N(mu, sigma^2) || N(0, 1)), Kingma & Welling 2014, appendix B.
-        kl = 0.5 * (mean.astype(np.float64) ** 2 + np.exp(logvar.astype(np.float64)) - 1.0 - logvar)
+        kl = gaussian_kl(torch.from_numpy(mean).double(), torch.from_numpy(logvar).double())
         nats += float(-log_px.double().sum()) + float(kl.sum())
     n = len(images)
-    return {"psnr_db": psnr_sum / n, "nelbo_bpd": nats / (n * math.prod(images.shape[1:]) * math.log(2))}
+    return {"psnr_db": psnr_sum / n, "nelbo_bpd": bits_per_dim(nats, n * math.prod(images.shape[1:]))}
 
 
 def compare(reference: Any, variant: Any, images: np.ndarray, batch: int = CHECK_BATCH) -> dict[str, dict[str, float]]:

@@ -3,7 +3,9 @@ swap it into place.
 
 Export, int8/fp16 variants and the denoising bundle each write a whole folder of graphs, tables
 and manifest, and each can fail part-way (a graph that misses its parity check, a full disk,
-Ctrl-C). The target is then left exactly as it was and no staging folder remains.
+Ctrl-C). The target is then left exactly as it was and no staging folder remains. The folder
+counterpart of :func:`edgevae.runtime.outputs.write_files` (files all or nothing), with the same
+hold on SIGINT/SIGTERM while the old folder is swapped for the new one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgevae.runtime.errors import EdgeVAEError, ExportError, OutputError
+from edgevae.runtime.outputs import signals_held
 
 
 def check_target(target: Path, force: bool) -> None:
@@ -34,10 +37,8 @@ def staged_bundle(target: str | Path, force: bool, what: str = "export") -> Iter
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         yield staging
-        if target.exists():
-            shutil.rmtree(target)
         staging.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary package data
-        staging.rename(target)
+        _swap_in(staging, target)
     except EdgeVAEError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -48,3 +49,20 @@ def staged_bundle(target: str | Path, force: bool, what: str = "export") -> Iter
     except BaseException:  # Ctrl-C: nothing half-written stays behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put the folder ``staging`` at ``target``: the old target is first renamed aside (not
+    deleted), so an error or a signal at any point leaves the old folder or the new one in
+    place, never neither; the old one is deleted only once the new one is there."""
+    old = staging.with_name(staging.name + ".old")  # staging's name is unique, so this one is
+    with signals_held():
+        if target.exists():
+            target.rename(old)
+        try:
+            staging.rename(target)
+        except BaseException:
+            if old.exists():
+                old.rename(target)
+            raise
+    shutil.rmtree(old, ignore_errors=True)

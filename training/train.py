@@ -15,9 +15,9 @@ before any of this existed, so old runs stay reproducible by their recorded comm
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +30,8 @@ from torch import nn
 
 from edgevae.runtime.errors import DataError, InputError
 from edgevae.runtime.images import psnr
+from edgevae.runtime.outputs import atomic_write_bytes
+from edgevae.runtime.units import bits_per_dim
 from edgevae.training.data import Dataset, ImageFiles, ImageFolder, stream_batches
 from edgevae.training.distributed import Context, raise_if_stopped
 from edgevae.training.model import UPSAMPLE_MODES, VAE, LossTerms, ModelConfig
@@ -67,20 +69,14 @@ class TrainConfig:
         return asdict(self)
 
 
-def bits_per_dim(nats: torch.Tensor | float, dims: int) -> float:
-    """Convert a per-image quantity in nats to bits per pixel dimension."""
-    return float(nats) / (dims * math.log(2))
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, then rename: ``path`` is always a complete file (an old or a
-    new one), and an interrupted write (Ctrl-C, torchrun's SIGTERM) leaves no temporary behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def save_checkpoint(obj: Any, path: str | Path) -> None:
+    """``torch.save`` of ``obj`` to ``path``, replacing it all or nothing by the runtime's writer
+    (:func:`edgevae.runtime.outputs.atomic_write_bytes`): ``path`` is always a complete file (the
+    old one or the new one), and an interrupt (Ctrl-C, torchrun's SIGTERM) leaves no temporary
+    behind. The checkpoint is serialized in memory first (a few MB)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue(), force=True)
 
 
 def check_run_folder(run_dir: str | Path, resume: bool) -> None:
@@ -426,7 +422,7 @@ def _train_epoch(state: _TrainingState, data: TrainingData, epoch: int, context:
         totals += torch.tensor([float(nelbo.sum()), len(nelbo)], dtype=torch.float64)
         if bar is not None:
             # The bar shows rank 0's share; the epoch's figure is over all ranks.
-            shown = bits_per_dim(nelbo.mean(), state.dims) if len(nelbo) else running or 0.0
+            shown = bits_per_dim(float(nelbo.mean()), state.dims) if len(nelbo) else running or 0.0
             running = shown if running is None else 0.98 * running + 0.02 * shown
             bar.loss = f"nelbo {running:.3f} bpd  beta {beta:.2f}"
             bar.update(1)
@@ -437,7 +433,7 @@ def _train_epoch(state: _TrainingState, data: TrainingData, epoch: int, context:
 
 def _save_epoch(run: Path, state: _TrainingState, data: TrainingData, metrics: dict[str, Any]) -> None:
     """Rank 0: the checkpoint (atomically) and one line of metrics.jsonl."""
-    _atomic_save(
+    save_checkpoint(
         {"model": _to_cpu(state.model.state_dict()), "optimizer": _to_cpu(state.optimizer.state_dict()),
          "scheduler": state.scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
          "torch_rng": torch.get_rng_state(), "model_config": state.model_config.to_dict(),

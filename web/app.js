@@ -29,6 +29,9 @@ function report(e) {
   if (!(e instanceof EdgeVAEError)) console.error(e);
 }
 
+/** `report`, after clearing a panel's result: a failed file must not leave the previous file's images up. */
+const failed = (clear) => (e) => { clear(); report(e); };
+
 // -- drawing ---------------------------------------------------------------------------------
 
 /** Draw uint8 gray images (n * H * W) into a canvas as a grid of `columns`. */
@@ -164,6 +167,13 @@ async function compressImage(source, label) {
   status(`compressed ${label} to ${bytes.length} bytes`);
 }
 
+function clearCompressed() {
+  $("compress-result").hidden = true;
+  $("compress-summary").textContent = "";
+  $("compress-hex").textContent = "";
+  page.last.compress = null;
+}
+
 // -- open a .evz -----------------------------------------------------------------------------
 
 /** The codec of the listed bundle whose fingerprint made the container (prefix, then CRC). */
@@ -198,10 +208,16 @@ async function openContainer(file) {
   status(`decoded ${count} image(s) from ${file.name}`);
 }
 
+function clearOpened() {
+  $("open-grid").hidden = true;
+  $("open-summary").textContent = "";
+  page.last.open = null;
+}
+
 // -- wiring ----------------------------------------------------------------------------------
 
-function onFile(input, drop, handler) {
-  const run = (file) => file && handler(file).catch(report);
+function onFile(input, drop, handler, clear) {
+  const run = (file) => file && handler(file).catch(failed(clear));
   input.addEventListener("change", () => run(input.files[0]));
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -225,11 +241,12 @@ async function main() {
   $("reseed").addEventListener("click", () => { $("seed").value = Number($("seed").value) + 1; drawSamples().catch(report); });
   for (const id of ["blend-a", "blend-b", "blend-t"]) $(id).addEventListener("input", again(drawBlend));
   const recompress = () => compressImage(exampleUrl($("compress-example").value), `${$("compress-example").value}.png`);
-  $("compress-example").addEventListener("change", again(recompress));
-  $("codec-bundle").addEventListener("change", again(async () => { await fillQualities(); await recompress(); }));
-  $("quality").addEventListener("change", again(recompress));
-  onFile($("compress-file"), $("compress-drop"), (file) => compressImage(file, file.name));
-  onFile($("open-file"), $("open-drop"), openContainer);
+  const compressAgain = (f) => () => f().catch(failed(clearCompressed));
+  $("compress-example").addEventListener("change", compressAgain(recompress));
+  $("codec-bundle").addEventListener("change", compressAgain(async () => { await fillQualities(); await recompress(); }));
+  $("quality").addEventListener("change", compressAgain(recompress));
+  onFile($("compress-file"), $("compress-drop"), (file) => compressImage(file, file.name), clearCompressed);
+  onFile($("open-file"), $("open-drop"), openContainer, clearOpened);
   status(`ready: onnxruntime-web ${ort.env.versions?.web ?? ""} (WebAssembly), models loaded and verified by sha256`);
 }
 

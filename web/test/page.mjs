@@ -75,6 +75,24 @@ try {
     await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: spec.screenshot, fullPage: true });
   }
+  // A bad file after a good one (after the screenshot, which shows the good state): the page must
+  // show the error and no longer show the previous file's images and summary.
+  const afterError = async (input, file, area, summary, key) => {
+    const before = await page.textContent("#status");
+    await page.setInputFiles(input, file);
+    await page.waitForFunction((b) => document.getElementById("status").textContent !== b, before);
+    return page.evaluate(({ area, summary, key }) => ({
+      status: document.getElementById("status").textContent,
+      error: document.getElementById("status").classList.contains("error"),
+      hidden: document.getElementById(area).hidden,
+      summary: document.getElementById(summary).textContent,
+      last: window.edgevaePage.last[key],
+    }), { area, summary, key });
+  };
+  result.openError = await afterError("#open-file", { name: "junk.evz", mimeType: "application/octet-stream",
+    buffer: Buffer.from("not a container") }, "open-grid", "open-summary", "open");
+  result.compressError = await afterError("#compress-file", { name: "junk.png", mimeType: "image/png",
+    buffer: Buffer.from("not an image") }, "compress-result", "compress-summary", "compress");
 } finally {
   await browser.close();
   server.close();

@@ -280,19 +280,34 @@ def check_level(kind: str, level: Any) -> float | None:
     return value
 
 
-def denoise(model: Any, images: np.ndarray, level: float | None = None, kind: str = GAUSSIAN,
-            samples: int = DEFAULT_SAMPLES, refine: int = DEFAULT_REFINE, seed: int = 0,
-            progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Denoised uint8 images (N, C, H, W) and the noise level used for each (float64 (N,)).
+def denoise(model: Any, images: np.ndarray, sigma: float | None = None, noise: str = GAUSSIAN,
+            amount: float | None = None, samples: int = DEFAULT_SAMPLES, refine: int = DEFAULT_REFINE,
+            seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Denoised copies of uint8 images (N, C, H, W) (or one (C, H, W)) under ``model`` (a loaded
+    :class:`edgevae.runtime.model.EdgeVAE`): uint8 (N, C, H, W).
 
-    ``model`` is a loaded :class:`edgevae.runtime.model.EdgeVAE`; ``level`` is the Gaussian sigma
-    in pixel levels or the salt-and-pepper fraction (None: estimated per image). ``samples`` > 1
-    averages the posterior mean over that many latent draws from q(z | y) (seeded by ``seed``
-    and the chunk, so results do not depend on threads), else z is q's mean. Chunks of
-    :data:`CHUNK` images run on a few threads (onnxruntime and numpy release the GIL), so the
-    graphs of one chunk overlap the numpy work of another. ``progress(n)`` is called as images finish.
+    ``noise="gaussian"``: ``sigma`` is the noise std in pixel levels (None: estimated per image).
+    ``noise="salt-pepper"``: ``amount`` is the fraction of replaced pixels (None: estimated).
+    Each pixel becomes its posterior mean E[v | y, z] (see the module docstring); ``refine``
+    passes re-encode the estimate, ``samples`` > 1 averages over latent draws from q(z | y)
+    (seeded by ``seed``). ``progress(n)`` is called as images finish. The noise levels used:
+    :func:`denoise_with_levels`.
     """
-    level = check_level(kind, level)
+    return denoise_with_levels(model, images, sigma=sigma, noise=noise, amount=amount, samples=samples,
+                               refine=refine, seed=seed, progress=progress)[0]
+
+
+def denoise_with_levels(model: Any, images: np.ndarray, sigma: float | None = None, noise: str = GAUSSIAN,
+                        amount: float | None = None, samples: int = DEFAULT_SAMPLES, refine: int = DEFAULT_REFINE,
+                        seed: int = 0, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`denoise` (same arguments), and the noise level used for each image: float64 (N,),
+    the given ``sigma`` or ``amount``, or the estimate.
+
+    ``samples`` > 1 draws are seeded by ``seed`` and the chunk, so results do not depend on
+    threads. Chunks of :data:`CHUNK` images run on a few threads (onnxruntime and numpy release
+    the GIL), so the graphs of one chunk overlap the numpy work of another.
+    """
+    level = noise_level(noise, sigma, amount)
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise InputError(f"samples must be a positive integer, got {samples!r}")
     if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
@@ -305,7 +320,7 @@ def denoise(model: Any, images: np.ndarray, level: float | None = None, kind: st
     def run(start: int) -> int:
         part = y[start : start + CHUNK]
         out[start : start + len(part)], used[start : start + len(part)] = _denoise_chunk(
-            model, part, level, kind, samples, refine, np.random.default_rng([seed, start]))
+            model, part, level, noise, samples, refine, np.random.default_rng([seed, start]))
         return len(part)
 
     workers = min(len(starts), WORKERS)

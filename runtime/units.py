@@ -1,0 +1,23 @@
+"""Units of a likelihood: nats per image to bits per pixel dimension, the figure every report uses.
+
+Training logs, evaluation, variant checks and the denoising encoder's check all report a negative
+ELBO in bits per dimension (per pixel value, over the C * H * W values of an image): one conversion,
+here, so that the figures of two tools are comparable by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+#: A float or an array (numpy or torch): the conversion is elementwise.
+Number = TypeVar("Number")
+
+
+def bits_per_dim(nats: Number, dims: int) -> Number:
+    """``nats`` (per image, or summed over images) in bits per pixel dimension: nats / (dims ln 2).
+
+    ``dims`` is the number of pixel values the nats are spread over: C * H * W for one image,
+    times the number of images for a sum over images.
+    """
+    return nats / (dims * math.log(2))
