@@ -144,12 +144,9 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
         names = [f"{q} (default)" if q == m["codec"].get("default_quality") else q for q in m["codec"]["qualities"]]
         lines.append(f"codec       qualities {', '.join(names)}")
     if model_path is None:
-        from edgevae.runtime.bundle import default_codec_bundle_path, default_denoise_bundle_path, shipped_bundles
+        from edgevae.runtime.bundle import describe_shipped
 
-        roles = {default_codec_bundle_path(): " (compress's lossy default)",
-                 default_denoise_bundle_path(): " (denoise's default)"}
-        shipped = [name + roles.get(path, "") for name, path in shipped_bundles().items()]
-        lines.append(f"shipped     {', '.join(shipped)}; pick one with --model NAME")
+        lines.append(f"shipped     {describe_shipped()}; pick one with --model NAME")
     if evaluation:
         lines.append(
             f"test set    negative ELBO {evaluation['nelbo_bpd']:.3f} bits/dim, IWAE(k={evaluation['k']}) "
