@@ -95,6 +95,11 @@ class Bundle:
         """Human-readable bundle name."""
         return str(self.manifest.get("name", self.path.name))
 
+    @property
+    def roles(self) -> list[str]:
+        """The jobs this bundle is the shipped default for (model.json ``role``; see manifest.ROLES)."""
+        return schema.roles_of(self.manifest)
+
     def graph_path(self, spec: contract.GraphSpec) -> Path:
         """Path of one of the bundle's ONNX files (a plain name inside the folder, checked)."""
         return self.path / self.manifest["graphs"][spec.key]["file"]
@@ -152,7 +157,7 @@ def shipped_bundle_for_role(role: str) -> Path:
     :data:`edgevae.runtime.manifest.ROLES`); BundleError unless exactly one does."""
     if role not in schema.ROLES:
         raise BundleError(f"unknown bundle role {role!r}; roles: {', '.join(schema.ROLES)}")
-    holders = [folder for folder in shipped_bundles().values() if role in schema.roles_of(read_manifest(folder).manifest)]
+    holders = [folder for folder in shipped_bundles().values() if role in read_manifest(folder).roles]
     if len(holders) != 1:
         held = ", ".join(p.name for p in holders) or "none"
         raise BundleError(f"the shipped bundles must hold role {role!r} exactly once (held by: {held})")
@@ -191,7 +196,7 @@ def describe_shipped() -> str:
     """The shipped bundles by name, each with the jobs it is the default for (``edgevae info``)."""
     names = []
     for name, folder in shipped_bundles().items():
-        notes = [schema.ROLES[r] for r in schema.roles_of(read_manifest(folder).manifest) if schema.ROLES[r]]
+        notes = [schema.ROLES[r] for r in read_manifest(folder).roles if schema.ROLES[r]]
         names.append(name + "".join(f" ({note})" for note in notes))
     return ", ".join(names)
 
