@@ -11,6 +11,7 @@ library raises, never prints or exits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -163,15 +164,37 @@ def _one_line_usage(error: click.UsageError) -> click.UsageError:
     return converted
 
 
-class Group(click.Group):
-    """A click group whose usage errors (bad option values, unknown commands, missing
-    arguments) are one line and exit code 2, for the group and every command in it."""
+def _parse(make: Callable[[], click.Context]) -> click.Context:
+    """Make a command's context (parse its arguments): usage errors become one line, and so does a
+    full stdout or closed pipe met by --help or --version, which print while parsing."""
+    try:
+        return make()
+    except click.UsageError as e:
+        raise _one_line_usage(e) from None
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.ENOSPC):
+            raise
+        _error(str(_stdout_failed(e)))
+        sys.exit(2)
+
+
+class Command(click.Command):
+    """A click command whose usage errors are one line, like its group's, and whose --help output
+    meets a full stdout or closed pipe with one line and exit code 2."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as e:
-            raise _one_line_usage(e) from None
+        return _parse(lambda: super(Command, self).make_context(*args, **kwargs))
+
+
+class Group(click.Group):
+    """A click group whose usage errors (bad option values, unknown commands, missing
+    arguments) are one line and exit code 2, for the group and every command in it; --help and
+    --version meet an unwritable stdout like the commands do (one line, exit code 2)."""
+
+    command_class = Command
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        return _parse(lambda: super(Group, self).make_context(*args, **kwargs))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

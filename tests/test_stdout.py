@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,6 +87,19 @@ def assert_one_line_stdout_error(code: int, stderr: str, argv: list[str], progre
 def test_every_command_has_an_entry() -> None:
     assert sorted(RUNTIME_CASES) == sorted(runtime_main.commands)
     assert sorted(TRAINING_CASES) == sorted(training_main.commands)
+
+
+@pytest.mark.parametrize("sink", SINKS)
+@pytest.mark.parametrize("module, group", [("edgevae.runtime", runtime_main), ("edgevae.training", training_main)],
+                         ids=["edgevae", "edgevae-train"])
+def test_help_and_version_with_unwritable_stdout(module: str, group: Any, sink: str, tmp_path: Path) -> None:
+    """--help of the group and of every command, and --version, print while arguments are parsed."""
+    invocations = [["--help"], *([name, "--help"] for name in group.commands)]
+    invocations += [["--version"]] if module == "edgevae.runtime" else []
+    for args in invocations:
+        argv = [module, *args]
+        code, stderr = run_with_stdout(argv, sink, tmp_path)
+        assert_one_line_stdout_error(code, stderr, argv)
 
 
 # -- edgevae ------------------------------------------------------------------------------------------
