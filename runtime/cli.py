@@ -491,8 +491,8 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
     summary = {"command": "decompress", "count": len(images), "bytes": total,
                "bits_per_pixel": _bits_per_pixel(total, sum(counts), model.image_shape), "outputs": paths}
     echo(json.dumps(summary) if as_json else
-               f"decompressed {len(images)} image(s) from {total} bytes to {_describe_written(paths)}",
-               err=out == STDIO)
+         f"decompressed {len(images)} image(s) from {total} bytes to {_describe_written(paths)}",
+         err=out == STDIO)
 
 
 def _describe_container(source: str, model_path: str | None, as_json: bool) -> None:
@@ -643,4 +643,4 @@ def score(inputs: tuple[str, ...], out: str, samples: int, force: bool, as_json:
     verdict = ("no novelty threshold in this bundle" if scores.threshold is None else
                f"{len(flagged_names)} above the novelty threshold {scores.threshold:.3f}")
     echo(json.dumps(summary) if as_json else
-               f"scored {len(images)} image(s) to {'stdout' if out == STDIO else out}: {verdict}", err=out == STDIO)
+         f"scored {len(images)} image(s) to {'stdout' if out == STDIO else out}: {verdict}", err=out == STDIO)

@@ -192,13 +192,13 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
                              context=context, workers=workers)
     except Stopped:
         echo(f"{where}stopped by torchrun (another rank failed or the run was interrupted); "
-                   f"{Path(run_dir) / 'last.pt'} holds the last complete epoch", err=True)
+             f"{Path(run_dir) / 'last.pt'} holds the last complete epoch", err=True)
         sys.exit(143)
     except KeyboardInterrupt:
         if main_rank:
             echo(f"\n{where}interrupted: {Path(run_dir) / 'last.pt'} holds the last complete epoch; "
-                       f"continue with: {'torchrun ... ' if context.distributed else 'edgevae-train '}train "
-                       f"--out {run_dir} --resume", err=True)
+                 f"continue with: {'torchrun ... ' if context.distributed else 'edgevae-train '}train "
+                 f"--out {run_dir} --resume", err=True)
         sys.exit(130)
     except EdgeVAEError as e:
         if main_rank or not context.distributed:
@@ -283,8 +283,8 @@ def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, ste
     if "variant" in manifest:
         check = manifest["variant"]["check"]
         echo(f"{precision} vs fp32 graphs on {check['images']} test images: "
-                   f"PSNR {check[precision]['psnr_db']:.2f} dB (fp32 {check['fp32']['psnr_db']:.2f}), "
-                   f"negative ELBO {check[precision]['nelbo_bpd']:.4f} bits/dim (fp32 {check['fp32']['nelbo_bpd']:.4f})")
+             f"PSNR {check[precision]['psnr_db']:.2f} dB (fp32 {check['fp32']['psnr_db']:.2f}), "
+             f"negative ELBO {check[precision]['nelbo_bpd']:.4f} bits/dim (fp32 {check['fp32']['nelbo_bpd']:.4f})")
 
 
 @main.command("codec-tables")
@@ -307,7 +307,7 @@ def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None
     echo(f"wrote {bundle_dir}/codec.json: fitted on {tables['fitted_on']['images']} training images")
     for q in tables["qualities"]:
         echo(f"  {q['name']:<10} step x{q['step_factor']:<5g} {q['train_bits_per_image'] / 8:6.2f} bytes/image "
-                   f"(ideal, training set)")
+             f"(ideal, training set)")
 
 
 @main.command()
@@ -344,7 +344,7 @@ def prior(bundle_dir: str, kind: str, hidden: int, layers: int, epochs: int, lr:
     metrics, parity = entry["metrics"], entry["parity"]
     echo(f"wrote {bundle_dir}/prior.onnx ({entry['kind']}, {entry['noise_dim']}-d noise) and model.json")
     echo(f"test latents: {metrics['test_nll_nats_per_dim']:.4f} nats/dim under the prior "
-               f"({metrics['test_nll_is']}), {metrics['test_nll_normal_nats_per_dim']:.4f} under N(0, I)")
+         f"({metrics['test_nll_is']}), {metrics['test_nll_normal_nats_per_dim']:.4f} under N(0, I)")
     echo(f"parity prior: latents {parity['max_abs_diff']['latents']:.2e} (tolerance {parity['tolerance']:.0e})")
 
 
@@ -397,7 +397,7 @@ def denoise_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: b
     manifest = export_denoise_bundle(run_dir, bundle_dir, force=force, data_dir=data_dir)
     diffs = ", ".join(f"{g}: {max(o.values()):.2e}" for g, o in manifest["parity"]["max_abs_diff"].items())
     echo(f"wrote {bundle_dir}: encoder.onnx (new), decoder.onnx (from {manifest['training']['source_bundle']}), "
-               f"model.json; parity {diffs}")
+         f"model.json; parity {diffs}")
 
 
 @main.command("novelty-threshold")
@@ -424,5 +424,5 @@ def novelty_threshold(bundle_dir: str, data_dir: str | None, percentile: float, 
     entry = add_novelty_threshold(bundle_dir, data_dir=data_dir, percentile=percentile, count=count,
                                   samples=samples, seed=seed)
     echo(f"wrote {bundle_dir}/model.json: novelty threshold {entry['threshold']:.4f} "
-               f"({entry['percentile']:g}th percentile of {entry['images']} training images, median "
-               f"{entry['novelty_median']:.4f})")
+         f"({entry['percentile']:g}th percentile of {entry['images']} training images, median "
+         f"{entry['novelty_median']:.4f})")
