@@ -61,7 +61,7 @@ def write_stdout(data: bytes) -> None:
     """Write ``data`` to stdout and flush; OutputError if stdout is closed, full or a closed pipe."""
     stream = getattr(sys.stdout, "buffer", None)
     if stream is None:
-        raise OutputError("stdout: is closed ('-o -' writes to stdout)")
+        raise OutputError("stdout: is closed, nothing can be written to it")
     try:
         sys.stdout.flush()  # text echoed before stays before these bytes
         stream.write(data)
