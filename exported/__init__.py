@@ -3,29 +3,38 @@ codec.json, and prior.onnx where a bundle has a learned sampling prior).
 
 Each bundle here is reproduced by the training command recorded in its ``model.json`` and in
 README.md (and its prior, if any, by the ``edgevae-train prior`` command recorded there too).
+Which job each is the default for is data too: the ``role`` list of its model.json
+(:data:`edgevae.runtime.manifest.ROLES`), read by
+:func:`edgevae.runtime.bundle.shipped_bundle_for_role`:
+
+- ``fashion-mnist`` (default, lossless): the best likelihood, with a learned prior for sampling;
+- ``fashion-mnist-codec`` (lossy): trained with a distortion term (more PSNR per byte), 24 latent
+  dimensions (fewer coded symbols: the smallest files) and a decoder with a quarter of the FLOPs;
+- ``fashion-mnist-codec-hq``: the same distortion training with 32 latent dimensions at full widths,
+  for the highest qualities (its best level passes 24 dB), ~1/5 of the codec bundle's speed;
+- ``fashion-mnist-denoise`` (denoise): fashion-mnist's decoder, unchanged, with an encoder trained
+  on noisy images (Gaussian and salt-and-pepper) to give the posterior of the clean image;
+- ``fashion-mnist-int8``: fashion-mnist's int8 variant.
 """
 
 from pathlib import Path
+from typing import Any
 
 #: Folder holding the shipped bundles.
 BUNDLES = Path(__file__).resolve().parent
 
-#: The default bundle :func:`edgevae.runtime.load` uses when given no path.
-DEFAULT_BUNDLE = BUNDLES / "fashion-mnist"
+#: Names kept for code written before roles were data -> the role whose bundle they name.
+_ROLE_NAMES = {"DEFAULT_BUNDLE": "default", "DEFAULT_CODEC_BUNDLE": "lossy", "DEFAULT_DENOISE_BUNDLE": "denoise"}
 
-#: The bundle ``edgevae compress`` uses for lossy coding when given no --model: trained with a
-#: distortion term (more PSNR per byte than DEFAULT_BUNDLE), 24 latent dimensions (fewer coded
-#: symbols: the smallest files) and a decoder with a quarter of the FLOPs (faster decompression).
-#: Lossless coding keeps DEFAULT_BUNDLE, the better likelihood.
-DEFAULT_CODEC_BUNDLE = BUNDLES / "fashion-mnist-codec"
-
-#: An extra lossy-codec bundle for the highest qualities: the same distortion training with 32
-#: latent dimensions at the default bundle's full widths. More PSNR from ~20 bytes per image up
-#: (its best level passes 24 dB) for a decoder with 4x the FLOPs: ~1/5 of
-#: DEFAULT_CODEC_BUNDLE's decompression speed.
+#: The high-quality codec bundle (it holds no role: nothing picks it by default).
 HQ_CODEC_BUNDLE = BUNDLES / "fashion-mnist-codec-hq"
 
-#: The bundle ``edgevae denoise`` uses when given no --model: DEFAULT_BUNDLE's decoder, unchanged,
-#: with an encoder trained on noisy images (Gaussian and salt-and-pepper) to give the posterior
-#: of the clean image (training/denoise.py).
-DEFAULT_DENOISE_BUNDLE = BUNDLES / "fashion-mnist-denoise"
+
+def __getattr__(name: str) -> Any:
+    """DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE, DEFAULT_DENOISE_BUNDLE: the folder of the shipped
+    bundle holding that role, looked up in the manifests when first asked for."""
+    if name in _ROLE_NAMES:
+        from edgevae.runtime.bundle import shipped_bundle_for_role
+
+        return shipped_bundle_for_role(_ROLE_NAMES[name])
+    raise AttributeError(f"module 'edgevae.exported' has no attribute {name!r}")

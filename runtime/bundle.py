@@ -6,8 +6,8 @@ default shipped bundle.
 
 A bundle is untrusted input (it may come from anywhere), so before any ONNX session exists:
 
-- the manifest is read with a size limit and a nesting limit, and every field the runtime uses
-  is checked: types, finite numbers in sane bounds, file names;
+- the manifest is read with a size limit and a nesting limit, and validated against its schema
+  (:mod:`edgevae.runtime.manifest`): types, finite numbers in sane bounds, file names;
 - the files it names must be plain names inside the bundle folder (no separator, no ``..``,
   no symbolic link leading out of the folder, regular files of bounded size): no path outside
   the bundle is ever opened, so an error cannot tell what exists elsewhere;
@@ -22,15 +22,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgevae.runtime import contract
+from edgevae.runtime import contract, manifest as schema
 from edgevae.runtime.errors import BundleError
+from edgevae.runtime.manifest import check_file_name
 
 #: Environment variable naming a bundle folder to use instead of the shipped default.
 MODEL_ENV = "EDGEVAE_MODEL"
@@ -43,12 +43,6 @@ MAX_TABLES_BYTES = 16 << 20
 MAX_GRAPH_BYTES = 1 << 30
 #: Deepest nesting of JSON arrays and objects accepted (the manifests need 6).
 MAX_JSON_DEPTH = 32
-#: Bounds of the numbers a manifest gives: image side, latent size, mixture components.
-MAX_IMAGE_SIDE = 4096
-MAX_LATENT_DIM = 4096
-MAX_COMPONENTS = 256
-#: Image channel counts the runtime handles (gray, RGB).
-CHANNELS = (1, 3)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -100,6 +94,11 @@ class Bundle:
     def name(self) -> str:
         """Human-readable bundle name."""
         return str(self.manifest.get("name", self.path.name))
+
+    @property
+    def roles(self) -> list[str]:
+        """The jobs this bundle is the shipped default for (model.json ``role``; see manifest.ROLES)."""
+        return schema.roles_of(self.manifest)
 
     def graph_path(self, spec: contract.GraphSpec) -> Path:
         """Path of one of the bundle's ONNX files (a plain name inside the folder, checked)."""
@@ -153,22 +152,34 @@ class Bundle:
         return digest.digest()
 
 
+def shipped_bundle_for_role(role: str) -> Path:
+    """The folder of the shipped bundle whose manifest claims ``role`` (model.json ``role``, one of
+    :data:`edgevae.runtime.manifest.ROLES`); BundleError unless exactly one does."""
+    if role not in schema.ROLES:
+        raise BundleError(f"unknown bundle role {role!r}; roles: {', '.join(schema.ROLES)}")
+    holders = [folder for folder in shipped_bundles().values() if role in read_manifest(folder).roles]
+    if len(holders) != 1:
+        held = ", ".join(p.name for p in holders) or "none"
+        raise BundleError(f"the shipped bundles must hold role {role!r} exactly once (held by: {held})")
+    return holders[0]
+
+
 def default_bundle_path() -> Path:
-    """The bundle shipped inside the package (``edgevae.exported``)."""
+    """The shipped bundle every command uses without --model (role ``default``)."""
     from edgevae.exported import DEFAULT_BUNDLE
 
     return DEFAULT_BUNDLE
 
 
 def default_codec_bundle_path() -> Path:
-    """The shipped bundle trained for lossy compression (``edgevae compress``'s default)."""
+    """The shipped bundle trained for lossy compression (role ``lossy``: ``edgevae compress``'s default)."""
     from edgevae.exported import DEFAULT_CODEC_BUNDLE
 
     return DEFAULT_CODEC_BUNDLE
 
 
 def default_denoise_bundle_path() -> Path:
-    """The shipped bundle trained for denoising (``edgevae denoise``'s default)."""
+    """The shipped bundle trained for denoising (role ``denoise``: ``edgevae denoise``'s default)."""
     from edgevae.exported import DEFAULT_DENOISE_BUNDLE
 
     return DEFAULT_DENOISE_BUNDLE
@@ -179,6 +190,15 @@ def shipped_bundles() -> dict[str, Path]:
     from edgevae.exported import BUNDLES
 
     return {p.name: p for p in sorted(BUNDLES.iterdir()) if (p / contract.MANIFEST_FILE).is_file()}
+
+
+def describe_shipped() -> str:
+    """The shipped bundles by name, each with the jobs it is the default for (``edgevae info``)."""
+    names = []
+    for name, folder in shipped_bundles().items():
+        notes = [schema.ROLES[r] for r in read_manifest(folder).roles if schema.ROLES[r]]
+        names.append(name + "".join(f" ({note})" for note in notes))
+    return ", ".join(names)
 
 
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:
@@ -195,29 +215,6 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     if not folder.exists() and len(folder.parts) == 1:
         return shipped_bundles().get(folder.name, folder)
     return folder
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-def check_file_name(name: Any, where: Path) -> str:
-    """``name`` if it is a plain file name (no folder part, not ``.``/``..``); else BundleError.
-
-    Checked before anything is opened, so a manifest cannot point outside its bundle.
-    """
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name or os.sep in name or (os.altsep and os.altsep in name) or len(name) > 255):
-        raise BundleError(f"{where}: file name {name!r} is not a plain file name inside the bundle folder")
-    return name
 
 
 def _depth(value: Any) -> int:
@@ -300,90 +297,6 @@ def read_verified(folder: Path, name: str, sha256: str, limit: int) -> bytes:
     return data
 
 
-def _check_tensors(entry: Any, spec: contract.GraphSpec, dims: dict[str, int], where: Path) -> None:
-    """The manifest's description of a graph's inputs and outputs, if given, must be the contract's
-    for this bundle's dimensions (the graphs themselves are checked when loaded)."""
-    described = spec.describe(dims)
-    for side in ("inputs", "outputs"):
-        if side in entry and entry[side] != described[side]:
-            raise BundleError(f"{where}: {spec.key} {side} {entry[side]!r} disagree with the bundle's own "
-                              f"shapes {described[side]!r}")
-
-
-def _check_manifest(manifest: Any, where: Path) -> None:
-    if not isinstance(manifest, dict) or manifest.get("format") != contract.MANIFEST_FORMAT:
-        raise BundleError(f"{where}: not an edgevae bundle manifest")
-    version = manifest.get("format_version")
-    if version != contract.MANIFEST_VERSION:
-        raise BundleError(
-            f"{where}: bundle format version {version!r} is not supported by this edgevae "
-            f"(supports {contract.MANIFEST_VERSION}); upgrade edgevae or re-export the bundle"
-        )
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise BundleError(f"{where}: manifest is invalid ({what})")
-
-    try:
-        for spec in contract.GRAPHS:
-            entry = manifest["graphs"][spec.key]
-            need(isinstance(entry, dict), f"graphs.{spec.key} is not an object")
-            check_file_name(entry["file"], where)
-            need(_is_sha256(entry["sha256"]), f"graphs.{spec.key}.sha256 is not 64 hex digits")
-        shape = manifest["image"]["shape"]
-        need(isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) for v in shape),
-             f"image.shape {shape!r} is not three integers")
-        c, h, w = shape
-        need(c in CHANNELS, f"image.shape has {c} channels, edgevae handles {' or '.join(map(str, CHANNELS))}")
-        need(1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE,
-             f"image.shape {h}x{w} is not within 1..{MAX_IMAGE_SIDE} pixels a side")
-        dim = manifest["latent"]["dim"]
-        need(_is_int(dim) and 1 <= dim <= MAX_LATENT_DIM, f"latent.dim {dim!r} is not an integer in 1..{MAX_LATENT_DIM}")
-        if manifest["likelihood"]["kind"] != contract.LIKELIHOOD_KIND:
-            raise BundleError(f"{where}: unknown likelihood {manifest['likelihood']['kind']!r}")
-        components = manifest["likelihood"]["components"]
-        need(_is_int(components) and 1 <= components <= MAX_COMPONENTS,
-             f"likelihood.components {components!r} is not an integer in 1..{MAX_COMPONENTS}")
-        noise = None
-        if contract.PRIOR.key in manifest["graphs"]:
-            prior = manifest["prior"]
-            need(isinstance(prior, dict) and isinstance(prior.get("kind"), str), "prior is not an object with a kind")
-            noise = prior["noise_dim"]
-            need(_is_int(noise) and 1 <= noise <= MAX_LATENT_DIM,
-                 f"prior.noise_dim {noise!r} is not an integer in 1..{MAX_LATENT_DIM}")
-        dims = contract.dims_of(shape, dim, components, noise)
-        for spec in contract.GRAPHS:
-            _check_tensors(manifest["graphs"][spec.key], spec, dims, where)
-        # Optional graphs: their entries are checked here, their files and shapes when first used
-        # (EdgeVAE checks a graph's own signature against the manifest), so a broken prior spoils
-        # sampling from it and nothing else.
-        for spec in contract.OPTIONAL_GRAPHS:
-            entry = manifest["graphs"].get(spec.key)
-            if entry is not None:
-                need(isinstance(entry, dict), f"graphs.{spec.key} is not an object")
-                check_file_name(entry["file"], where)
-                need(_is_sha256(entry["sha256"]), f"graphs.{spec.key}.sha256 is not 64 hex digits")
-        for key in ("name", "precision"):
-            need(isinstance(manifest.get(key, ""), str), f"{key} is not a string")
-        training = manifest.get("training")
-        need(training is None or (isinstance(training, dict) and isinstance(training.get("command", ""), str)),
-             "training is not an object with a command string")
-        evaluation = manifest.get("evaluation")
-        need(evaluation is None or (isinstance(evaluation, dict) and all(
-            _is_number(evaluation.get(k)) for k in ("nelbo_bpd", "iwae_bpd", "psnr_db", "k", "images"))),
-            "evaluation lacks finite nelbo_bpd, iwae_bpd, psnr_db, k and images")
-        codec = manifest.get("codec")
-        if codec is not None:
-            need(isinstance(codec, dict), "codec is not an object")
-            check_file_name(codec["file"], where)
-            need(_is_sha256(codec["sha256"]), "codec.sha256 is not 64 hex digits")
-            qualities = codec.get("qualities", [])
-            need(isinstance(qualities, list) and all(isinstance(q, str) for q in qualities),
-                 "codec.qualities is not a list of names")
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{where}: manifest is incomplete (missing or invalid {e})") from None
-
-
 def read_manifest(folder: Path) -> Bundle:
     """A bundle from its checked manifest alone: its files are not hashed (see :func:`read_bundle`).
 
@@ -399,8 +312,7 @@ def read_manifest(folder: Path) -> Bundle:
         if not os.path.lexists(manifest_path):
             raise BundleError(f"{folder}: not a model bundle (no {contract.MANIFEST_FILE})") from None
         raise e from None
-    manifest = parse_json(raw, manifest_path, "manifest")
-    _check_manifest(manifest, manifest_path)
+    manifest = schema.validate(parse_json(raw, manifest_path, "manifest"), manifest_path)
     return Bundle(folder, manifest)
 
 
@@ -421,6 +333,42 @@ def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     if manifest.get("codec"):
         files["codec"] = read_verified(folder, manifest["codec"]["file"], manifest["codec"]["sha256"], MAX_TABLES_BYTES)
     return Bundle(folder, manifest, files)
+
+
+def update_manifest(bundle: Bundle | str | os.PathLike[str], changes: Mapping[str, Any],
+                    files: Mapping[str, bytes] | None = None) -> Bundle:
+    """Change sections of a bundle's model.json and write every file of the change all or nothing.
+
+    ``changes`` maps a dotted manifest path (``codec``, ``graphs.prior``, ``novelty``) to its new
+    entry (None removes it); ``files`` maps plain file names to the new bytes the entries record
+    (``codec.json``, ``prior.onnx``), each with its sha256 in the new manifest. The new manifest is
+    validated first; then the files and model.json are replaced together by
+    :func:`edgevae.runtime.outputs.write_files`, so an interruption leaves the old bundle, never a
+    model.json whose hashes do not match its files. Returns the bundle as now written (manifest only).
+    """
+    from edgevae.runtime.outputs import write_files
+
+    current = bundle if isinstance(bundle, Bundle) else read_manifest(resolve_path(bundle))
+    manifest = json.loads(json.dumps(current.manifest))  # a deep copy
+    for path, entry in changes.items():
+        *parents, key = path.split(".")
+        section = manifest
+        for name in parents:
+            section = section.setdefault(name, {})
+        if entry is None:
+            section.pop(key, None)
+        else:
+            section[key] = entry
+    where = current.path / contract.MANIFEST_FILE
+    data = schema.to_json(manifest, where)
+    recorded = schema.file_entries(manifest)
+    for name, content in (files or {}).items():
+        check_file_name(name, current.path)
+        if recorded.get(name) != sha256_bytes(content):
+            raise BundleError(f"{current.path / name}: the new model.json does not record this file with its sha256")
+    write_files([(current.path / name, content) for name, content in (files or {}).items()] + [(where, data)],
+                force=True)
+    return Bundle(current.path, manifest)
 
 
 def refuse_external_data(graph: bytes, where: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-from edgevae.runtime.clicommon import Group, guard
+from edgevae.runtime.clicommon import Group, echo, guard, write_stdout as _write_stdout
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,7 +111,7 @@ def _load(model_path: str | None, threads: int | None) -> Any:
 
 
 def _report(as_json: bool, summary: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(summary) if as_json else text)
+    echo(json.dumps(summary) if as_json else text)
 
 
 def _write(images: Any, out: str, force: bool, names: list[str] | None = None) -> list[str]:
@@ -169,7 +169,7 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
     bundle = read_bundle(model_path)
     m = bundle.manifest
     if as_json:
-        click.echo(json.dumps({"path": str(bundle.path), **m}, indent=2))
+        echo(json.dumps({"path": str(bundle.path), **m}, indent=2))
         return
     evaluation = m.get("evaluation") or {}
     lines = [
@@ -191,19 +191,16 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
         names = [f"{q} (default)" if q == m["codec"].get("default_quality") else q for q in m["codec"]["qualities"]]
         lines.append(f"codec       qualities {', '.join(names)}")
     if model_path is None:
-        from edgevae.runtime.bundle import default_codec_bundle_path, default_denoise_bundle_path, shipped_bundles
+        from edgevae.runtime.bundle import describe_shipped
 
-        roles = {default_codec_bundle_path(): " (compress's lossy default)",
-                 default_denoise_bundle_path(): " (denoise's default)"}
-        shipped = [name + roles.get(path, "") for name, path in shipped_bundles().items()]
-        lines.append(f"shipped     {', '.join(shipped)}; pick one with --model NAME")
+        lines.append(f"shipped     {describe_shipped()}; pick one with --model NAME")
     if evaluation:
         lines.append(
             f"test set    negative ELBO {evaluation['nelbo_bpd']:.3f} bits/dim, IWAE(k={evaluation['k']}) "
             f"{evaluation['iwae_bpd']:.3f} bits/dim, reconstruction PSNR {evaluation['psnr_db']:.2f} dB "
             f"({evaluation['images']} images)"
         )
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 @main.command()
@@ -359,23 +356,6 @@ def _stdin_bytes() -> bytes:
     return data
 
 
-def _write_stdout(data: bytes) -> None:
-    """Write ``data`` to stdout; OutputError if it is closed, full (/dev/full) or a closed pipe."""
-    from edgevae.runtime.errors import OutputError
-
-    stream = getattr(sys.stdout, "buffer", None)
-    if stream is None:
-        raise OutputError("stdout: is closed ('-o -' writes to stdout)")
-    try:
-        stream.write(data)
-        stream.flush()
-    except (OSError, ValueError) as e:
-        # Python flushes stdout again at exit: point it at /dev/null so that cannot fail too.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise OutputError(f"stdout: cannot write ({getattr(e, 'strerror', None) or e})") from None
-
-
 def _read_bytes(source: str) -> bytes:
     """The bytes of a file, or of stdin for '-'."""
     from pathlib import Path
@@ -502,7 +482,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
     how = "losslessly" if lossless else f"at quality {level}"
     text = (f"compressed {len(images)} image(s) {how} to {_describe_written(paths)}: "
             f"{total} bytes, {total / len(images):.1f} bytes/image, {bpp:.3f} bits/pixel")
-    click.echo(json.dumps(summary) if as_json else text, err=out == STDIO)
+    echo(json.dumps(summary) if as_json else text, err=out == STDIO)
 
 
 @main.command()
@@ -556,9 +536,9 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
     total = sum(len(b) for b in blobs)
     summary = {"command": "decompress", "count": len(images), "bytes": total,
                "bits_per_pixel": _bits_per_pixel(total, sum(counts), model.image_shape), "outputs": paths}
-    click.echo(json.dumps(summary) if as_json else
-               f"decompressed {len(images)} image(s) from {total} bytes to {_describe_written(paths)}",
-               err=out == STDIO)
+    echo(json.dumps(summary) if as_json else
+         f"decompressed {len(images)} image(s) from {total} bytes to {_describe_written(paths)}",
+         err=out == STDIO)
 
 
 def _describe_container(source: str, model_path: str | None, as_json: bool) -> None:
@@ -572,7 +552,7 @@ def _describe_container(source: str, model_path: str | None, as_json: bool) -> N
     data = _read_bytes(source)
     info, bundle = inspect_container(data, model_path)
     if as_json:
-        click.echo(json.dumps({"path": source, **info.to_dict(), "model": str(bundle.path) if bundle else None}))
+        echo(json.dumps({"path": source, **info.to_dict(), "model": str(bundle.path) if bundle else None}))
     else:
         quality = f"{info.quality_index}" + (f" ({info.quality})" if info.quality else "")
         quality = "" if info.mode == "lossless" else f", quality {quality}"
@@ -592,7 +572,7 @@ def _describe_container(source: str, model_path: str | None, as_json: bool) -> N
         else:
             lines.append(f"model       not {bundle.name}: fingerprint {info.fingerprint_prefix}.., "
                          f"{bundle.name} is {bundle.fingerprint.hex()[0]}..")
-        click.echo("\n".join(lines))
+        echo("\n".join(lines))
     if not info.vouched:
         raise unvouched(data) if bundle is None else ContainerError(
             f"container was made by another model than {bundle.name} (fingerprint {info.fingerprint_prefix}..) "
@@ -709,5 +689,5 @@ def score(inputs: tuple[str, ...], out: str, samples: int, force: bool, as_json:
                "threshold": scores.threshold, "flagged": flagged_names, "outputs": [out]}
     verdict = ("no novelty threshold in this bundle" if scores.threshold is None else
                f"{len(flagged_names)} above the novelty threshold {scores.threshold:.3f}")
-    click.echo(json.dumps(summary) if as_json else
-               f"scored {len(images)} image(s) to {'stdout' if out == STDIO else out}: {verdict}", err=out == STDIO)
+    echo(json.dumps(summary) if as_json else
+         f"scored {len(images)} image(s) to {'stdout' if out == STDIO else out}: {verdict}", err=out == STDIO)

@@ -1,6 +1,8 @@
 """What both command lines (``edgevae`` and ``edgevae-train``) share: the guard that turns library
 errors into one ``Error: ...`` line with exit code 2 and Ctrl-C / SIGTERM into ``interrupted`` with
-exit code 130, and the click group whose usage errors are one line too.
+exit code 130, the click group whose usage errors are one line too, and the one writer of stdout
+(:func:`echo`, :func:`write_stdout`): a full stdout or a closed pipe is an OutputError like any
+other unwritable output, never a traceback.
 
 Only this layer maps the typed exceptions of :mod:`edgevae.runtime.errors` to messages; the
 library raises, never prints or exits.
@@ -8,14 +10,17 @@ library raises, never prints or exits.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import os
 import signal
 import sys
 from typing import Any, Callable, TypeVar
 
 import click
 
-from edgevae.runtime.errors import EdgeVAEError
+from edgevae.runtime.errors import EdgeVAEError, OutputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +38,59 @@ def one_line(text: str) -> str:
 
 def _error(message: str) -> None:
     click.echo(f"Error: {one_line(message)}", err=True)
+
+
+# -- stdout -----------------------------------------------------------------------------------------
+# Every byte a command writes to stdout goes through write_stdout (text through echo), which
+# flushes at once: a full stdout (/dev/full: ENOSPC) or a closed pipe (EPIPE) then fails inside
+# the command, where guard turns it into one line and exit code 2.
+
+
+def _stdout_failed(error: BaseException) -> OutputError:
+    """The error for a failed write to stdout, after pointing fd 1 at /dev/null: Python flushes
+    stdout again at exit, and that flush must find nothing to fail on (no "Exception ignored ...
+    BrokenPipeError" at shutdown)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return OutputError(f"stdout: cannot write ({getattr(error, 'strerror', None) or error})")
+
+
+def write_stdout(data: bytes) -> None:
+    """Write ``data`` to stdout and flush; OutputError if stdout is closed, full or a closed pipe."""
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:
+        raise OutputError("stdout: is closed, nothing can be written to it")
+    try:
+        sys.stdout.flush()  # text echoed before stays before these bytes
+        stream.write(data)
+        stream.flush()
+    except (OSError, ValueError) as e:
+        raise _stdout_failed(e) from None
+
+
+def echo(message: str = "", err: bool = False) -> None:
+    """One line of text (a newline is added) to stdout, or to stderr with ``err``.
+
+    Text for stdout goes through :func:`write_stdout`; stderr carries progress and errors, and
+    a failure to write it has nowhere to be reported, so it is left to click.
+    """
+    if err:
+        click.echo(message, err=True)
+        return
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    write_stdout((message + "\n").encode(encoding, "replace"))
+
+
+def flush_stdout() -> None:
+    """Flush what was written to stdout by other means (``print``); OutputError if that fails."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        raise _stdout_failed(e) from None
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
@@ -64,7 +122,9 @@ def guard(fn: F) -> F:
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            flush_stdout()  # inside the guard: a write that only fails when flushed is reported too
+            return result
         except EdgeVAEError as e:
             _error(str(e))
             sys.exit(2)
@@ -104,15 +164,37 @@ def _one_line_usage(error: click.UsageError) -> click.UsageError:
     return converted
 
 
-class Group(click.Group):
-    """A click group whose usage errors (bad option values, unknown commands, missing
-    arguments) are one line and exit code 2, for the group and every command in it."""
+def _parse(make: Callable[[], click.Context]) -> click.Context:
+    """Make a command's context (parse its arguments): usage errors become one line, and so does a
+    full stdout or closed pipe met by --help or --version, which print while parsing."""
+    try:
+        return make()
+    except click.UsageError as e:
+        raise _one_line_usage(e) from None
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.ENOSPC):
+            raise
+        _error(str(_stdout_failed(e)))
+        sys.exit(2)
+
+
+class Command(click.Command):
+    """A click command whose usage errors are one line, like its group's, and whose --help output
+    meets a full stdout or closed pipe with one line and exit code 2."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as e:
-            raise _one_line_usage(e) from None
+        return _parse(lambda: super(Command, self).make_context(*args, **kwargs))
+
+
+class Group(click.Group):
+    """A click group whose usage errors (bad option values, unknown commands, missing
+    arguments) are one line and exit code 2, for the group and every command in it; --help and
+    --version meet an unwritable stdout like the commands do (one line, exit code 2)."""
+
+    command_class = Command
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        return _parse(lambda: super(Group, self).make_context(*args, **kwargs))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

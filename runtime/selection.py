@@ -19,14 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from edgevae.runtime import container as fmt
-from edgevae.runtime.bundle import (
-    MODEL_ENV,
-    Bundle,
-    default_bundle_path,
-    default_codec_bundle_path,
-    read_manifest,
-    shipped_bundles,
-)
+from edgevae.runtime.bundle import MODEL_ENV, Bundle, read_manifest, shipped_bundle_for_role, shipped_bundles
 from edgevae.runtime.codec import CODECS, Codec, ContainerInfo, LosslessCodec, describe
 from edgevae.runtime.errors import BundleError, ContainerError, InputError
 
@@ -39,10 +32,11 @@ AnyCodec = Union[Codec, LosslessCodec]
 
 
 def default_bundle_for(mode: str) -> Path:
-    """The shipped bundle that codes ``mode`` ("lossy" or "lossless") when none is named."""
+    """The shipped bundle that codes ``mode`` ("lossy" or "lossless") when none is named: the one
+    whose manifest holds the role of that name."""
     if mode not in CODECS:
         raise InputError(f"unknown compression mode {mode!r}; choose one of: {', '.join(CODECS)}")
-    return default_codec_bundle_path() if mode == Codec.mode else default_bundle_path()
+    return shipped_bundle_for_role(mode)
 
 
 def _named(model: ModelRef) -> ModelRef:

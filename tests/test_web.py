@@ -396,6 +396,14 @@ def test_format_md_worked_examples_in_javascript() -> None:
     assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
 
 
+def test_javascript_refuses_the_bad_manifests_as_python_does() -> None:
+    """tests/fixtures/bad-manifests.json (generated from runtime/manifest.py's schema, checked against
+    it by tests/test_manifest.py): web/bundle.js refuses each with Python's exact message."""
+    result = run_node("--test", WEB / "test" / "manifest.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
 def test_format_md_worked_container_is_what_python_writes() -> None:
     """The 15-byte container FORMAT.md §3.5 walks through is Python's own output for that image."""
     from PIL import Image

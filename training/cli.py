@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import click
 
-from edgevae.runtime.clicommon import Group, guard
+from edgevae.runtime.clicommon import Group, echo, guard
 from edgevae.runtime.errors import EdgeVAEError, InputError
 
 
@@ -177,7 +177,7 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
     from edgevae.training.train import check_run_folder, on_rank_0, run_settings, train as run_training
 
     main_rank = context.is_main
-    echo = click.echo if main_rank else (lambda *_a, **_k: None)
+    say = echo if main_rank else (lambda *_a, **_k: None)
     where = f"rank {context.rank} of {context.world_size}: " if context.distributed else ""
     try:
         on_rank_0(context, lambda: check_run_folder(run_dir, resume))  # before the data, which take a while
@@ -185,37 +185,37 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
             config, model_config = on_rank_0(context, lambda: run_settings(run_dir))
         data = open_dataset(config.dataset, model_config.image_shape, data_dir, seed=config.seed, workers=workers,
                             processes=context if context.distributed else None,
-                            progress=_progress if main_rank else None, log=echo)
-        echo(f"{data.name}: {len(data.train)} train / {len(data.test)} test images of shape {data.image_shape}")
-        echo(f"training on {context.describe()}")
-        model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=click.echo,
+                            progress=_progress if main_rank else None, log=say)
+        say(f"{data.name}: {len(data.train)} train / {len(data.test)} test images of shape {data.image_shape}")
+        say(f"training on {context.describe()}")
+        model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=echo,
                              context=context, workers=workers)
     except Stopped:
-        click.echo(f"{where}stopped by torchrun (another rank failed or the run was interrupted); "
-                   f"{Path(run_dir) / 'last.pt'} holds the last complete epoch", err=True)
+        echo(f"{where}stopped by torchrun (another rank failed or the run was interrupted); "
+             f"{Path(run_dir) / 'last.pt'} holds the last complete epoch", err=True)
         sys.exit(143)
     except KeyboardInterrupt:
         if main_rank:
-            click.echo(f"\n{where}interrupted: {Path(run_dir) / 'last.pt'} holds the last complete epoch; "
-                       f"continue with: {'torchrun ... ' if context.distributed else 'edgevae-train '}train "
-                       f"--out {run_dir} --resume", err=True)
+            echo(f"\n{where}interrupted: {Path(run_dir) / 'last.pt'} holds the last complete epoch; "
+                 f"continue with: {'torchrun ... ' if context.distributed else 'edgevae-train '}train "
+                 f"--out {run_dir} --resume", err=True)
         sys.exit(130)
     except EdgeVAEError as e:
         if main_rank or not context.distributed:
             raise  # guard prints it
         if getattr(e, "from_rank_0", False):
             sys.exit(2)  # rank 0 met it first and says it
-        click.echo(f"Error: {where}{e}", err=True)
+        echo(f"Error: {where}{e}", err=True)
         sys.exit(2)
     except Exception as e:
         if not context.distributed:
             raise
         # One line naming the rank and the cause; torchrun then stops the other ranks.
-        click.echo(f"Error: {where}failed with {type(e).__name__}: {e}; stopping all ranks", err=True)
+        echo(f"Error: {where}failed with {type(e).__name__}: {e}; stopping all ranks", err=True)
         sys.exit(1)
     if main_rank:
         report.write_run_figures(model, run_dir, seed=config.seed)
-        click.echo(f"done: {run_dir}/curve.png, {run_dir}/samples.png")
+        echo(f"done: {run_dir}/curve.png, {run_dir}/samples.png")
     distributed.finish(context)
 
 
@@ -238,7 +238,7 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
 
     metrics = evaluate_run(run_dir, k=k, data_dir=data_dir, limit=limit, seed=seed, progress=_progress)
     if as_json:
-        click.echo(json.dumps(metrics, indent=2))
+        echo(json.dumps(metrics, indent=2))
         return
     rows = [("images", f"{metrics['images']}"),
             ("negative ELBO", f"{metrics['nelbo_bpd']:.4f} bits/dim"),
@@ -246,7 +246,7 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
             ("reconstruction PSNR", f"{metrics['psnr_db']:.2f} dB")]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
-        click.echo(f"{name:<{width}}  {value}")
+        echo(f"{name:<{width}}  {value}")
 
 
 @main.command()
@@ -276,15 +276,15 @@ def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, ste
     manifest = export_run(run_dir, bundle_dir, data_dir=data_dir, force=force, precision=precision,
                           step_factors=factors)
     parity = manifest["parity"]
-    click.echo(f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, model.json ({manifest['precision']})")
+    echo(f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, model.json ({manifest['precision']})")
     for graph, outputs in parity["max_abs_diff"].items():
         diffs = ", ".join(f"{name} {value:.2e}" for name, value in outputs.items())
-        click.echo(f"parity {graph}: {diffs} (tolerance {parity['tolerance']:.0e})")
+        echo(f"parity {graph}: {diffs} (tolerance {parity['tolerance']:.0e})")
     if "variant" in manifest:
         check = manifest["variant"]["check"]
-        click.echo(f"{precision} vs fp32 graphs on {check['images']} test images: "
-                   f"PSNR {check[precision]['psnr_db']:.2f} dB (fp32 {check['fp32']['psnr_db']:.2f}), "
-                   f"negative ELBO {check[precision]['nelbo_bpd']:.4f} bits/dim (fp32 {check['fp32']['nelbo_bpd']:.4f})")
+        echo(f"{precision} vs fp32 graphs on {check['images']} test images: "
+             f"PSNR {check[precision]['psnr_db']:.2f} dB (fp32 {check['fp32']['psnr_db']:.2f}), "
+             f"negative ELBO {check[precision]['nelbo_bpd']:.4f} bits/dim (fp32 {check['fp32']['nelbo_bpd']:.4f})")
 
 
 @main.command("codec-tables")
@@ -304,10 +304,10 @@ def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None
     from edgevae.training.codec_tables import add_codec_tables
 
     tables = add_codec_tables(bundle_dir, data_dir=data_dir, step_factors=_parse_factors(step_factors))
-    click.echo(f"wrote {bundle_dir}/codec.json: fitted on {tables['fitted_on']['images']} training images")
+    echo(f"wrote {bundle_dir}/codec.json: fitted on {tables['fitted_on']['images']} training images")
     for q in tables["qualities"]:
-        click.echo(f"  {q['name']:<10} step x{q['step_factor']:<5g} {q['train_bits_per_image'] / 8:6.2f} bytes/image "
-                   f"(ideal, training set)")
+        echo(f"  {q['name']:<10} step x{q['step_factor']:<5g} {q['train_bits_per_image'] / 8:6.2f} bytes/image "
+             f"(ideal, training set)")
 
 
 @main.command()
@@ -339,13 +339,13 @@ def prior(bundle_dir: str, kind: str, hidden: int, layers: int, epochs: int, lr:
     from edgevae.training.prior import PriorConfig, add_prior
 
     config = PriorConfig(kind=kind, hidden=hidden, layers=layers, epochs=epochs, lr=lr, seed=seed)
-    manifest = add_prior(bundle_dir, config, data_dir=data_dir, force=force, progress=_progress, log=click.echo)
+    manifest = add_prior(bundle_dir, config, data_dir=data_dir, force=force, progress=_progress, log=echo)
     entry = manifest["prior"]
     metrics, parity = entry["metrics"], entry["parity"]
-    click.echo(f"wrote {bundle_dir}/prior.onnx ({entry['kind']}, {entry['noise_dim']}-d noise) and model.json")
-    click.echo(f"test latents: {metrics['test_nll_nats_per_dim']:.4f} nats/dim under the prior "
-               f"({metrics['test_nll_is']}), {metrics['test_nll_normal_nats_per_dim']:.4f} under N(0, I)")
-    click.echo(f"parity prior: latents {parity['max_abs_diff']['latents']:.2e} (tolerance {parity['tolerance']:.0e})")
+    echo(f"wrote {bundle_dir}/prior.onnx ({entry['kind']}, {entry['noise_dim']}-d noise) and model.json")
+    echo(f"test latents: {metrics['test_nll_nats_per_dim']:.4f} nats/dim under the prior "
+         f"({metrics['test_nll_is']}), {metrics['test_nll_normal_nats_per_dim']:.4f} under N(0, I)")
+    echo(f"parity prior: latents {parity['max_abs_diff']['latents']:.2e} (tolerance {parity['tolerance']:.0e})")
 
 
 @main.command("denoise-train")
@@ -379,7 +379,7 @@ def denoise_train(source: str, data_dir: str | None, epochs: int, batch_size: in
     config = DenoiseConfig(source=source, epochs=epochs, batch_size=batch_size, lr=lr, sigma_max=sigma_max,
                            salt_pepper_share=salt_pepper_share, salt_pepper_max=salt_pepper_max, seed=seed)
     data = bundle_dataset(read_bundle(source), data_dir)  # the source bundle's own data set and split
-    train_encoder(data.train, data.test, config, run_dir, log=lambda line: click.echo(line, err=True))
+    train_encoder(data.train, data.test, config, run_dir, log=lambda line: echo(line, err=True))
 
 
 @main.command("denoise-export")
@@ -396,8 +396,8 @@ def denoise_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: b
 
     manifest = export_denoise_bundle(run_dir, bundle_dir, force=force, data_dir=data_dir)
     diffs = ", ".join(f"{g}: {max(o.values()):.2e}" for g, o in manifest["parity"]["max_abs_diff"].items())
-    click.echo(f"wrote {bundle_dir}: encoder.onnx (new), decoder.onnx (from {manifest['training']['source_bundle']}), "
-               f"model.json; parity {diffs}")
+    echo(f"wrote {bundle_dir}: encoder.onnx (new), decoder.onnx (from {manifest['training']['source_bundle']}), "
+         f"model.json; parity {diffs}")
 
 
 @main.command("novelty-threshold")
@@ -423,6 +423,6 @@ def novelty_threshold(bundle_dir: str, data_dir: str | None, percentile: float, 
 
     entry = add_novelty_threshold(bundle_dir, data_dir=data_dir, percentile=percentile, count=count,
                                   samples=samples, seed=seed)
-    click.echo(f"wrote {bundle_dir}/model.json: novelty threshold {entry['threshold']:.4f} "
-               f"({entry['percentile']:g}th percentile of {entry['images']} training images, median "
-               f"{entry['novelty_median']:.4f})")
+    echo(f"wrote {bundle_dir}/model.json: novelty threshold {entry['threshold']:.4f} "
+         f"({entry['percentile']:g}th percentile of {entry['images']} training images, median "
+         f"{entry['novelty_median']:.4f})")

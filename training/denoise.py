@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgevae.runtime import contract
+from edgevae.runtime import contract, manifest as schema
 from edgevae.runtime.bundle import read_bundle, sha256_file
 from edgevae.runtime.errors import InputError, OutputError
 from edgevae.runtime.images import psnr
@@ -198,7 +198,7 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
     target = Path(bundle_dir)
     check_target(target, force)
     manifest = json.loads(json.dumps(source_manifest))
-    for key in ("codec", "evaluation", "parity", "novelty"):  # facts about the source's encoder or codec
+    for key in ("codec", "evaluation", "parity", "novelty", "role"):  # facts about the source's encoder, codec or jobs
         manifest.pop(key, None)
     manifest["versions"] = library_versions()
     manifest["name"] = target.name
@@ -223,5 +223,5 @@ def export_denoise_bundle(run_dir: str | Path, bundle_dir: str | Path, test: np.
         for spec in contract.GRAPHS:
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
         manifest["parity"] = check_parity(model, staging, test)
-        (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / contract.MANIFEST_FILE).write_bytes(schema.to_json(manifest, target / contract.MANIFEST_FILE))
     return manifest

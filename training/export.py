@@ -10,7 +10,8 @@ Steps, each failing loudly (ExportError, nothing left in the output folder):
 4. validate with ONNX Runtime like optimum does: names, then shapes, then values against
    PyTorch on real test images and random latents at several batch sizes, collecting the
    max abs difference per output;
-5. write ``model.json`` with the sha256 of each file, then move the folder into place.
+5. write ``model.json`` with the sha256 of each file (validated against the manifest's schema,
+   :mod:`edgevae.runtime.manifest`), then move the folder into place.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgevae.runtime import contract
+from edgevae.runtime import contract, manifest as schema
 from edgevae.runtime.bundle import sha256_file
 from edgevae.runtime.quality import QUALITY_LEVELS, QualityLevel, quality_levels
 from edgevae.runtime.errors import ExportError, InputError
@@ -106,7 +107,8 @@ def check_parity(model: VAE, folder: Path, images: np.ndarray, seed: int = 0) ->
 
 
 def build_manifest(checkpoint: dict[str, Any], evaluation: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    """Manifest of a bundle, without file hashes and parity (filled in after export)."""
+    """Manifest of a bundle (the schema of :mod:`edgevae.runtime.manifest`), without file hashes and
+    parity (filled in after export); :func:`edgevae.runtime.manifest.to_json` validates it when written."""
     config = checkpoint["model_config"]
     dims = contract.dims_of(config["image_shape"], config["latent_dim"], config["mixture_components"])
     return {
@@ -160,7 +162,7 @@ def export_model(model: VAE, checkpoint: dict[str, Any], bundle_dir: str | Path,
         write_codec_tables(staging, manifest, images if codec_images is None else codec_images,
                            source={"data": checkpoint["data"], "split": "train" if codec_images is not None else "test"},
                            levels=levels)
-        (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / contract.MANIFEST_FILE).write_bytes(schema.to_json(manifest, target / contract.MANIFEST_FILE))
     return manifest
 
 

@@ -53,7 +53,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edgevae.runtime import contract
+from edgevae.runtime import contract, manifest as schema
 from edgevae.runtime.bundle import read_bundle, sha256_file
 from edgevae.runtime.errors import ExportError, InputError
 from edgevae.runtime.images import psnr
@@ -350,6 +350,7 @@ def make_variant(source: str | Path, target: str | Path, precision: str, train_i
             _stamp(path, precision)
         manifest = json.loads(json.dumps(fp32.manifest))  # a deep copy
         manifest.update(name=out.name, precision=precision, evaluation=None)
+        manifest.pop("role", None)  # a shipped bundle's jobs are its own, not its variants'
         for spec in contract.GRAPHS:
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
         if manifest.pop("codec", None) is not None:
@@ -367,12 +368,12 @@ def make_variant(source: str | Path, target: str | Path, precision: str, train_i
             "method": method_of(precision),
         }
         manifest_path = staging / contract.MANIFEST_FILE
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest_path.write_bytes(schema.to_json(manifest, out / contract.MANIFEST_FILE))
         check = check_variant(reference, load(staging, threads=None), precision, test_images[:CHECK_IMAGES])
         if enforce and not check["passed"]:
             raise ExportError(f"{precision} variant fails its check: " + "; ".join(check["failures"]))
         manifest["variant"]["check"] = check
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest_path.write_bytes(schema.to_json(manifest, out / contract.MANIFEST_FILE))
     return manifest
 
 

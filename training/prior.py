@@ -29,7 +29,6 @@ the prior graph stays out of the bundle fingerprint that containers record.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shlex
 import tempfile
@@ -43,7 +42,7 @@ import torch
 from torch import nn
 
 from edgevae.runtime import contract
-from edgevae.runtime.bundle import Bundle, read_bundle, sha256_file
+from edgevae.runtime.bundle import Bundle, read_bundle, sha256_bytes, update_manifest
 from edgevae.runtime.errors import ExportError, InputError, OutputError
 from edgevae.training.onnxgraph import EXAMPLE_BATCH, PARITY_BATCHES, export_graph, library_versions, metadata_props
 
@@ -353,42 +352,35 @@ def prior_command(bundle_dir: str, config: PriorConfig) -> str:
 def export_prior(result: FitResult, bundle: Bundle, command: str, fitted_on: dict[str, Any]) -> dict[str, Any]:
     """Write ``prior.onnx`` into ``bundle``'s folder, check it, and record it in model.json.
 
-    The graph is exported and validated in a temporary file first; then prior.onnx is moved into
-    place and model.json replaced atomically. The encoder, decoder and codec tables are untouched,
+    The graph is exported and validated in a temporary file first; then prior.onnx and model.json
+    are replaced together, all or nothing (:func:`edgevae.runtime.bundle.update_manifest`). The encoder, decoder and codec tables are untouched,
     so the bundle fingerprint is unchanged. Returns the new manifest.
     """
-    from edgevae.runtime.outputs import atomic_write_bytes
-
     model, spec = result.model, contract.PRIOR
-    manifest = json.loads(json.dumps(bundle.manifest))  # a deep copy
     dims = contract.dims_of(bundle.image_shape, bundle.latent_dim, bundle.components, noise=model.noise_dim)
-    props = {**metadata_props(manifest), "edgevae.prior_kind": model.config.kind,
+    props = {**metadata_props(bundle.manifest), "edgevae.prior_kind": model.config.kind,
              "edgevae.prior_command": command}
     with tempfile.TemporaryDirectory(prefix=".prior-", dir=bundle.path) as tmp:
         staged = Path(tmp) / spec.file
         example = torch.zeros(EXAMPLE_BATCH, model.noise_dim)
         export_graph(model.eval(), example, spec, staged, props)
         parity = _validate(model, staged, bundle.latent_dim)
-        entry = {**spec.describe(dims), "sha256": sha256_file(staged)}
-        manifest["graphs"][spec.key] = entry
-        manifest["prior"] = {
-            "kind": model.config.kind,
-            "noise_dim": model.noise_dim,
-            "description": ("RealNVP flow (Dinh et al. 2017)" if model.config.kind == "flow"
-                            else "two-stage VAE decoder (Dai & Wipf 2019)")
-                           + " fitted on z ~ q(z|x) of the training images; u ~ N(0, I) -> z",
-            "command": command,
-            "config": asdict(model.config),
-            "fitted_on": fitted_on,
-            "metrics": {k: v for k, v in result.metrics.items() if k != "history"},
-            "parity": parity,
-            "versions": library_versions(),
-        }
-        staged.chmod(0o644)
-        staged.replace(bundle.path / spec.file)
-    atomic_write_bytes(bundle.path / contract.MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode(),
-                       force=True)
-    return manifest
+        graph = staged.read_bytes()
+    entry = {**spec.describe(dims), "sha256": sha256_bytes(graph)}
+    prior = {
+        "kind": model.config.kind,
+        "noise_dim": model.noise_dim,
+        "description": ("RealNVP flow (Dinh et al. 2017)" if model.config.kind == "flow"
+                        else "two-stage VAE decoder (Dai & Wipf 2019)")
+                       + " fitted on z ~ q(z|x) of the training images; u ~ N(0, I) -> z",
+        "command": command,
+        "config": asdict(model.config),
+        "fitted_on": fitted_on,
+        "metrics": {k: v for k, v in result.metrics.items() if k != "history"},
+        "parity": parity,
+        "versions": library_versions(),
+    }
+    return update_manifest(bundle, {f"graphs.{spec.key}": entry, "prior": prior}, files={spec.file: graph}).manifest
 
 
 def encode_latents(bundle: Bundle, images: np.ndarray, threads: int | None = None) -> Latents:

@@ -111,25 +111,132 @@ async function resolveLocation(location) {
   return location;
 }
 
-function checkManifest(manifest, where) {
-  if (!manifest || typeof manifest !== "object" || manifest.format !== MANIFEST_FORMAT) {
+// The manifest's schema: the table of runtime/manifest.py (FIELDS), field for field, with the same
+// messages; tests/fixtures/bad-manifests.json holds manifests both must refuse identically.
+const OBJECT = "an object", STRING = "a string", INTEGER = "an integer", NUMBER = "a finite number", LIST = "a list",
+  INTEGERS = "a list of integers", STRINGS = "a list of strings", SHA256 = "64 lowercase hex digits", FILE = "a file name";
+const isInt = (v) => Number.isInteger(v);
+const CHECKS = {
+  [OBJECT]: (v) => v !== null && typeof v === "object" && !Array.isArray(v),
+  [STRING]: (v) => typeof v === "string",
+  [INTEGER]: isInt,
+  [NUMBER]: (v) => typeof v === "number" && Number.isFinite(v),
+  [LIST]: (v) => Array.isArray(v),
+  [INTEGERS]: (v) => Array.isArray(v) && v.every(isInt),
+  [STRINGS]: (v) => Array.isArray(v) && v.every((x) => typeof x === "string"),
+  [SHA256]: (v) => typeof v === "string" && /^[0-9a-f]{64}$/.test(v),
+  [FILE]: (v) => typeof v === "string",
+};
+/** [path, kind, flags]: "r" required, "n" nullable, "?PATH" required when PATH is present. */
+const graphFields = (key, required) => [[`graphs.${key}`, OBJECT, required ? "r" : ""], [`graphs.${key}.file`, FILE, "r"],
+  [`graphs.${key}.sha256`, SHA256, "r"], [`graphs.${key}.inputs`, LIST, ""], [`graphs.${key}.outputs`, LIST, ""]];
+export const FIELDS = [
+  ["format", STRING, "r"], ["format_version", INTEGER, "r"], ["name", STRING, ""], ["precision", STRING, ""],
+  ["opset", INTEGER, ""],
+  ["image", OBJECT, "r"], ["image.shape", INTEGERS, "r"], ["image.layout", STRING, ""], ["image.dtype", STRING, ""],
+  ["image.pixel_range", INTEGERS, ""],
+  ["latent", OBJECT, "r"], ["latent.dim", INTEGER, "r"], ["latent.prior", STRING, ""],
+  ["likelihood", OBJECT, "r"], ["likelihood.kind", STRING, "r"], ["likelihood.components", INTEGER, "r"],
+  ["likelihood.domain", STRING, ""],
+  ["graphs", OBJECT, "r"], ...graphFields("encoder", true), ...graphFields("decoder", true), ...graphFields("prior", false),
+  ["codec", OBJECT, ""], ["codec.file", FILE, "r"], ["codec.sha256", SHA256, "r"], ["codec.qualities", STRINGS, ""],
+  ["codec.default_quality", STRING, ""],
+  ["prior", OBJECT, "?graphs.prior"], ["prior.kind", STRING, "r"], ["prior.noise_dim", INTEGER, "r"],
+  ["prior.description", STRING, ""], ["prior.command", STRING, ""], ["prior.config", OBJECT, ""],
+  ["prior.fitted_on", OBJECT, ""], ["prior.metrics", OBJECT, ""], ["prior.parity", OBJECT, ""], ["prior.versions", OBJECT, ""],
+  ["novelty", OBJECT, ""], ["novelty.threshold", NUMBER, "r"], ["novelty.percentile", NUMBER, ""],
+  ["novelty.complexity", STRING, ""], ["novelty.samples", INTEGER, ""], ["novelty.images", INTEGER, ""],
+  ["novelty.novelty_median", NUMBER, ""], ["novelty.fitted_on", OBJECT, ""],
+  ["training", OBJECT, ""], ["training.command", STRING, ""], ["training.model_config", OBJECT, ""],
+  ["training.train_config", OBJECT, ""], ["training.train_config.dataset", STRING, ""],
+  ["training.train_config.seed", INTEGER, ""], ["training.data", STRING, ""], ["training.epochs_trained", INTEGER, ""],
+  ["training.source_bundle", STRING, ""],
+  ["evaluation", OBJECT, "n"], ["evaluation.nelbo_bpd", NUMBER, "r"], ["evaluation.iwae_bpd", NUMBER, "r"],
+  ["evaluation.psnr_db", NUMBER, "r"], ["evaluation.k", INTEGER, "r"], ["evaluation.images", INTEGER, "r"],
+  ["evaluation.seed", INTEGER, ""], ["evaluation.seconds", NUMBER, ""], ["evaluation.data", STRING, ""],
+  ["evaluation.split", STRING, ""],
+  ["role", STRINGS, ""], ["versions", OBJECT, ""], ["parity", OBJECT, ""], ["variant", OBJECT, ""],
+];
+/** The jobs a shipped bundle can be the default for (model.json "role"). */
+export const ROLES = ["default", "lossless", "lossy", "denoise"];
+const MAX_IMAGE_SIDE = 4096, MAX_LATENT_DIM = 4096, MAX_COMPONENTS = 256, CHANNELS = [1, 3];
+
+/** How a refusal names a JSON value (runtime/manifest.py's describe). */
+function describe(value) {
+  if (value === null || value === undefined) return "null";
+  if (typeof value === "boolean" || typeof value === "number") return String(value);
+  if (typeof value === "string") return "a string";
+  return Array.isArray(value) ? "a list" : "an object";
+}
+
+function lookup(manifest, path) {
+  let value = manifest;
+  for (const key of path.split(".")) {
+    if (!CHECKS[OBJECT](value) || !Object.hasOwn(value, key)) return [false, null];
+    value = value[key];
+  }
+  return [true, value];
+}
+
+function checkFileName(name, where) {
+  if (typeof name !== "string" || !name || name === "." || name === ".." || /[/\\\0]/.test(name) || name.length > 255) {
+    throw new BundleError(`${where}: file name '${name}' is not a plain file name inside the bundle folder`);
+  }
+}
+
+function checkFields(manifest, where, fields) {
+  for (const [path, kind, flags] of fields) {
+    const cut = path.lastIndexOf(".");
+    const key = path.slice(cut + 1);
+    const [present, parent] = cut < 0 ? [true, manifest] : lookup(manifest, path.slice(0, cut));
+    if (!present || !CHECKS[OBJECT](parent)) continue;
+    if (!Object.hasOwn(parent, key)) {
+      if (flags === "r" || (flags.startsWith("?") && lookup(manifest, flags.slice(1))[0])) {
+        throw new BundleError(`${where}: manifest is incomplete (${path} is missing)`);
+      }
+      continue;
+    }
+    const value = parent[key];
+    if (value === null && flags === "n") continue;
+    if (!CHECKS[kind](value)) throw new BundleError(`${where}: ${path} must be ${kind}, not ${describe(value)}`);
+    if (kind === FILE) checkFileName(value, where);
+  }
+}
+
+/** `manifest` if it is a valid edgevae bundle manifest, else BundleError naming the first problem (as Python does). */
+export function validateManifest(manifest, where = MANIFEST_FILE) {
+  if (!CHECKS[OBJECT](manifest) || !Object.hasOwn(manifest, "format")) {
     throw new BundleError(`${where}: not an edgevae bundle manifest`);
   }
+  checkFields(manifest, where, FIELDS.slice(0, 2));
+  if (manifest.format !== MANIFEST_FORMAT) throw new BundleError(`${where}: not an edgevae bundle manifest`);
   if (manifest.format_version !== MANIFEST_VERSION) {
     throw new BundleError(`${where}: bundle format version ${manifest.format_version} is not supported by this edgevae ` +
       `(supports ${MANIFEST_VERSION}); upgrade edgevae or re-export the bundle`);
   }
-  const incomplete = (what) => new BundleError(`${where}: manifest is incomplete (missing or invalid ${what})`);
-  for (const graph of GRAPHS) {
-    const entry = manifest.graphs?.[graph.key];
-    if (typeof entry?.file !== "string" || typeof entry?.sha256 !== "string" || entry.sha256.length !== 64) throw incomplete(`'${graph.key}'`);
+  checkFields(manifest, where, FIELDS);
+  const need = (ok, what) => {
+    if (!ok) throw new BundleError(`${where}: ${what}`);
+  };
+  const shape = manifest.image.shape;
+  need(shape.length === 3, `image.shape [${shape.join(", ")}] is not three integers`);
+  const [c, h, w] = shape;
+  need(CHANNELS.includes(c), `image.shape has ${c} channels, edgevae handles ${CHANNELS.join(" or ")}`);
+  need(h >= 1 && h <= MAX_IMAGE_SIDE && w >= 1 && w <= MAX_IMAGE_SIDE,
+    `image.shape ${h}x${w} is not within 1..${MAX_IMAGE_SIDE} pixels a side`);
+  const dim = manifest.latent.dim;
+  need(dim >= 1 && dim <= MAX_LATENT_DIM, `latent.dim ${dim} is not an integer in 1..${MAX_LATENT_DIM}`);
+  const kind = manifest.likelihood.kind;
+  need(kind === LIKELIHOOD_KIND, `unknown likelihood '${kind}'`);
+  const components = manifest.likelihood.components;
+  need(components >= 1 && components <= MAX_COMPONENTS,
+    `likelihood.components ${components} is not an integer in 1..${MAX_COMPONENTS}`);
+  if (Object.hasOwn(manifest.graphs, "prior")) {
+    const noise = manifest.prior.noise_dim;
+    need(noise >= 1 && noise <= MAX_LATENT_DIM, `prior.noise_dim ${noise} is not an integer in 1..${MAX_LATENT_DIM}`);
   }
-  const shape = manifest.image?.shape;
-  if (!Array.isArray(shape) || shape.length !== 3 || !shape.every((n) => Number.isInteger(n) && n > 0)) throw incomplete("'image'");
-  if (!Number.isInteger(manifest.latent?.dim)) throw incomplete("'latent'");
-  if (manifest.likelihood?.kind !== LIKELIHOOD_KIND) throw new BundleError(`${where}: unknown likelihood ${JSON.stringify(manifest.likelihood?.kind ?? null)}`);
-  const codec = manifest.codec;
-  if (codec != null && (typeof codec.file !== "string" || typeof codec.sha256 !== "string" || codec.sha256.length !== 64)) throw incomplete("'codec'");
+  for (const role of manifest.role ?? []) need(ROLES.includes(role), `role '${role}' is not one of ${ROLES.join(", ")}`);
+  return manifest;
 }
 
 /** A verified bundle: its manifest, its files' bytes (checked against their sha256) and its fingerprint. */
@@ -160,7 +267,7 @@ export class Bundle {
 
   /** Kind of the bundle's learned sampling prior (prior.onnx), or null: sampling uses N(0, I). */
   get priorKind() {
-    return this.manifest.graphs?.prior ? String(this.manifest.prior?.kind ?? "learned") : null;
+    return this.manifest.graphs.prior ? String(this.manifest.prior.kind) : null;
   }
 
   /**
@@ -215,7 +322,7 @@ export async function readManifest(location) {
   } catch (e) {
     throw new BundleError(`${source.where(MANIFEST_FILE)}: unreadable manifest (${e.name})`);
   }
-  checkManifest(manifest, source.where(MANIFEST_FILE));
+  validateManifest(manifest, source.where(MANIFEST_FILE));
   return { source, manifest, fingerprint: await fingerprintOf(manifest) };
 }
 
