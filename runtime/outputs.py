@@ -182,6 +182,11 @@ def _replace_all(staged: list[tuple[str, Path]]) -> None:
             try:
                 if backup is None:
                     os.unlink(target)
+                elif os.path.lexists(target) and os.path.samestat(os.lstat(backup), os.lstat(target)):
+                    # The replace never happened and the backup is a hard link to the original:
+                    # renaming one link onto another of the same file is a no-op (POSIX), which
+                    # would leave the backup behind; the original is intact, drop the link.
+                    os.unlink(backup)
                 else:
                     os.replace(backup, target)
             except OSError:

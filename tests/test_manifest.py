@@ -247,9 +247,8 @@ def test_update_manifest_is_all_or_nothing(bundle: Path, monkeypatch: pytest.Mon
     with pytest.raises(Exception, match="No space left"):
         update_manifest(bundle, {"codec": entry}, files={"codec.json": tables})
     monkeypatch.undo()
-    # Only the bundle's own files: outputs.write_files may leave a hidden backup of the target whose
-    # replacement failed (rename() between two hard links of one file does nothing).
-    assert {p.name: p.read_bytes() for p in bundle.iterdir() if not p.name.startswith(".")} == before
+    # Every file, hidden ones included: no backup or temporary file is left beside the targets.
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
     read_bundle(bundle)  # still verifies
 
 
