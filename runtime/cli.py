@@ -22,7 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 OUT_HELP = ("Where to write: NAME.png writes the image itself (one image) or a grid of them (several), "
             "NAME.npy the uint8 array (N, C, H, W), anything else is a folder (created if needed) "
-            "with one PNG per image.")
+            "with one PNG per image; '-' writes that PNG to stdout (the summary then goes to stderr).")
+
+#: The file name that means stdin (inputs) or stdout (outputs).
+STDIO = "-"
 
 
 #: Most ONNX Runtime threads --threads accepts: more threads than cores only compete, and
@@ -111,16 +114,23 @@ def _load(model_path: str | None, threads: int | None) -> Any:
 
 
 def _report(as_json: bool, summary: dict[str, Any], text: str) -> None:
-    echo(json.dumps(summary) if as_json else text)
+    """The command's summary on stdout, or on stderr when stdout carries the output itself."""
+    echo(json.dumps(summary) if as_json else text, err=summary.get("outputs") == [STDIO])
 
 
 def _write(images: Any, out: str, force: bool, names: list[str] | None = None) -> list[str]:
-    from edgevae.runtime.outputs import write_images
+    """Write ``images`` to ``out`` (see OUT_HELP); '-' is one PNG on stdout."""
+    from edgevae.runtime.outputs import picture_png, write_images
 
+    if out == STDIO:
+        _write_stdout(picture_png(images))
+        return [STDIO]
     return [str(p) for p in write_images(images, out, names=names, force=force)]
 
 
 def _describe_written(paths: list[str]) -> str:
+    if paths == [STDIO]:
+        return "stdout"
     if not paths:
         return "no files (nothing to write)"
     return paths[0] if len(paths) == 1 else f"{len(paths)} files in {paths[0].rsplit('/', 1)[0] if '/' in paths[0] else '.'}"
@@ -330,9 +340,6 @@ def decode(latents: str, out: str, force: bool, as_json: bool, model_path: str |
 #: Batches at least this large show a progress bar on stderr.
 PROGRESS_MIN_IMAGES = 2000
 
-STDIO = "-"
-
-
 def _quality_help() -> str:
     from edgevae.runtime.quality import QUALITY_LEVELS, describe_levels
 
@@ -488,7 +495,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(),
-              help=OUT_HELP + " '-' writes one PNG to stdout (a grid if there are several images).")
+              help=OUT_HELP)
 @click.option("--index", "indices", type=click.IntRange(min=0), multiple=True,
               help="Decode only image N of the container (0-based, repeatable); needs a single input.")
 @FORCE
@@ -509,7 +516,6 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
 
     from edgevae.runtime.container import read_header
     from edgevae.runtime.errors import InputError
-    from edgevae.runtime.outputs import picture_png
     from edgevae.runtime.selection import codec_for_container
 
     if indices and len(inputs) != 1:
@@ -528,11 +534,7 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
             names += [stem] if stored == 1 else [f"{stem}-{i:04d}" for i in chosen]
             parts.append(images)
     images = np.concatenate(parts)
-    if out == STDIO:
-        _write_stdout(picture_png(images))
-        paths = [STDIO]
-    else:
-        paths = _write(images, out, force, names)
+    paths = _write(images, out, force, names)
     total = sum(len(b) for b in blobs)
     summary = {"command": "decompress", "count": len(images), "bytes": total,
                "bits_per_pixel": _bits_per_pixel(total, sum(counts), model.image_shape), "outputs": paths}

@@ -183,6 +183,30 @@ def test_sample_outputs_match_the_library(mode: str, tiny_bundle: Path, tiny_mod
     assert files_under(out) == ["s.npy", "s.png", "tiles"] + [f"tiles/{i:04d}.png" for i in range(5)]
 
 
+@pytest.mark.parametrize("count", [1, 5])
+def test_dash_writes_one_png_to_stdout(count: int, tiny_bundle: Path, tiny_model: ev.EdgeVAE, out: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-o -`` is the PNG on stdout (the image itself, or a grid of several) and the summary on
+    stderr, for every command that writes images; never a folder named '-'."""
+    import io
+
+    monkeypatch.chdir(out)
+    want = tiny_model.sample(count, seed=3)
+    np.save(out / "z.npy", tiny_model.encode(want)[0])
+    cases = {
+        "sample": (["sample", "-n", count, "--seed", 3], want),
+        "decode": (["decode", out / "z.npy"], tiny_model.decode(tiny_model.encode(want)[0])),
+    }
+    for name, (args, images) in cases.items():
+        result = CliRunner().invoke(main, [str(a) for a in args] + ["--model", str(tiny_bundle), "-o", "-"],
+                                    env={"EDGEVAE_MODEL": None})
+        assert result.exit_code == 0, (name, result.stderr)
+        picture = np.asarray(Image.open(io.BytesIO(result.stdout_bytes)))
+        np.testing.assert_array_equal(picture, images[0, 0] if count == 1 else grid(images)[0])
+        assert result.stderr.count("\n") == 1 and result.stderr.rstrip().endswith("stdout"), result.stderr
+    assert not (out / "-").exists()
+
+
 def test_same_seed_gives_byte_identical_files(tiny_bundle: Path, out: Path) -> None:
     """In-process and subprocess runs, one seed: the very same bytes; another seed: other bytes."""
     for mode, name in (("runner", "a.png"), ("subprocess", "b.png"), ("runner", "c.png")):
