@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edgevae.runtime.container import MAX_LOSSLESS_IMAGES_PER_BYTE, decode_varint, encode_varint
+from edgevae.runtime.container import MAX_ERROR, MAX_LOSSLESS_IMAGES_PER_BYTE, decode_varint, encode_varint
 from edgevae.runtime.contract import MIN_LOG_SCALE, PIXEL_LEVELS, PIXEL_SCALE
 from edgevae.runtime.errors import ContainerError, InputError
 
@@ -141,14 +141,81 @@ WEIGHT_ONE = 1 << 30
 
 #: Pixel levels of an 8-bit image (the contract's pixel domain: v sits at v / PIXEL_SCALE - 1).
 LEVELS = PIXEL_LEVELS
-#: Levels per coarse group of the two-stage pixel code.
+#: Levels per coarse group of the two-stage pixel code (lossless: sqrt(LEVELS); see Binning.group).
 PIXEL_GROUP = 16
+#: Largest maximum error of a near-lossless binning: the container's (at most 64 keeps at least 3
+#: bins, so both stages of the two-stage code have at least 2 symbols).
+MAX_BIN_ERROR = MAX_ERROR
 
 #: A payload may not claim more images than this many per byte (bounds memory before decoding;
 #: a real image costs hundreds of bits). The container's bound, defined there.
 MAX_IMAGES_PER_BYTE = MAX_LOSSLESS_IMAGES_PER_BYTE
 
 Progress = Callable[[int], None]
+
+
+# -- bins: what is coded of a pixel -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Binning:
+    """Runs of pixel levels ("bins") coded as one symbol; decoding knows only the bin.
+
+    ``max_error`` 0 is lossless coding (every level its own bin). For K >= 1 (near-lossless):
+    the first bin is [0, K], the last [255 - K, 255], and bins of 2K + 1 levels fill the rest
+    from K + 1 up, the one before the last possibly narrower. Every bin has at most 2K + 1
+    levels, so one value lies within K of all its levels (the guarantee of near-lossless
+    decoding), and the extreme levels 0 and 255 lie in bins that can decode to exactly them
+    (black and white backgrounds stay exact). The layout is a function of K only: the decoder
+    rebuilds it from the K a container stores.
+
+    A bin is coded in two stages like a level: its group (bin // group) then its place in the
+    group, with ``group`` = ceil(sqrt(bins)) (16 for the 256 levels of lossless coding).
+    """
+
+    max_error: int
+    starts: np.ndarray  # int64 (bins,): first level of each bin
+    ends: np.ndarray  # int64 (bins,): last level of each bin
+    edges: np.ndarray  # int64 (bins + 1,): starts, then LEVELS
+    of_level: np.ndarray  # int64 (LEVELS,): the bin of each level
+    #: uint8 (bins,): the image the posterior sees in place of a pixel of this bin (0 and 255 for
+    #: the end bins, the middle level otherwise): computable by the decoder from bins alone.
+    representative: np.ndarray
+    group: int
+
+    @property
+    def bins(self) -> int:
+        """Symbols per pixel."""
+        return len(self.starts)
+
+    @property
+    def groups(self) -> int:
+        """Coarse groups of the two-stage code."""
+        return -(-self.bins // self.group)
+
+    @property
+    def lossless(self) -> bool:
+        """True for max_error 0: bins are levels."""
+        return self.max_error == 0
+
+
+@lru_cache(maxsize=None)
+def binning(max_error: int = 0) -> Binning:
+    """The bins of ``max_error`` (0 = lossless, 1 .. MAX_BIN_ERROR); ValueError otherwise."""
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, np.integer)) or not 0 <= max_error <= MAX_BIN_ERROR:
+        raise ValueError(f"max error must be an integer in 0..{MAX_BIN_ERROR}, got {max_error!r}")
+    k = int(max_error)
+    starts = [0] + list(range(k + 1, LEVELS - 1 - k, 2 * k + 1)) + [LEVELS - 1 - k]
+    if k == 0:
+        starts = list(range(LEVELS))
+    edges = np.array(starts + [LEVELS], dtype=np.int64)
+    starts_a, ends = edges[:-1], edges[1:] - 1
+    of_level = np.repeat(np.arange(len(starts_a)), np.diff(edges))
+    representative = np.where(starts_a == 0, 0, np.where(ends == LEVELS - 1, LEVELS - 1, (starts_a + ends) // 2))
+    if k == 0:
+        representative = starts_a
+    group = math.isqrt(len(starts_a) - 1) + 1
+    return Binning(k, starts_a, ends, edges, of_level, representative.astype(np.uint8), group)
 
 
 # -- lookup tables (built once per process, identical on every run) ---------------------------
@@ -274,7 +341,8 @@ class _Likelihood:
     G the lookup-table counts (0 at v = 0, 2**24 - 256 at v = 256): every level has mass >= 1.
     """
 
-    def __init__(self, params: MixtureParams, t: Tables) -> None:
+    def __init__(self, params: MixtureParams, t: Tables, bins: Binning | None = None) -> None:
+        self.bins = bins if bins is not None else binning(0)
         batch, components = params.logits.shape[:2]
         shape = (batch, components, -1)
         # float32 IEEE arithmetic on the network's float32 outputs; NaN (never from a sane network)
@@ -299,12 +367,16 @@ class _Likelihood:
         self.single = components == 1
         self.padded = t.padded
 
-    def component_posterior(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Q(k|x,z) as constriction floats (B, P, K), and the most probable k (B, P)."""
-        x = pixels.astype(np.int64)[..., None]
-        top = np.where(x == LEVELS - 1, TOTAL - LEVELS, self.padded[self.first + x])
-        bottom = np.where(x == 0, 0, self.padded[self.first + x - 1])
-        joint = (self.weights.astype(np.int64) + 1) * (top - bottom + 1)  # weight mass * level mass C(x+1) - C(x)
+    def component_posterior(self, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Q(k|bin,z) for bin indices (B, P) (levels when lossless): constriction floats (B, P, K),
+        and the most probable k (B, P)."""
+        bins = self.bins
+        j = symbols.astype(np.int64)[..., None]
+        lo, hi = bins.starts[j], bins.ends[j]
+        top = np.where(hi == LEVELS - 1, TOTAL - LEVELS, self.padded[self.first + hi])
+        bottom = np.where(lo == 0, 0, self.padded[self.first + lo - 1])
+        # weight mass * bin mass C(hi + 1) - C(lo), with C(v) = G(v) + v
+        joint = (self.weights.astype(np.int64) + 1) * (top - bottom + (hi - lo + 1))
         return _categorical(joint), joint.argmax(axis=2).astype(np.int32)
 
     def chosen(self, component: np.ndarray) -> np.ndarray:
@@ -312,23 +384,29 @@ class _Likelihood:
         return np.take_along_axis(self.first, component[..., None].astype(np.int64), axis=2)[..., 0]
 
     def groups(self, first: np.ndarray) -> np.ndarray:
-        """Stage 1, the level's group v // 16: constriction floats (B, P, 16)."""
-        bounds = np.arange(PIXEL_GROUP, LEVELS, PIXEL_GROUP)
+        """Stage 1, the bin's group bin // group: constriction floats (B, P, groups)."""
+        bins = self.bins
+        bounds = bins.edges[np.arange(1, bins.groups) * bins.group]
         cumulative = np.empty(first.shape + (len(bounds) + 2,), dtype=np.int64)
         cumulative[..., 0] = 0
         cumulative[..., -1] = TOTAL
         cumulative[..., 1:-1] = self.padded[first[..., None] + (bounds - 1)] + bounds
-        # C runs from 0 to exactly 2**24 with steps >= 16: the group masses need no rescaling.
+        # C runs from 0 to exactly 2**24 with a step >= 1 per level, so >= 1 per group: the group
+        # masses need no rescaling.
         masses = np.diff(cumulative, axis=-1).astype(np.float32)
         masses -= np.float32(1.0)
         return masses
 
     def within(self, first: np.ndarray, group: np.ndarray) -> np.ndarray:
-        """Stage 2, v mod 16 within the group (B, P): constriction floats (B, P, 16)."""
-        levels = group[..., None].astype(np.int64) * PIXEL_GROUP + np.arange(PIXEL_GROUP + 1)
+        """Stage 2, the bin within its group (B, P): constriction floats (B, P, group).
+
+        A last group with fewer bins pads with empty entries (mass 1 each after rescaling).
+        """
+        bins = self.bins
+        index = np.minimum(group[..., None].astype(np.int64) * bins.group + np.arange(bins.group + 1), bins.bins)
+        levels = bins.edges[index]
         cumulative = self.padded[first[..., None] + levels - 1] + levels
-        cumulative[..., 0] = np.where(group == 0, 0, cumulative[..., 0])
-        cumulative[..., -1] = np.where(group == LEVELS // PIXEL_GROUP - 1, TOTAL, cumulative[..., -1])
+        cumulative = np.where(levels == 0, 0, np.where(levels == LEVELS, TOTAL, cumulative))
         return _from_cumulative(cumulative)
 
 
@@ -415,36 +493,38 @@ class PayloadHeader:
     data_offset: int
 
 
-def read_payload_header(payload: bytes, count: int) -> PayloadHeader:
-    """Parse and check a payload's header against the image count; ContainerError if malformed."""
+def read_payload_header(payload: bytes, count: int, kind: str = "lossless") -> PayloadHeader:
+    """Parse and check a payload's header against the image count; ContainerError if malformed.
+
+    ``kind`` names the payload in messages ("lossless" or "near-lossless")."""
     data = bytes(payload)
     if len(data) < 1:
-        raise ContainerError("lossless payload is truncated (empty)")
+        raise ContainerError(f"{kind} payload is truncated (empty)")
     bits = data[0]
     if not MIN_BUCKET_BITS <= bits <= MAX_BUCKET_BITS:
-        raise ContainerError(f"lossless payload is damaged (latent bucket bits {bits} not in "
+        raise ContainerError(f"{kind} payload is damaged (latent bucket bits {bits} not in "
                              f"{MIN_BUCKET_BITS}..{MAX_BUCKET_BITS})")
     chains, pos = decode_varint(data, 1, len(data), "chain count")
     if count < 0 or count > MAX_IMAGES_PER_BYTE * len(data):
-        raise ContainerError(f"lossless payload is damaged ({count} images cannot fit in {len(data)} bytes)")
+        raise ContainerError(f"{kind} payload is damaged ({count} images cannot fit in {len(data)} bytes)")
     if chains != chain_count(count):  # the writer's choice is a function of the count: a forged count fails here
-        raise ContainerError(f"lossless payload is damaged ({chains} chains for {count} images, "
+        raise ContainerError(f"{kind} payload is damaged ({chains} chains for {count} images, "
                              f"expected {chain_count(count)})")
     if pos + 4 > len(data):
-        raise ContainerError("lossless payload is truncated (inside the pixel checksum)")
+        raise ContainerError(f"{kind} payload is truncated (inside the pixel checksum)")
     (checksum,) = struct.unpack("<I", data[pos : pos + 4])
     pos += 4
     words = []
     for _ in range(max(chains - 1, 0)):
         n, pos = decode_varint(data, pos, len(data), "chain length")
         if n < 1:
-            raise ContainerError("lossless payload is damaged (empty chain)")
+            raise ContainerError(f"{kind} payload is damaged (empty chain)")
         words.append(n)
     rest = len(data) - pos - 4 * sum(words)
     if chains and rest < 1:
-        raise ContainerError("lossless payload is truncated (chain data shorter than its lengths)")
+        raise ContainerError(f"{kind} payload is truncated (chain data shorter than its lengths)")
     if not chains and rest:
-        raise ContainerError("lossless payload is damaged (data after an empty header)")
+        raise ContainerError(f"{kind} payload is damaged (data after an empty header)")
     return PayloadHeader(bits, chains, checksum, tuple(words), pos)
 
 
@@ -469,9 +549,10 @@ def lanes(chains: int) -> list[list[int]]:
 class _Coding:
     """What every lane of one encode or decode shares: the model, tables, models of constriction."""
 
-    def __init__(self, model: EdgeVAE, t: Tables, count: int, chains: int, progress: Progress | None) -> None:
+    def __init__(self, model: EdgeVAE, t: Tables, count: int, chains: int, progress: Progress | None,
+                 bins: Binning) -> None:
         constriction = _constriction()
-        self.model, self.t, self.count, self.chains = model, t, count, chains
+        self.model, self.t, self.count, self.chains, self.bins = model, t, count, chains, bins
         self.family = constriction.stream.model.Categorical(perfect=False)
         self.prior = constriction.stream.model.Uniform(t.buckets)
         self.group_prior = constriction.stream.model.Uniform(t.buckets // t.fine)
@@ -540,13 +621,55 @@ def _information(tables: np.ndarray, symbols: np.ndarray) -> np.ndarray:
     return (PRECISION - np.log2(masses)).sum(axis=-1)
 
 
-def _encode_lane(job: _Coding, batch: np.ndarray, pixels: np.ndarray, coders: list[Any], lane: list[int]) -> int:
-    """Push one lane's images onto its chains' stacks; returns the bits after their first images."""
+def _push_pixels(stacks: list[Any], family: Any, likelihood: _Likelihood, symbols: np.ndarray,
+                 k: np.ndarray) -> None:
+    """Push a step's images' bins (B, P) given z, then (unless one component) their components k
+    (B, P), one stack per image."""
+    bins = likelihood.bins
+    first = likelihood.chosen(k)
+    group = (symbols // bins.group).astype(np.int32)
+    groups, within = likelihood.groups(first), likelihood.within(first, group)
+    rest = (symbols % bins.group).astype(np.int32)
+    for i, s in enumerate(stacks):
+        s.encode_reverse(rest[i], family, within[i])
+        s.encode_reverse(group[i], family, groups[i])
+        if not likelihood.single:
+            s.encode_reverse(k[i], family, likelihood.weights[i])
+
+
+def _pop_pixels(stacks: list[Any], family: Any, likelihood: _Likelihood) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pop the components and bins of a step's images, one stack each: (bins (B, P), k (B, P),
+    bits of information popped (B,)). The exact reverse of :func:`_push_pixels`."""
+    bins = likelihood.bins
+    if likelihood.single:
+        k = np.zeros(likelihood.weights.shape[:2], dtype=np.int32)
+        popped = np.zeros(len(stacks))
+    else:
+        k = np.stack([s.decode(family, likelihood.weights[i]) for i, s in enumerate(stacks)])
+        popped = _information(likelihood.weights, k)
+    first = likelihood.chosen(k)
+    groups = likelihood.groups(first)
+    group = np.stack([s.decode(family, groups[i]) for i, s in enumerate(stacks)])
+    within = likelihood.within(first, group)
+    rest = np.stack([s.decode(family, within[i]) for i, s in enumerate(stacks)])
+    popped += _information(groups, group) + _information(within, rest)
+    # A damaged stream can name a padding entry of a last, short group: clamp it to a real bin (the
+    # checksum then fails), so nothing downstream indexes outside the bins.
+    symbols = np.minimum(group * bins.group + rest, bins.bins - 1)
+    return symbols, k, popped
+
+
+def _encode_lane(job: _Coding, batch: np.ndarray, symbols: np.ndarray, coders: list[Any], lane: list[int]) -> int:
+    """Push one lane's images onto its chains' stacks; returns the bits after their first images.
+
+    ``batch`` is what the encoder sees (the bins' representatives; the pixels when lossless),
+    ``symbols`` the bins (count, P) that are coded.
+    """
     t, family, initial_bits = job.t, job.family, 0
     for step, images in job.steps(lane):
         job.check_stopped()
         stacks = [coders[c] for c in lane[: len(images)]]
-        x = pixels[images]
+        x = symbols[images]
         posterior = _Posterior(t, *job.model.encode(batch[images]))
         if step == 0:
             # Nothing to borrow from yet: no bits back for a chain's first image, which sends only
@@ -559,21 +682,14 @@ def _encode_lane(job: _Coding, batch: np.ndarray, pixels: np.ndarray, coders: li
             within = posterior.within(z_group)
             z = z_group * t.fine + np.stack([s.decode(family, within[i]) for i, s in enumerate(stacks)])
             latents = t.centers[z]
-        likelihood = _Likelihood(job.model.likelihood(latents), t)
+        likelihood = _Likelihood(job.model.likelihood(latents), t, job.bins)
         component_posterior, best = likelihood.component_posterior(x)
         if step == 0 or likelihood.single:
             k = best
         else:
             k = np.stack([s.decode(family, component_posterior[i]) for i, s in enumerate(stacks)])
-        first = likelihood.chosen(k)
-        x_group = (x // PIXEL_GROUP).astype(np.int32)
-        x_groups, x_within = likelihood.groups(first), likelihood.within(first, x_group)
-        x_rest = (x % PIXEL_GROUP).astype(np.int32)
+        _push_pixels(stacks, family, likelihood, x, k)
         for i, s in enumerate(stacks):
-            s.encode_reverse(x_rest[i], family, x_within[i])
-            s.encode_reverse(x_group[i], family, x_groups[i])
-            if not likelihood.single:
-                s.encode_reverse(k[i], family, likelihood.weights[i])
             s.encode_reverse(z[i], job.group_prior if step == 0 else job.prior)
         if step == 0:
             initial_bits = sum(s.num_valid_bits() for s in stacks)
@@ -581,9 +697,15 @@ def _encode_lane(job: _Coding, batch: np.ndarray, pixels: np.ndarray, coders: li
     return initial_bits
 
 
-def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[int]) -> None:
+#: Called by decoding with (image indices, their bins (B, P), the decoder's likelihood parameters
+#: at their latents): lets near-lossless decoding reconstruct pixels without a second network call.
+OnDecoded = Callable[[list[int], np.ndarray, "MixtureParams"], None]
+
+
+def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[int],
+                 on_decoded: OnDecoded | None = None) -> None:
     """Pop one lane's images off its chains' stacks into ``out`` (count, P), last step first."""
-    t, family, dim = job.t, job.family, job.model.latent_dim
+    t, dim = job.t, job.model.latent_dim
     dry = np.zeros(len(lane), dtype=np.int64)  # consecutive steps each chain popped more than it held
     for step, images in reversed(job.steps(lane)):
         job.check_stopped()
@@ -596,32 +718,26 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         available = np.array([s.num_valid_bits() for s in stacks], dtype=np.float64)
         prior = job.group_prior if step == 0 else job.prior
         z = np.stack([s.decode(prior, dim) for s in stacks])
-        popped = np.full(len(stacks), dim * math.log2(t.buckets // t.fine if step == 0 else t.buckets))
-        likelihood = _Likelihood(job.model.likelihood(t.group_centers[z] if step == 0 else t.centers[z]), t)
-        if likelihood.single:
-            k = np.zeros(likelihood.weights.shape[:2], dtype=np.int32)
-        else:
-            k = np.stack([s.decode(family, likelihood.weights[i]) for i, s in enumerate(stacks)])
-            popped += _information(likelihood.weights, k)
-        first = likelihood.chosen(k)
-        x_groups = likelihood.groups(first)
-        x_group = np.stack([s.decode(family, x_groups[i]) for i, s in enumerate(stacks)])
-        x_within = likelihood.within(first, x_group)
-        x_rest = np.stack([s.decode(family, x_within[i]) for i, s in enumerate(stacks)])
-        x = x_group * PIXEL_GROUP + x_rest
-        popped += _information(x_groups, x_group) + _information(x_within, x_rest)
+        params = job.model.likelihood(t.group_centers[z] if step == 0 else t.centers[z])
+        likelihood = _Likelihood(params, t, job.bins)
+        x, k, popped = _pop_pixels(stacks, job.family, likelihood)
+        popped += dim * math.log2(t.buckets // t.fine if step == 0 else t.buckets)
         symbols = dim + k.shape[1] * (1 if likelihood.single else 3)
         short = popped > available + _POP_SLACK_BITS + _POP_SLACK_PER_SYMBOL * symbols
         dry[: len(stacks)] = np.where(short, dry[: len(stacks)] + 1, 0)
         if (dry >= MAX_DRY_STEPS).any():
-            raise ContainerError("lossless payload is damaged (its data ends long before its images do)")
+            raise ContainerError(f"{_kind(job.bins)} payload is damaged (its data ends long before its images do)")
         out[images] = x
+        if on_decoded is not None:
+            on_decoded(images, x, params)
         if step > 0:
+            family = job.family
             if not likelihood.single:
                 component_posterior, _ = likelihood.component_posterior(x)
                 for i, s in enumerate(stacks):
                     s.encode_reverse(k[i], family, component_posterior[i])
-            posterior = _Posterior(t, *job.model.encode(x.astype(np.uint8).reshape(len(images), *job.shape)))
+            seen = job.bins.representative[x].reshape(len(images), *job.shape)
+            posterior = _Posterior(t, *job.model.encode(seen))
             z_group = (z // t.fine).astype(np.int32)
             groups, within = posterior.groups(), posterior.within(z_group)
             z_rest = (z % t.fine).astype(np.int32)
@@ -631,28 +747,37 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         job.progress(len(images))
 
 
+def _kind(bins: Binning) -> str:
+    return "lossless" if bins.lossless else "near-lossless"
+
+
 def encode(model: EdgeVAE, images: np.ndarray, progress: Progress | None = None,
-           bucket_bits: int = LATENT_BUCKET_BITS) -> Encoded:
-    """Losslessly encode uint8 images (N, C, H, W) (or one (C, H, W)) into a payload.
+           bucket_bits: int = LATENT_BUCKET_BITS, bins: Binning | None = None) -> Encoded:
+    """Encode uint8 images (N, C, H, W) (or one (C, H, W)) into a payload: losslessly, or with
+    ``bins`` (:func:`binning`) only each pixel's bin, so that decoding knows it to within
+    ``bins.max_error`` levels.
 
     ``progress`` is called with the number of images finished after each lane step. The
-    payload decodes with :func:`decode` and the same model; the module docstring has its layout.
+    payload decodes with :func:`decode` and the same model and bins; the module docstring has its layout.
     """
+    bins = bins if bins is not None else binning(0)
     batch = model.check_images(images)
     count = len(batch)
     t = tables(bucket_bits)
     chains = chain_count(count)
-    pixels = batch.reshape(count, int(np.prod(model.image_shape)))
-    job = _Coding(model, t, count, chains, progress)
+    symbols = bins.of_level[batch.reshape(count, int(np.prod(model.image_shape)))].astype(np.uint8)
+    # The posterior sees what the decoder will know before it pushes the bits back: the bins.
+    seen = batch if bins.lossless else bins.representative[symbols].reshape(batch.shape)
+    job = _Coding(model, t, count, chains, progress, bins)
     constriction = _constriction()
     coders = [constriction.stream.stack.AnsCoder() for _ in range(chains)]
-    initial_bits = sum(job.run(lambda lane: _encode_lane(job, batch, pixels, coders, lane)))
+    initial_bits = sum(job.run(lambda lane: _encode_lane(job, seen, symbols, coders, lane)))
     streams = [coder.get_compressed().astype("<u4").tobytes() for coder in coders]
-    header = [bytes([bucket_bits]), encode_varint(chains), struct.pack("<I", _checksum(pixels, t))]
+    header = [bytes([bucket_bits]), encode_varint(chains), struct.pack("<I", _checksum(symbols, t))]
     header += [encode_varint(len(s) // 4) for s in streams[:-1]]
     if streams:
         # constriction never ends a stream in a zero word, so the top word's zero bytes can go.
-        streams[-1] = streams[-1][: len(streams[-1].rstrip(b"\0"))]
+        streams[-1] = _trim(streams[-1])
     payload = b"".join(header + streams)
     if count > MAX_IMAGES_PER_BYTE * len(payload):  # unreachable for real images; never write an unreadable file
         raise InputError(f"{count} images compressed to {len(payload)} bytes, below the format's floor")
@@ -660,36 +785,86 @@ def encode(model: EdgeVAE, images: np.ndarray, progress: Progress | None = None,
     return Encoded(payload, count, chains, initial_bits, coded_bits)
 
 
-def decode(model: EdgeVAE, payload: bytes, count: int, progress: Progress | None = None) -> np.ndarray:
-    """The exact uint8 images (count, C, H, W) of a payload made by :func:`encode` with this model.
+def _trim(stream: bytes) -> bytes:
+    """An ANS stream without the zero high bytes of its top word (constriction never ends in a zero word)."""
+    return stream[: len(stream.rstrip(b"\0"))]
 
-    Raises ContainerError if the payload is damaged or the decoded pixels fail its checksum
+
+def _stack(raw: bytes, bins: Binning) -> Any:
+    """An ANS stack over ``raw`` (zero-padded to whole words); ContainerError if constriction refuses it."""
+    raw += b"\0" * (-len(raw) % 4)
+    try:
+        return _constriction().stream.stack.AnsCoder(np.frombuffer(raw, dtype="<u4").astype(np.uint32))
+    except ValueError as e:  # constriction refuses a stream ending in a zero word
+        raise ContainerError(f"{_kind(bins)} payload is damaged ({e})") from None
+
+
+def decode(model: EdgeVAE, payload: bytes, count: int, progress: Progress | None = None,
+           bins: Binning | None = None, on_decoded: OnDecoded | None = None) -> np.ndarray:
+    """The bins, uint8 (count, C, H, W), of a payload made by :func:`encode` with this model and
+    ``bins``: the exact pixels when lossless.
+
+    ``on_decoded`` sees each step's images with their likelihood parameters (see :data:`OnDecoded`).
+    Raises ContainerError if the payload is damaged or the decoded bins fail its checksum
     (e.g. a payload made on a machine whose network arithmetic differs), never wrong pixels.
     """
-    header = read_payload_header(payload, count)
+    bins = bins if bins is not None else binning(0)
+    kind = _kind(bins)
+    header = read_payload_header(payload, count, kind)
     t = tables(header.bucket_bits)
     shape = model.image_shape
     out = np.empty((count, int(np.prod(shape))), dtype=np.uint8)
     if count == 0:
         return out.reshape((0, *shape))
-    constriction = _constriction()
     data = bytes(payload)
     coders, pos = [], header.data_offset
     for n in header.words + (None,):
         raw = data[pos : pos + 4 * n] if n is not None else data[pos:]
         pos += len(raw)
-        raw += b"\0" * (-len(raw) % 4)
-        try:
-            coders.append(constriction.stream.stack.AnsCoder(np.frombuffer(raw, dtype="<u4").astype(np.uint32)))
-        except ValueError as e:  # constriction refuses a stream ending in a zero word
-            raise ContainerError(f"lossless payload is damaged ({e})") from None
-    job = _Coding(model, t, count, header.chains, progress)
-    job.run(lambda lane: _decode_lane(job, out, coders, lane))
+        coders.append(_stack(raw, bins))
+    job = _Coding(model, t, count, header.chains, progress, bins)
+    job.run(lambda lane: _decode_lane(job, out, coders, lane, on_decoded))
     if not all(coder.is_empty() for coder in coders):
-        raise ContainerError("lossless payload is damaged (a chain did not end where it should)")
+        raise ContainerError(f"{kind} payload is damaged (a chain did not end where it should)")
     if _checksum(out, t) != header.checksum:
         raise ContainerError(
-            "lossless payload does not decode to its pixel checksum: the data is damaged, or it was "
+            f"{kind} payload does not decode to its pixel checksum: the data is damaged, or it was "
             "compressed on a machine whose model arithmetic differs from this one's (see docs/FORMAT.md)"
         )
     return out.reshape((count, *shape))
+
+
+# -- one image under a known latent (no bits back) ---------------------------------------------
+
+
+def encode_known(params: MixtureParams, images: np.ndarray, bins: Binning) -> list[bytes]:
+    """One ANS stream per image of the bins of uint8 images (B, C, H, W) under the decoder's
+    likelihood ``params`` at latents the decoder knows (B images), without bits back.
+
+    Each pixel takes its most probable mixture component given its bin, coded under the mixture
+    weights (as a chain's first image does). The streams end without the zero high bytes of
+    their top words; they carry no checksum of their own (the container's CRC covers them).
+    """
+    t = tables(LATENT_BUCKET_BITS)
+    family = _constriction().stream.model.Categorical(perfect=False)
+    likelihood = _Likelihood(params, t, bins)
+    symbols = bins.of_level[np.asarray(images).reshape(len(images), -1)]
+    _, k = likelihood.component_posterior(symbols)
+    stacks = [_constriction().stream.stack.AnsCoder() for _ in range(len(images))]
+    _push_pixels(stacks, family, likelihood, symbols, k)
+    return [_trim(s.get_compressed().astype("<u4").tobytes()) for s in stacks]
+
+
+def decode_known(params: MixtureParams, streams: list[bytes], bins: Binning) -> np.ndarray:
+    """The bins (B, P) uint8 of streams made by :func:`encode_known` with the same ``params``.
+
+    ContainerError if a stream does not end exactly where its image does (damaged data).
+    """
+    t = tables(LATENT_BUCKET_BITS)
+    family = _constriction().stream.model.Categorical(perfect=False)
+    likelihood = _Likelihood(params, t, bins)
+    stacks = [_stack(bytes(raw), bins) for raw in streams]
+    symbols, _, _ = _pop_pixels(stacks, family, likelihood)
+    if not all(s.is_empty() for s in stacks):
+        raise ContainerError(f"{_kind(bins)} payload is damaged (its data does not end with its image)")
+    return symbols.astype(np.uint8)
