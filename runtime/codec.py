@@ -237,6 +237,11 @@ class Codec(_ContainerCodec):
         index), then the bundle's high-quality levels (near-lossless coded, :attr:`high_levels`)."""
         return tuple(q.name for q in self.tables.qualities) + tuple(q.name for q in self.high_levels)
 
+    @property
+    def lossy_qualities(self) -> tuple[str, ...]:
+        """The lossy levels of codec.json alone (their index is the container's quality index)."""
+        return tuple(q.name for q in self.tables.qualities)
+
     @cached_property
     def high_levels(self) -> tuple[HighQualityLevel, ...]:
         """The bundle's levels above its lossy ones (model.json), each a maximum error K."""
