@@ -24,6 +24,8 @@ export const MODE_NEAR_LOSSLESS = 2;
 export const MODE_NAMES = { [MODE_LOSSY]: "lossy", [MODE_LOSSLESS]: "lossless", [MODE_NEAR_LOSSLESS]: "near-lossless" };
 /** Version 2 holds near-lossless containers (mode 2) only; version 1 the others (FORMAT.md §6). */
 export const NEAR_LOSSLESS_VERSION = 2;
+/** Largest maximum error K of a near-lossless container. */
+export const MAX_ERROR = 32;
 export const VERSION_MODES = { [VERSION]: [MODE_LOSSY, MODE_LOSSLESS], [NEAR_LOSSLESS_VERSION]: [MODE_NEAR_LOSSLESS] };
 export const MAX_LOSSLESS_IMAGES_PER_BYTE = 8;
 export const MAX_VARINT_BYTES = 5;
@@ -162,9 +164,20 @@ export function readHeader(data) {
       throw new ContainerError(`container is damaged or truncated (claims ${count} images in ${data.length} bytes)`);
     }
   }
+  let maxError = 0;
+  if (mode === MODE_NEAR_LOSSLESS) {  // read so that its framing errors match Python's; the codec then refuses it
+    if (pos >= end) throw new ContainerError("container is truncated (before its maximum error)");
+    maxError = data[pos++];
+    if (!(maxError >= 1 && maxError <= MAX_ERROR)) {
+      throw new ContainerError(`container is damaged (maximum error ${maxError} not in 1..${MAX_ERROR})`);
+    }
+    if (count > 1 && data[2] >> QUALITY_SHIFT) {
+      throw new ContainerError("container is damaged (a latent level in a multi-image near-lossless container)");
+    }
+  }
   const header = {
     version, mode, modeName: MODE_NAMES[mode], quality: data[2] >> QUALITY_SHIFT,
-    fingerprintPrefix: data[2] & FINGERPRINT_PREFIX_MASK, count,
+    fingerprintPrefix: data[2] & FINGERPRINT_PREFIX_MASK, count, maxError,
   };
   return [header, pos];
 }
