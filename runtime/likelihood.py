@@ -70,38 +70,52 @@ def log_interval_probability(lower: np.ndarray, upper: np.ndarray, params: Mixtu
     return np.logaddexp.reduce(per_component + log_weights, axis=1)
 
 
-def interval_mean(lower: np.ndarray, upper: np.ndarray, params: MixtureParams) -> np.ndarray:
-    """E[v | lower <= v <= upper, z] in pixel levels, float64 (N, C, H, W), for integer level bounds.
+def interval_moments(lower: np.ndarray, upper: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray]:
+    """For integer level bounds (N, C, H, W), 0 <= lower <= upper <= 255: the conditional mean
+    E[v | lower <= v <= upper, z] in pixel levels, and the share of the run's mass held by its
+    end level (level 0 when lower == 0, level 255 when upper == 255, else 0); float32 (N, C, H, W).
 
     Each level v holds the logistic's mass on [v - 1/2, v + 1/2] (the tails at 0 and 255); the
-    mean is taken with that mass spread continuously over the interval's span (closed form:
-    the integral of t f(t) is t F(t) - s softplus((t - mu) / s)), which differs from the
-    discrete mean by less than half a level. Tails count at their end level. A run with no
-    representable mass gives its midpoint. Always within [lower - 1/2, upper + 1/2].
+    mean spreads that mass continuously over the run's span, which differs from the discrete
+    mean by less than half a level (closed form: the integral of (t - mu) f(t) over [a, b] is
+    s [g(u)] from (a - mu)/s to (b - mu)/s with g(u) = u sigmoid(u) - softplus(u), a bounded
+    function, so nothing cancels badly). Tails count at their end level. A run with no
+    representable mass gives its midpoint. float32 throughout: it is an estimate (callers that
+    promise a bound clamp it), computed for every pixel of every decoded image.
     """
-    lo = np.asarray(lower).astype(np.float64)[:, None]
-    hi = np.asarray(upper).astype(np.float64)[:, None]
-    log_weights, means, scales = _components(params)
-    top = contract.PIXEL_LEVELS - 1
-    a, b = lo - 0.5, hi + 0.5
-    ta, tb = (a - means) / scales, (b - means) / scales
-    fa, fb = 1.0 / (1.0 + np.exp(-ta)), 1.0 / (1.0 + np.exp(-tb))
+    lo = np.asarray(lower).astype(np.float32)[:, None]
+    hi = np.asarray(upper).astype(np.float32)[:, None]
+    top = np.float32(contract.PIXEL_LEVELS - 1)
+    logits = params.logits.astype(np.float32)
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    log_scales = np.maximum(params.log_scales.astype(np.float32), np.float32(contract.MIN_LOG_SCALE))
+    scales = np.exp(log_scales) * np.float32(contract.PIXEL_SCALE)
+    means = (params.means.astype(np.float32) + np.float32(1.0)) * np.float32(contract.PIXEL_SCALE)
 
-    def softplus(t: np.ndarray) -> np.ndarray:
-        return np.logaddexp(0.0, t)
+    def at(edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sigmoid(u) and g(u) = u sigmoid(u) - softplus(u) at u = (edge - mean) / scale."""
+        u = (edge - means) / scales
+        e = np.exp(-np.abs(u))
+        sig = np.where(u >= 0, 1 / (1 + e), e / (1 + e))
+        return sig, u * sig - (np.maximum(u, 0) + np.log1p(e))
 
-    # Integral of t f(t) over [a, b], written relative to the mean to keep its terms small.
-    first = (b - means) * fb - (a - means) * fa - scales * (softplus(tb) - softplus(ta)) + means * (fb - fa)
-    mass = np.maximum(fb - fa, 0.0)
-    tail_low = np.where(lo == 0, fa, 0.0)  # mass below -1/2 sits at level 0 (adds 0 to the first moment)
-    tail_high = np.where(hi == top, 1.0 - fb, 0.0)
-    weights = np.exp(log_weights)
-    numerator = (weights * (first + top * tail_high)).sum(axis=1)
-    denominator = (weights * (mass + tail_low + tail_high)).sum(axis=1)
-    midpoint = (lo[:, 0] + hi[:, 0]) / 2
+    low_end, high_end = lo == 0, hi == top
+    fa, ga = at(lo - np.float32(0.5))
+    fb, gb = at(hi + np.float32(0.5))
+    fe, _ = at(np.where(low_end, np.float32(0.5), top - np.float32(0.5)))  # the end level's inner edge
+    tail_low = np.where(low_end, fa, 0)  # mass below -1/2: level 0 (adds 0 to the first moment)
+    tail_high = np.where(high_end, 1 - fb, 0)  # mass above 255.5: level 255
+    inner = fb - fa
+    mass = ((inner + tail_low + tail_high) * weights).sum(axis=1)
+    first = ((means * inner + scales * (gb - ga) + top * tail_high) * weights).sum(axis=1)
+    end_mass = (np.where(low_end, fe, np.where(high_end, 1 - fe, 0)) * weights).sum(axis=1)
+    lo, hi = lo[:, 0], hi[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(denominator > 0, numerator / denominator, midpoint)
-    return np.clip(np.nan_to_num(mean, nan=0.0), lo[:, 0] - 0.5, hi[:, 0] + 0.5)
+        mean = np.where(mass > 0, first / mass, (lo + hi) / 2)
+        share = np.where(mass > 0, end_mass / mass, 0)
+    mean = np.clip(np.nan_to_num(mean, nan=0.0), lo - np.float32(0.5), hi + np.float32(0.5))
+    return mean, np.nan_to_num(share, nan=0.0)
 
 
 def negative_elbo(model: EdgeVAE, images: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

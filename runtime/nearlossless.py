@@ -38,7 +38,7 @@ from edgevae.runtime import bitsback
 from edgevae.runtime import container as fmt
 from edgevae.runtime.container import decode_varint, encode_varint
 from edgevae.runtime.errors import ContainerError, InputError
-from edgevae.runtime.likelihood import interval_mean, log_interval_probability
+from edgevae.runtime.likelihood import interval_moments
 from edgevae.runtime.rangecode import decode_payloads, encode_payloads
 
 if TYPE_CHECKING:
@@ -66,15 +66,12 @@ def reconstruct(bins: bitsback.Binning, symbols: np.ndarray, params: MixturePara
     j = symbols.reshape(shape).astype(np.int64)
     lo, hi = bins.starts[j], bins.ends[j]
     k = bins.max_error
-    value = np.clip(interval_mean(lo, hi, params), hi - k, lo + k)
+    mean, end_share = interval_moments(lo, hi, params)
+    value = np.clip(mean, hi - k, lo + k)
     # In the end bins, the end level itself when it holds at least half the bin's mass (it is then
     # the median): black and white backgrounds come back exact instead of a level or two off.
-    top = bitsback.LEVELS - 1
-    ends = (lo == 0) | (hi == top)
-    if ends.any():
-        end = np.where(lo == 0, 0, top)
-        share = log_interval_probability(end, end, params) - log_interval_probability(lo, hi, params)
-        value = np.where(ends & (share >= np.log(0.5)), end, value)
+    end = np.where(lo == 0, 0, bitsback.LEVELS - 1)
+    value = np.where(end_share >= 0.5, end, value)
     return np.rint(value).astype(np.uint8)
 
 
