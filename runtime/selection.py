@@ -6,8 +6,8 @@ embedding the API makes them exactly as ``edgevae compress`` / ``decompress`` / 
 
 - a mode's default bundle: lossy coding uses the shipped codec bundle (trained for PSNR per
   byte), lossless and near-lossless the default model (trained for likelihood, which is what
-  bits-back spends: near-lossless files of 1,000 test images are 7-9 % smaller with it than
-  with fashion-mnist-codec at K = 2..16, 2 % larger at K = 32; benchmarks/nearlossless.py);
+  bits-back spends: near-lossless files of 1,000 test images are 5-10 % smaller with it than
+  with fashion-mnist-codec at every K, at about half the speed; benchmarks/nearlossless.py);
 - the denoising job's bundle: the shipped one whose encoder was trained on noisy images for the
   default bundle's decoder;
 - a container's bundle: the one named by the caller or ``$EDGEVAE_MODEL``, else the shipped
