@@ -5,7 +5,8 @@
                  bins' representatives, which the decoder knows before it returns the bits)
              one image: its latent quantized at one of the bundle's lossy levels (codec.json;
                  range coded, runtime/rangecode.py), the level that gives the fewest bytes,
-                 then the bins under p(. | that latent) (ANS, no bits back)
+                 then bins centred on the model's prediction (bitsback.pixel_bins) under
+                 p(. | that latent) (ANS, no bits back)
     decode:  bins + the decoder's likelihood p(v|z) at the decoded latent
              --> pixel = round(clamp(E[v | v in bin, z], hi - K, lo + K)), or the end level 0 / 255
                  of an end bin that holds at least half the bin's mass
@@ -59,20 +60,20 @@ def check_max_error(value: object) -> int:
     return int(value)
 
 
-def reconstruct(bins: bitsback.Binning, symbols: np.ndarray, params: MixtureParams) -> np.ndarray:
-    """Pixels uint8 (B, C, H, W) of bins (B, P) under the likelihood ``params`` (B images): each
-    within ``bins.max_error`` of every level of its bin (the module docstring says why)."""
+def reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, params: MixtureParams) -> np.ndarray:
+    """Pixels uint8 (B, C, H, W) of bins [lower, upper] (integer levels, (B, P), at most
+    2 max_error + 1 levels each) under the likelihood ``params`` (B images): each pixel within
+    ``max_error`` of every level of its bin (the module docstring says why)."""
     shape = params.means.shape[:1] + params.means.shape[2:]
-    j = symbols.reshape(shape).astype(np.int64)
-    lo, hi = bins.starts[j], bins.ends[j]
-    k = bins.max_error
+    lo, hi = lower.reshape(shape).astype(np.int64), upper.reshape(shape).astype(np.int64)
+    k = max_error
     mean, end_share = interval_moments(lo, hi, params)
-    value = np.clip(mean, hi - k, lo + k)
     # In the end bins, the end level itself when it holds at least half the bin's mass (it is then
     # the median): black and white backgrounds come back exact instead of a level or two off.
     end = np.where(lo == 0, 0, bitsback.LEVELS - 1)
-    value = np.where(end_share >= 0.5, end, value)
-    return np.rint(value).astype(np.uint8)
+    value = np.where(end_share >= 0.5, end, mean)
+    # The clamp comes last: whatever the estimate, the pixel is within k of the whole bin.
+    return np.rint(np.clip(value, hi - k, lo + k)).astype(np.uint8)
 
 
 def encode_many(model: EdgeVAE, images: np.ndarray, max_error: int, progress: Progress | None = None) -> bytes:
@@ -88,7 +89,6 @@ def encode_single(model: EdgeVAE, tables: CodecTables | None, images: np.ndarray
     (nibble = level index + 1). Without (or when the bundle has more than 15 levels, which
     the nibble cannot name): a one-image bits-back payload (nibble 0).
     """
-    bins = bitsback.binning(max_error)
     usable = [] if tables is None else [q for q in tables.qualities if q.index < fmt.MAX_QUALITY_INDEX]
     out: list[tuple[int, bytes]] = []
     for start in range(0, len(images), BATCH):
@@ -101,7 +101,7 @@ def encode_single(model: EdgeVAE, tables: CodecTables | None, images: np.ndarray
             for table in usable:
                 latents = table.latents(table.symbols(means)[1])  # exactly what the decoder rebuilds
                 heads = encode_payloads(table, means)
-                tails = bitsback.encode_known(model.likelihood(latents), batch, bins)
+                tails = bitsback.encode_known(model.likelihood(latents), batch, max_error)
                 for i, (head, tail) in enumerate(zip(heads, tails)):
                     payload = encode_varint(len(head)) + head + tail
                     if best[i] is None or len(payload) < len(best[i][1]):  # type: ignore[index]
@@ -121,7 +121,8 @@ def decode(model: EdgeVAE, tables: CodecTables | None, header: fmt.Header, paylo
         out = np.empty((header.count, *model.image_shape), dtype=np.uint8)
 
         def keep(indices: list[int], symbols: np.ndarray, params: MixtureParams) -> None:
-            out[indices] = reconstruct(bins, symbols, params)
+            j = symbols.astype(np.int64)
+            out[indices] = reconstruct(bins.starts[j], bins.ends[j], bins.max_error, params)
 
         bitsback.decode(model, payload, header.count, progress, bins=bins, on_decoded=keep)
         return out
@@ -134,7 +135,7 @@ def decode(model: EdgeVAE, tables: CodecTables | None, header: fmt.Header, paylo
         raise ContainerError("container is damaged or truncated (latent longer than the payload)")
     latents = decode_payloads(table, [data[pos : pos + length]])
     params = model.likelihood(latents)
-    symbols = bitsback.decode_known(params, [data[pos + length :]], bins)
+    lower, upper = bitsback.decode_known(params, [data[pos + length :]], header.max_error)
     if progress:
         progress(1)
-    return reconstruct(bins, symbols, params)
+    return reconstruct(lower, upper, header.max_error, params)
