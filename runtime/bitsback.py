@@ -880,7 +880,8 @@ class PixelBins:
     holding level 0; c is the prediction, or 0 (255) when the prediction is within K of it.
     Single images only: the decoder knows c before it decodes a bin because it knows the
     latent. The prediction's own bin is whole, so the likeliest levels share one symbol (measured
-    on 200 test images: -8 bytes per image at K = 16, -10 at K = 32, +1 dB, against fixed bins).
+    on 200 test images against fixed bins: the same at K = 1, -2 bytes per image at K = 4, -6 at
+    K = 16, -7 at K = 32, and +0.1 to +1.3 dB).
     """
 
     max_error: int
