@@ -67,6 +67,25 @@ def test_bins_cover_every_level_once_and_are_narrow_enough(k: int) -> None:
         assert bins.ends[0] == k and bins.starts[-1] == 255 - k  # 0 and 255 can come back exactly
 
 
+@pytest.mark.parametrize("k", [1, 2, 5, 16, 31, 32])
+def test_centred_bins_cover_every_level_once_and_are_narrow_enough(k: int) -> None:
+    """Single images' bins (centred on the model's prediction), for every possible prediction."""
+    from types import SimpleNamespace
+
+    prediction = np.arange(-3, 260)[None]  # (1, P): every level, and out-of-range predictions
+    bins = bb.pixel_bins(SimpleNamespace(prediction=prediction), k)  # type: ignore[arg-type]
+    edges = bins.edges[0]
+    assert (edges[:, 0] == 0).all() and (edges[:, -1] == 256).all() and (np.diff(edges, axis=1) >= 0).all()
+    assert (np.diff(edges, axis=1) <= 2 * k + 1).all()
+    # Every level's symbol names a bin that holds it, for every prediction.
+    for v in range(256):
+        lo, hi = bins.bounds(bins.symbols(np.full((1, edges.shape[0]), v)))
+        assert ((lo <= v) & (v <= hi) & (hi - lo <= 2 * k)).all(), v
+    # Predictions within k of an end snap to it: the end bins are [0, k] and [255 - k, 255].
+    near_black = prediction[0] <= k
+    assert (edges[near_black, 1] == k + 1).all()
+
+
 def test_lossless_binning_is_the_levels() -> None:
     bins = bb.binning(0)
     assert bins.bins == 256 and bins.group == bb.PIXEL_GROUP and (bins.representative == np.arange(256)).all()
@@ -124,7 +143,7 @@ def test_bytes_per_image_on_real_images(codecs: dict[int, ev.NearLosslessCodec],
 
 
 @pytest.mark.slow
-def test_single_files_are_smaller_than_the_bits_back_first_image(codecs: dict[int, ev.NearLosslessCodec]) -> None:
+def test_single_files_code_a_quantized_latent(codecs: dict[int, ev.NearLosslessCodec]) -> None:
     """A single image codes its latent at a lossy level of codec.json (the header's level nibble)."""
     images = fashion_images(20)
     for data in codecs[4].compress_each(images):
