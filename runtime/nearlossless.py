@@ -22,8 +22,8 @@ predicts them.
 
 Payload of a near-lossless container (mode 2; docs/FORMAT.md §8): quality nibble 0, a bits-back
 payload exactly as lossless (§7) over the bins; quality nibble q >= 1 (one image): a varint L,
-L bytes of the latent's range-coded payload at lossy level q - 1 (§3), then the ANS words of
-the bins (the top word's zero high bytes dropped).
+L bytes of the latent's range-coded payload at lossy level q - 1 (§3), then a 16-bit check and
+the ANS words of the bins (the top word's zero high bytes dropped).
 
 Reconstruction uses float math (runtime/likelihood.py) on the decoder's outputs: another
 machine may put a pixel one level elsewhere, never outside the bound (the clamp is integer).

@@ -211,6 +211,13 @@ def test_forged_fields_are_container_errors(codecs: dict[int, ev.NearLosslessCod
     # A latent level in a multi-image container.
     with pytest.raises(ContainerError, match="latent level"):
         codec.decompress(_recrc(body[:2] + bytes([body[2] | 0x10]) + body[3:], codec))
+    # A single image's bins check (after the latent), forged behind a valid CRC.
+    single = codec.compress_each(out_of_domain()[:1])[0]
+    length = single[4]  # the latent's length varint (one byte for a short latent)
+    at = 5 + length
+    forged = single[:at] + bytes([single[at] ^ 0x01]) + single[at + 1 : -4]
+    with pytest.raises(ContainerError, match="does not decode to its check"):
+        codec.decompress(_recrc(forged, codec))
     # A later version than any this edgevae knows.
     with pytest.raises(ContainerError, match="newer than this edgevae"):
         codec.decompress(body[:1] + bytes([3 << 4 | data[1] & 0x0F]) + data[2:])
