@@ -5,6 +5,7 @@
     >>> images = model.sample(16, seed=0)  # uint8 (16, 1, 28, 28)
     >>> codec = ev.open_codec("lossy")     # the shipped codec bundle (or "lossless": exact pixels)
     >>> images = codec.decompress(codec.compress(images, quality="balanced"))
+    >>> codec = ev.open_codec("near-lossless", max_error=4)   # every pixel within 4 levels
     >>> ev.codec_for_container(data).decompress(data)   # the shipped bundle that made ``data``
     >>> clean = ev.denoise(ev.load("fashion-mnist-denoise"), noisy, sigma=50)
     >>> scores = ev.score(model, images)   # bits/dim and novelty per image
@@ -27,6 +28,7 @@ _LAZY = {
     "MixtureParams": "edgevae.runtime.likelihood",
     "Codec": "edgevae.runtime.codec",
     "LosslessCodec": "edgevae.runtime.codec",
+    "NearLosslessCodec": "edgevae.runtime.codec",
     "ContainerInfo": "edgevae.runtime.codec",
     "open_codec": "edgevae.runtime.selection",
     "codec_for_container": "edgevae.runtime.selection",

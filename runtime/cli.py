@@ -200,6 +200,12 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
     if m.get("codec"):
         names = [f"{q} (default)" if q == m["codec"].get("default_quality") else q for q in m["codec"]["qualities"]]
         lines.append(f"codec       qualities {', '.join(names)}")
+    from edgevae.runtime.tables import high_quality_levels
+
+    high = high_quality_levels(bundle)
+    if high:
+        lines.append("high        qualities " + ", ".join(f"{q.name} (max error {q.max_error})" for q in high)
+                     + ": near-lossless files")
     if model_path is None:
         from edgevae.runtime.bundle import describe_shipped
 
@@ -343,8 +349,18 @@ PROGRESS_MIN_IMAGES = 2000
 def _quality_help() -> str:
     from edgevae.runtime.quality import QUALITY_LEVELS, describe_levels
 
-    return (f"Quality level, smallest files first: {describe_levels()}; or its index 0..{len(QUALITY_LEVELS) - 1}. "
-            "A bundle may define its own levels: 'edgevae info' lists them.")
+    from edgevae.runtime.bundle import default_codec_bundle_path, read_manifest
+    from edgevae.runtime.errors import EdgeVAEError
+    from edgevae.runtime.tables import high_quality_levels
+
+    try:  # the shipped codec's levels above its lossy ones: data of its model.json
+        high = high_quality_levels(read_manifest(default_codec_bundle_path()))
+    except EdgeVAEError:
+        high = ()
+    above = (f" Above them, near-lossless levels (max error K): "
+             f"{', '.join(f'{q.name} (K={q.max_error})' for q in high)}." if high else "")
+    return (f"Quality level, smallest files first: {describe_levels()}; or its index 0..{len(QUALITY_LEVELS) - 1}."
+            f"{above} A bundle may define its own levels: 'edgevae info' lists them.")
 
 
 def _stdin_bytes() -> bytes:
@@ -432,17 +448,23 @@ def _bits_per_pixel(total_bytes: int, count: int, image_shape: tuple[int, int, i
 @click.option("--split", is_flag=True, help="Write one single-image container per input image, keeping names.")
 @click.option("--lossless", is_flag=True,
               help="Keep every pixel exactly (bits-back coding): about 3.2 bits/pixel instead of ~0.2; no --quality.")
+@click.option("--max-error", "max_error", type=int, default=None, metavar="K",
+              help="Near-lossless: every decoded pixel within K levels (1..32) of the input, guaranteed; "
+                   "e.g. K=4 about 160 bytes per 28x28 image and 43 dB. No --quality or --lossless.")
 @FORCE
 @JSON_SIZES
 @RESIZE
 @model_options(default=_default_codec_model)
 @guard
-def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool, lossless: bool, force: bool,
-             as_json: bool, resize: bool, model_path: str | None, threads: int | None) -> None:
+def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool, lossless: bool,
+             max_error: int | None, force: bool, as_json: bool, resize: bool, model_path: str | None,
+             threads: int | None) -> None:
     """Compress INPUTS (image files, folders, .npy arrays; '-' reads stdin) to an .evz container.
 
-    Lossy coding uses the shipped codec bundle (fashion-mnist-codec, trained for PSNR per byte)
-    and --lossless the default model, unless --model or $EDGEVAE_MODEL names another.
+    Lossy coding uses the shipped codec bundle (fashion-mnist-codec, trained for PSNR per byte),
+    --lossless and --max-error the default model, unless --model or $EDGEVAE_MODEL names another.
+    Qualities above the codec's lossy levels ('edgevae info' lists them) are near-lossless files
+    with that level's maximum error.
 
     \b
     Examples:
@@ -450,6 +472,7 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
       edgevae compress photos/ -o all.evz --quality small     one container for a folder
       edgevae compress photos/ -o evz/ --split                evz/NAME.evz per image
       edgevae compress scans/ -o scans.evz --lossless         exact pixels back
+      edgevae compress scans/ -o scans.evz --max-error 2      no pixel moves by more than 2
     """
     from pathlib import Path
 
@@ -461,14 +484,25 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
         raise OutputError("--split writes a folder of .evz files; it cannot write to stdout")
     if lossless and quality is not None:
         raise InputError("--quality does not apply to --lossless (lossless keeps every pixel)")
+    if max_error is not None and (lossless or quality is not None):
+        raise InputError(f"--max-error does not combine with {'--lossless' if lossless else '--quality'}: "
+                         "choose one of --quality, --max-error K, --lossless")
     if not split and out != STDIO:  # fail before the work, not after it
         if Path(out).is_dir():
             raise OutputError(f"{out}: is a folder; pass --split to write one .evz per image into it")
         check_target(Path(out), force)
-    codec = open_codec("lossless" if lossless else "lossy", model_path, threads)
-    table = None if lossless else codec.tables.lookup(quality)
-    options = {} if table is None else {"quality": table.index}
-    level = "lossless" if table is None else table.name
+    if max_error is not None:
+        from edgevae.runtime.nearlossless import check_max_error
+
+        check_max_error(max_error)  # before any model is loaded
+    mode = "lossless" if lossless else "near-lossless" if max_error is not None else "lossy"
+    codec = open_codec(mode, model_path, threads, max_error=max_error)
+    level, options = mode, {}
+    if mode == "lossy":
+        level = codec.level(quality).name
+        options = {"quality": level}
+    elif mode == "near-lossless":
+        level = f"near-lossless (max error {max_error})"
     images, names = _gather(inputs, codec.model.image_shape, resize)
     with _progress(len(images), "compressing") as progress:
         if split:
@@ -485,8 +519,9 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
         paths = [str(atomic_write_bytes(out, containers[0], force))]
     bpp = _bits_per_pixel(total, len(images), codec.model.image_shape)
     summary = {"command": "compress", "count": len(images), "bytes": total, "bytes_per_image": total / len(images),
-               "bits_per_pixel": bpp, "quality": level, "lossless": lossless, "outputs": paths}
-    how = "losslessly" if lossless else f"at quality {level}"
+               "bits_per_pixel": bpp, "quality": level, "lossless": lossless, "max_error": max_error,
+               "outputs": paths}
+    how = "losslessly" if lossless else level if max_error is not None else f"at quality {level}"
     text = (f"compressed {len(images)} image(s) {how} to {_describe_written(paths)}: "
             f"{total} bytes, {total / len(images):.1f} bytes/image, {bpp:.3f} bits/pixel")
     echo(json.dumps(summary) if as_json else text, err=out == STDIO)
@@ -558,6 +593,10 @@ def _describe_container(source: str, model_path: str | None, as_json: bool) -> N
     else:
         quality = f"{info.quality_index}" + (f" ({info.quality})" if info.quality else "")
         quality = "" if info.mode == "lossless" else f", quality {quality}"
+        if info.max_error is not None:  # near-lossless: K, and (single images) the latent's lossy level
+            quality = f", max error {info.max_error} (every pixel within {info.max_error} levels)" + (
+                f", latent at lossy level {info.quality_index - 1}" + (f" ({info.quality})" if info.quality else "")
+                if info.quality_index else ", bits-back")
         lines = [
             f"container   {source}: {info.count} image(s), {info.bytes} bytes"
             + (f", {info.bits_per_pixel:.3f} bits/pixel" if info.bits_per_pixel is not None else ""),

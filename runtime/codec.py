@@ -8,10 +8,14 @@
     LosslessCodec:
         uint8 images --bits-back coding with both graphs (runtime/bitsback.py)--> one payload
         --container.pack_lossless--> bytes
+    NearLosslessCodec (every pixel within K levels; also the lossy codec's high-quality levels):
+        uint8 images --bins of <= 2K + 1 levels, coded by runtime/nearlossless.py--> one payload
+        --container.pack_near_lossless--> bytes
     decompress (either codec; the container's mode decides):
         bytes --parse + CRC against this model--> payloads
         --lossy: range decode (integers only) --> latents symbol * step --> decoder.onnx
         --lossless: bits-back decoding --> the exact pixels
+        --near-lossless: bins + the likelihood at the decoded latent --> pixels within K
 
 This module only orchestrates: the tables, their fitting and the range coder live in
 runtime/tables.py and runtime/rangecode.py, the container's bytes in runtime/container.py, and
@@ -38,7 +42,8 @@ from edgevae.runtime.bundle import Bundle
 from edgevae.runtime.errors import ContainerError, InputError
 from edgevae.runtime.model import integer
 from edgevae.runtime.rangecode import decode_payloads, encode_payloads
-from edgevae.runtime.tables import CodecTables, QualityTable, load_tables
+from edgevae.runtime.quality import HighQualityLevel
+from edgevae.runtime.tables import CodecTables, QualityTable, high_quality_levels, load_tables
 
 if TYPE_CHECKING:
     from edgevae.runtime.model import EdgeVAE
@@ -61,6 +66,7 @@ class ContainerInfo:
     quality_index: int
     quality: str | None  # the level's name, if the model's tables are known
     count: int
+    max_error: int | None  # near-lossless: every pixel within this many levels; None otherwise
     payload_bytes: int
     overhead_bytes: int
     fingerprint_prefix: str  # one hex digit: the high 4 bits of the model fingerprint
@@ -99,9 +105,11 @@ def describe(data: bytes, bundle: Bundle | None = None, tables: CodecTables | No
             bpp = 8 * len(parsed.data) / (header.count * int(np.prod(shape)))
             if tables is not None and header.mode == fmt.MODE_LOSSY and header.quality < len(tables.qualities):
                 name = tables.qualities[header.quality].name
+            if tables is not None and header.mode == fmt.MODE_NEAR_LOSSLESS and 0 < header.quality <= len(tables.qualities):
+                name = tables.qualities[header.quality - 1].name  # the level of the single image's latent
     return ContainerInfo(
         bytes=len(parsed.data), version=header.version, mode=header.mode_name, quality_index=header.quality,
-        quality=name, count=header.count, payload_bytes=len(parsed.data) - parsed.overhead_bytes,
+        quality=name, count=header.count, max_error=header.max_error or None, payload_bytes=len(parsed.data) - parsed.overhead_bytes,
         overhead_bytes=parsed.overhead_bytes, fingerprint_prefix=f"{header.fingerprint_prefix:x}",
         model_matches=matches, checksum_ok=checksum_ok, image_shape=shape, bits_per_pixel=bpp,
     )
@@ -135,7 +143,7 @@ class _ContainerCodec:
         return batch
 
     def _open(self, data: bytes) -> tuple[fmt.Container, QualityTable | None]:
-        """Parse and verify a container of this model; the quality table (None if lossless)."""
+        """Parse and verify a container of this model; the quality table (None unless lossy)."""
         parsed = fmt.parse(data)
         header = parsed.header
         prefix = fmt.fingerprint_prefix(self.fingerprint)
@@ -148,6 +156,8 @@ class _ContainerCodec:
         if header.mode == fmt.MODE_LOSSLESS:
             if header.quality:
                 raise ContainerError(f"container is damaged (quality index {header.quality} in a lossless container)")
+            return parsed, None
+        if header.mode == fmt.MODE_NEAR_LOSSLESS:
             return parsed, None
         if header.quality >= len(self.tables.qualities):
             raise ContainerError(f"container is damaged (quality index {header.quality} unknown to this model)")
@@ -171,6 +181,14 @@ class _ContainerCodec:
             bad = [i for i in chosen if not 0 <= i < count]
             if bad:
                 raise InputError(f"image index {bad[0]} is out of range: the container holds {count} image(s)")
+        if parsed.header.mode == fmt.MODE_NEAR_LOSSLESS:  # chained like lossless: all decoded, then selected
+            from edgevae.runtime import nearlossless
+
+            has_tables = parsed.header.quality and self.model.bundle.codec_path is not None
+            tables = self.tables if has_tables else None
+            pixels = nearlossless.decode(self.model, tables, parsed.header, parsed.payload(0),
+                                         progress if indices is None else None)
+            return pixels[chosen]
         if table is None:  # lossless: the images are chained, all are decoded, then selected
             from edgevae.runtime import bitsback
 
@@ -215,8 +233,31 @@ class Codec(_ContainerCodec):
 
     @property
     def qualities(self) -> tuple[str, ...]:
-        """Quality names, smallest files first; a quality may also be given by its index."""
+        """Quality names, smallest files first: the lossy levels of codec.json (also named by their
+        index), then the bundle's high-quality levels (near-lossless coded, :attr:`high_levels`)."""
+        return tuple(q.name for q in self.tables.qualities) + tuple(q.name for q in self.high_levels)
+
+    @property
+    def lossy_qualities(self) -> tuple[str, ...]:
+        """The lossy levels of codec.json alone (their index is the container's quality index)."""
         return tuple(q.name for q in self.tables.qualities)
+
+    @cached_property
+    def high_levels(self) -> tuple[HighQualityLevel, ...]:
+        """The bundle's levels above its lossy ones (model.json), each a maximum error K."""
+        return high_quality_levels(self.model.bundle, [q.name for q in self.tables.qualities])
+
+    def level(self, quality: str | int | None) -> QualityTable | HighQualityLevel:
+        """The level ``quality`` names (a name of :attr:`qualities`, or a lossy level's index;
+        None: the default). InputError if unknown."""
+        for high in self.high_levels:
+            if quality == high.name:
+                return high
+        try:
+            return self.tables.lookup(quality)
+        except InputError:
+            raise InputError(f"unknown quality {quality!r}; choose one of: {', '.join(self.qualities)} "
+                             f"(or 0..{len(self.tables.qualities) - 1})") from None
 
     @property
     def default_quality(self) -> str:
@@ -242,13 +283,17 @@ class Codec(_ContainerCodec):
         ``quality`` is a name from :attr:`qualities` or its index (default: the bundle's
         default level). ``progress`` is called with the number of images finished after each batch.
         """
-        table = self.tables.lookup(quality)
+        table = self.level(quality)
+        if isinstance(table, HighQualityLevel):
+            return NearLosslessCodec(self.model, table.max_error, self.batch_size).compress(images, progress)
         return self._pack(table, encode_payloads(table, self._means(images, progress)))
 
     def compress_each(self, images: np.ndarray, quality: str | int | None = None,
                       progress: Progress | None = None) -> list[bytes]:
         """One single-image container per image (what ``edgevae compress --split`` writes)."""
-        table = self.tables.lookup(quality)
+        table = self.level(quality)
+        if isinstance(table, HighQualityLevel):
+            return NearLosslessCodec(self.model, table.max_error, self.batch_size).compress_each(images, progress)
         return [self._pack(table, [p]) for p in encode_payloads(table, self._means(images, progress))]
 
 
@@ -283,5 +328,54 @@ class LosslessCodec(_ContainerCodec):
         return [self.compress(image, progress) for image in self._batch(images)]
 
 
+class NearLosslessCodec(_ContainerCodec):
+    """Near-lossless compression: every decoded pixel within ``max_error`` (K) levels of the input.
+
+        >>> codec = NearLosslessCodec(edgevae.runtime.load(threads=1), max_error=4)
+        >>> data = codec.compress(images)                    # bits-back over bins of 9 levels
+        >>> np.abs(codec.decompress(data).astype(int) - images).max() <= 4   # always True
+
+    Several images share one bits-back payload (runtime/bitsback.py); one image
+    (:meth:`compress` of one, or :meth:`compress_each`) is coded with a quantized latent from
+    the bundle's codec tables when it has them (runtime/nearlossless.py). K is stored in the
+    container. InputError unless K is an integer in 1..32.
+    """
+
+    mode = "near-lossless"
+    default_threads = 1
+
+    def __init__(self, model: EdgeVAE, max_error: int, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        from edgevae.runtime.nearlossless import check_max_error
+
+        super().__init__(model, batch_size)
+        self.max_error = check_max_error(max_error)
+
+    def __repr__(self) -> str:
+        return f"NearLosslessCodec({self.model!r}, max_error={self.max_error})"
+
+    def _single_tables(self) -> CodecTables | None:
+        return self.tables if self.model.bundle.codec_path is not None else None
+
+    def compress(self, images: np.ndarray, progress: Progress | None = None) -> bytes:
+        """One container holding all ``images`` (uint8 (N, C, H, W) or one (C, H, W))."""
+        from edgevae.runtime import nearlossless
+
+        batch = self._batch(images)
+        if len(batch) == 1:
+            return self.compress_each(batch, progress)[0]
+        payload = nearlossless.encode_many(self.model, batch, self.max_error, progress)
+        return fmt.pack_near_lossless(self.fingerprint, self.model.image_shape, len(batch), self.max_error, 0, payload)
+
+    def compress_each(self, images: np.ndarray, progress: Progress | None = None) -> list[bytes]:
+        """One single-image container per image (what ``edgevae compress --max-error K --split`` writes)."""
+        from edgevae.runtime import nearlossless
+
+        batch = self._batch(images)
+        coded = nearlossless.encode_single(self.model, self._single_tables(), batch, self.max_error, progress)
+        return [fmt.pack_near_lossless(self.fingerprint, self.model.image_shape, 1, self.max_error, level, payload)
+                for level, payload in coded]
+
+
 #: The codec of each container mode, by the name ``edgevae compress`` and the API use.
-CODECS: dict[str, type[_ContainerCodec]] = {Codec.mode: Codec, LosslessCodec.mode: LosslessCodec}
+CODECS: dict[str, type[_ContainerCodec]] = {Codec.mode: Codec, LosslessCodec.mode: LosslessCodec,
+                                            NearLosslessCodec.mode: NearLosslessCodec}

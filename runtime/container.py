@@ -1,7 +1,7 @@
 """The ``.evz`` container: every constant of the compressed format, and its reader and writer.
 
 docs/FORMAT.md specifies the format field by field; this module is its single source of
-numbers. Layout (version 1), bit by bit::
+numbers. Layout (version 1; version 2 is the same with mode 2, near-lossless), bit by bit::
 
     offset  size  field
     0       1     MAGIC 0xEE
@@ -9,6 +9,7 @@ numbers. Layout (version 1), bit by bit::
     2       1     quality index (bits 7-4) | fingerprint prefix (bits 3-0): the high 4 bits of
                   byte 0 of the model bundle's 32-byte fingerprint
     3       1-5   [multi only] image count N >= 2, LEB128 varint
+    ...     1     [near-lossless only] maximum error K, 1..MAX_ERROR
     ...     1-5   [multi only] byte length of payloads 0 .. N-2, one varint each
     ...     ...   payloads, concatenated (the last one runs to the CRC)
     end-4   4     CRC-32 (zlib), big-endian, of: every byte before it
@@ -36,8 +37,14 @@ from edgevae.runtime.errors import ContainerError
 
 #: First byte of every container. Not ASCII, so text files and 7-bit mangling never pass.
 MAGIC = 0xEE
-#: Container format version written by this edgevae (1..15); readers refuse any other.
+#: Container format version of lossy and lossless containers (1..15).
 VERSION = 1
+#: Version of near-lossless containers (mode 2). A container carries the lowest version that can
+#: express it, so lossy and lossless files stay readable by every release; a release that knows
+#: only version 1 says "newer than this edgevae supports; upgrade" on a near-lossless file.
+NEAR_LOSSLESS_VERSION = 2
+#: The modes each version may hold (one canonical form per container).
+VERSION_MODES = {VERSION: (0, 1), NEAR_LOSSLESS_VERSION: (2,)}
 #: Conventional file suffix.
 SUFFIX = ".evz"
 
@@ -70,7 +77,14 @@ MODE_LOSSLESS = 1
 #: A lossless container may not claim more images than this per payload byte (a real image costs
 #: hundreds of bits): bounds the count before anything is allocated for it.
 MAX_LOSSLESS_IMAGES_PER_BYTE = 8
-MODE_NAMES = {MODE_LOSSY: "lossy", MODE_LOSSLESS: "lossless"}
+#: Mode 2: near-lossless (runtime/nearlossless.py): every pixel within K levels of the input. A
+#: byte K follows the count; quality nibble 0: ONE bits-back payload for all N images (as mode
+#: 1); nibble q >= 1 (single images only): the latent quantized at lossy level q - 1 of the
+#: bundle's codec tables, then the bins under it.
+MODE_NEAR_LOSSLESS = 2
+#: Largest maximum error K of a near-lossless container (smallest is 1).
+MAX_ERROR = 32
+MODE_NAMES = {MODE_LOSSY: "lossy", MODE_LOSSLESS: "lossless", MODE_NEAR_LOSSLESS: "near-lossless"}
 
 #: Longest accepted varint: 5 bytes of 7 bits hold any count or length below 2**35.
 MAX_VARINT_BYTES = 5
@@ -117,10 +131,11 @@ class Header:
     quality: int
     fingerprint_prefix: int  # 0..15
     count: int
+    max_error: int = 0  # near-lossless: K (1..MAX_ERROR); 0 otherwise
 
     @property
     def mode_name(self) -> str:
-        """``lossy``, ``lossless`` or ``reserved-N``."""
+        """``lossy``, ``lossless``, ``near-lossless`` or ``reserved-N``."""
         return MODE_NAMES.get(self.mode, f"reserved-{self.mode}")
 
 
@@ -134,7 +149,7 @@ class Container:
     data: bytes
     header: Header
     offsets: tuple[int, ...]  # count + 1 positions: payload i is data[offsets[i]:offsets[i + 1]]
-    # (lossless: 2 positions, payload 0 holds every image)
+    # (lossless and near-lossless: 2 positions, payload 0 holds every image)
 
     @property
     def overhead_bytes(self) -> int:
@@ -224,6 +239,27 @@ def pack_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count: int
     return body + struct.pack(">I", checksum(body, fingerprint, geometry))
 
 
+def pack_near_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count: int, max_error: int,
+                       level: int, payload: bytes) -> bytes:
+    """Build a near-lossless container (version 2): header with quality nibble ``level`` (0: a
+    bits-back payload; q >= 1: single image, latent at lossy level q - 1), the count if multi, K,
+    one payload, the CRC."""
+    if not 1 <= max_error <= MAX_ERROR:
+        raise ValueError(f"max error {max_error} is outside 1..{MAX_ERROR}")
+    if count < 1 or count > min(MAX_COUNT, MAX_LOSSLESS_IMAGES_PER_BYTE * max(len(payload), 1)):
+        raise ValueError(f"a near-lossless container cannot hold {count} images in {len(payload)} payload bytes")
+    if not 0 <= level <= MAX_QUALITY_INDEX or (level and count > 1):
+        raise ValueError(f"level {level} does not fit a near-lossless container of {count} images")
+    multi = count > 1
+    parts = [bytes([MAGIC, NEAR_LOSSLESS_VERSION << VERSION_SHIFT | MODE_NEAR_LOSSLESS << MODE_SHIFT
+                    | (MULTI_BIT if multi else 0), level << QUALITY_SHIFT | fingerprint_prefix(fingerprint)])]
+    if multi:
+        parts.append(encode_varint(count))
+    parts += [bytes([max_error]), payload]
+    body = b"".join(parts)
+    return body + struct.pack(">I", checksum(body, fingerprint, geometry))
+
+
 def read_header(data: bytes) -> tuple[Header, int]:
     """Parse and check magic, version and the fixed fields; returns the header and the position after it.
 
@@ -232,17 +268,17 @@ def read_header(data: bytes) -> tuple[Header, int]:
     if len(data) < 2 or data[0] != MAGIC:
         raise ContainerError("not an edgevae container (.evz): wrong magic byte")
     version = data[1] >> VERSION_SHIFT
-    if version != VERSION:
-        if version > VERSION:
+    if version not in VERSION_MODES:
+        if version > NEAR_LOSSLESS_VERSION:
             raise ContainerError(f"container format version {version} is newer than this edgevae "
-                                 f"supports ({VERSION}); upgrade edgevae")
+                                 f"supports ({NEAR_LOSSLESS_VERSION}); upgrade edgevae")
         raise ContainerError(f"not an edgevae container (unknown format version {version})")
     if len(data) < MIN_BYTES:
         raise ContainerError(f"container is truncated ({len(data)} bytes, at least {MIN_BYTES} needed)")
     flags = data[1]
     mode = flags >> MODE_SHIFT & MODE_MASK
-    if mode not in MODE_NAMES:
-        raise ContainerError(f"container is damaged (reserved mode {mode})")
+    if mode not in VERSION_MODES[version]:
+        raise ContainerError(f"container is damaged (reserved mode {mode} for format version {version})")
     if flags & RESERVED_BIT:
         raise ContainerError("container is damaged (reserved header bit set)")
     end = len(data) - CRC_BYTES
@@ -254,11 +290,21 @@ def read_header(data: bytes) -> tuple[Header, int]:
             raise ContainerError("container is damaged (multi-image container with fewer than 2 images)")
         # Each of the count - 1 lengths takes at least one byte (lossless: each image at least one
         # bit): bound the count by the file size before anything proportional to it exists.
-        room = MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos) if mode == MODE_LOSSLESS else end - pos + 1
+        room = MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos) if mode != MODE_LOSSY else end - pos + 1
         if count > MAX_COUNT or count > room:
             raise ContainerError(f"container is damaged or truncated (claims {count} images in {len(data)} bytes)")
+    max_error = 0
+    if mode == MODE_NEAR_LOSSLESS:
+        if pos >= end:
+            raise ContainerError("container is truncated (before its maximum error)")
+        max_error = data[pos]
+        pos += 1
+        if not 1 <= max_error <= MAX_ERROR:
+            raise ContainerError(f"container is damaged (maximum error {max_error} not in 1..{MAX_ERROR})")
+        if count > 1 and data[2] >> QUALITY_SHIFT:
+            raise ContainerError("container is damaged (a latent level in a multi-image near-lossless container)")
     header = Header(version=version, mode=mode, quality=data[2] >> QUALITY_SHIFT,
-                    fingerprint_prefix=data[2] & FINGERPRINT_PREFIX_MASK, count=count)
+                    fingerprint_prefix=data[2] & FINGERPRINT_PREFIX_MASK, count=count, max_error=max_error)
     return header, pos
 
 
@@ -267,7 +313,7 @@ def parse(data: bytes) -> Container:
     data = bytes(data)
     header, pos = read_header(data)
     end = len(data) - CRC_BYTES
-    if header.mode == MODE_LOSSLESS:  # one payload for every image
+    if header.mode != MODE_LOSSY:  # one payload for every image
         return Container(data=data, header=header, offsets=(pos, end))
     lengths = []
     for _ in range(header.count - 1):

@@ -35,24 +35,87 @@ class MixtureParams:
 
 
 def log_likelihood(images: np.ndarray, params: MixtureParams) -> np.ndarray:
-    """log p(x|z) in nats per image of uint8 images (N, C, H, W), float64, by the contract's formula.
+    """log p(x|z) in nats per image of uint8 images (N, C, H, W), float64, by the contract's formula."""
+    return log_interval_probability(images, images, params).reshape(len(images), -1).sum(axis=1)
 
-    Uses sigmoid(u) - sigmoid(l) = sigmoid(u) (1 - sigmoid(l)) (1 - exp(l - u)) for the
-    interior levels, so no mass underflows; levels 0 and 255 take the whole tails.
-    """
-    x = images.astype(np.float64)[:, None]
-    log_scales = np.maximum(params.log_scales.astype(np.float64), contract.MIN_LOG_SCALE)
-    centered = x / contract.PIXEL_SCALE - 1.0 - params.means.astype(np.float64)
-    inv_scale = np.exp(-log_scales)
-    half_bin = 1.0 / (contract.PIXEL_LEVELS - 1)
-    upper, lower = inv_scale * (centered + half_bin), inv_scale * (centered - half_bin)
-    log_below_upper = -np.logaddexp(0.0, -upper)  # log sigmoid(upper)
-    log_above_lower = -np.logaddexp(0.0, lower)  # log (1 - sigmoid(lower))
-    inner = log_below_upper + log_above_lower + np.log(-np.expm1(lower - upper))
-    per_component = np.where(x == 0, log_below_upper, np.where(x == contract.PIXEL_LEVELS - 1, log_above_lower, inner))
+
+def _components(params: MixtureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 log mixture weights, means in pixel levels, scales in pixel levels; each (N, K, C, H, W)."""
     logits = params.logits.astype(np.float64)
     log_weights = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    return np.logaddexp.reduce(per_component + log_weights, axis=1).reshape(len(images), -1).sum(axis=1)
+    log_scales = np.maximum(params.log_scales.astype(np.float64), contract.MIN_LOG_SCALE)
+    means = (params.means.astype(np.float64) + 1.0) * contract.PIXEL_SCALE
+    return log_weights, means, np.exp(log_scales) * contract.PIXEL_SCALE
+
+
+def log_interval_probability(lower: np.ndarray, upper: np.ndarray, params: MixtureParams) -> np.ndarray:
+    """log P(lower <= v <= upper | z) in nats per pixel, float64 (N, C, H, W), for integer level
+    bounds (N, C, H, W) with 0 <= lower <= upper <= 255: the mixture's mass of a run of levels.
+
+    ``lower == upper == x`` is the likelihood of pixel x. Uses sigmoid(u) - sigmoid(l) =
+    sigmoid(u) (1 - sigmoid(l)) (1 - exp(l - u)) for interior runs, so no mass underflows;
+    levels 0 and 255 take the whole tails.
+    """
+    lo = np.asarray(lower).astype(np.float64)[:, None]
+    hi = np.asarray(upper).astype(np.float64)[:, None]
+    log_weights, means, scales = _components(params)
+    upper_edge, lower_edge = (hi + 0.5 - means) / scales, (lo - 0.5 - means) / scales
+    log_below_upper = -np.logaddexp(0.0, -upper_edge)  # log sigmoid(upper)
+    log_above_lower = -np.logaddexp(0.0, lower_edge)  # log (1 - sigmoid(lower))
+    with np.errstate(divide="ignore"):
+        inner = log_below_upper + log_above_lower + np.log(-np.expm1(lower_edge - upper_edge))
+    top = contract.PIXEL_LEVELS - 1
+    per_component = np.where(lo == 0, np.where(hi == top, 0.0, log_below_upper),
+                             np.where(hi == top, log_above_lower, inner))
+    return np.logaddexp.reduce(per_component + log_weights, axis=1)
+
+
+def interval_moments(lower: np.ndarray, upper: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray]:
+    """For integer level bounds (N, C, H, W), 0 <= lower <= upper <= 255: the conditional mean
+    E[v | lower <= v <= upper, z] in pixel levels, and the share of the run's mass held by its
+    end level (level 0 when lower == 0, level 255 when upper == 255, else 0); float32 (N, C, H, W).
+
+    Each level v holds the logistic's mass on [v - 1/2, v + 1/2] (the tails at 0 and 255); the
+    mean spreads that mass continuously over the run's span, which differs from the discrete
+    mean by less than half a level (closed form: the integral of (t - mu) f(t) over [a, b] is
+    s [g(u)] from (a - mu)/s to (b - mu)/s with g(u) = u sigmoid(u) - softplus(u), a bounded
+    function, so nothing cancels badly). Tails count at their end level. A run with no
+    representable mass gives its midpoint. float32 throughout: it is an estimate (callers that
+    promise a bound clamp it), computed for every pixel of every decoded image.
+    """
+    lo = np.asarray(lower).astype(np.float32)[:, None]
+    hi = np.asarray(upper).astype(np.float32)[:, None]
+    top = np.float32(contract.PIXEL_LEVELS - 1)
+    logits = params.logits.astype(np.float32)
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    log_scales = np.maximum(params.log_scales.astype(np.float32), np.float32(contract.MIN_LOG_SCALE))
+    scales = np.exp(log_scales) * np.float32(contract.PIXEL_SCALE)
+    means = (params.means.astype(np.float32) + np.float32(1.0)) * np.float32(contract.PIXEL_SCALE)
+
+    def at(edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sigmoid(u) and g(u) = u sigmoid(u) - softplus(u) at u = (edge - mean) / scale."""
+        u = (edge - means) / scales
+        e = np.exp(-np.abs(u))
+        sig = np.where(u >= 0, 1 / (1 + e), e / (1 + e))
+        return sig, u * sig - (np.maximum(u, 0) + np.log1p(e))
+
+    low_end, high_end = lo == 0, hi == top
+    fa, ga = at(lo - np.float32(0.5))
+    fb, gb = at(hi + np.float32(0.5))
+    fe, _ = at(np.where(low_end, np.float32(0.5), top - np.float32(0.5)))  # the end level's inner edge
+    tail_low = np.where(low_end, fa, 0)  # mass below -1/2: level 0 (adds 0 to the first moment)
+    tail_high = np.where(high_end, 1 - fb, 0)  # mass above 255.5: level 255
+    inner = fb - fa
+    mass = ((inner + tail_low + tail_high) * weights).sum(axis=1)
+    first = ((means * inner + scales * (gb - ga) + top * tail_high) * weights).sum(axis=1)
+    end_mass = (np.where(low_end, fe, np.where(high_end, 1 - fe, 0)) * weights).sum(axis=1)
+    lo, hi = lo[:, 0], hi[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(mass > 0, first / mass, (lo + hi) / 2)
+        share = np.where(mass > 0, end_mass / mass, 0)
+    mean = np.clip(np.nan_to_num(mean, nan=0.0), lo - np.float32(0.5), hi + np.float32(0.5))
+    return mean, np.nan_to_num(share, nan=0.0)
 
 
 def negative_elbo(model: EdgeVAE, images: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,26 @@ QUALITY_LEVELS: tuple[QualityLevel, ...] = (
 DEFAULT_QUALITY = "balanced"
 
 
+@dataclass(frozen=True)
+class HighQualityLevel:
+    """A quality level above a bundle's lossy levels, realized as near-lossless coding: every pixel
+    within ``max_error`` levels of the input (runtime/nearlossless.py).
+
+    Bundles list theirs in ``model.json`` under :data:`HIGH_QUALITY_KEY` (data the container
+    fingerprint does not cover, so they can be added to shipped bundles); a container records
+    its K, so decoding never reads this list.
+    """
+
+    name: str
+    max_error: int
+    description: str
+
+
+#: The manifest key of a bundle's high-quality levels: a list of {"name", "max_error", "description"},
+#: smallest files (largest K) first.
+HIGH_QUALITY_KEY = "high_quality_levels"
+
+
 def quality_levels(factors: Sequence[float] | None,
                       levels: Sequence[QualityLevel] = QUALITY_LEVELS) -> tuple[QualityLevel, ...]:
     """``levels`` (default: the standard ones) with other step factors (``None``: unchanged).

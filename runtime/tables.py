@@ -33,7 +33,7 @@ import numpy as np
 from edgevae.runtime import container as fmt
 from edgevae.runtime.bundle import MAX_TABLES_BYTES, Bundle, read_verified
 from edgevae.runtime.errors import BundleError, ContainerError, InputError
-from edgevae.runtime.quality import DEFAULT_QUALITY, QUALITY_LEVELS, QualityLevel
+from edgevae.runtime.quality import DEFAULT_QUALITY, HIGH_QUALITY_KEY, QUALITY_LEVELS, HighQualityLevel, QualityLevel
 
 #: Additive (Krichevsky-Trofimov) smoothing of the symbol counts: every table entry, including
 #: symbols never seen in training and the escape, keeps a nonzero frequency.
@@ -296,3 +296,29 @@ def bundle_step_factors(bundle: Bundle) -> list[float] | None:
     """The step factors of a bundle's quality levels, or None if it has no codec tables."""
     levels = bundle_levels(bundle)
     return None if levels is None else [level.step_factor for level in levels]
+
+
+def high_quality_levels(bundle: Bundle, lossy: Sequence[str] = ()) -> tuple[HighQualityLevel, ...]:
+    """The bundle's high-quality levels from its manifest (none if it lists none), in its order.
+
+    BundleError if the list is malformed: not a list of {name, max_error, description}, a K
+    outside 1..MAX_ERROR, K not strictly decreasing, or a name repeated or already a lossy level
+    (``lossy``) or all digits (indices name lossy levels).
+    """
+    entries = bundle.manifest.get(HIGH_QUALITY_KEY, [])
+    where = f"{bundle.path}: model.json {HIGH_QUALITY_KEY}"
+    if not isinstance(entries, list):
+        raise BundleError(f"{where} must be a list")
+    levels: list[HighQualityLevel] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BundleError(f"{where}: entry {i} is not an object")
+        name, k = entry.get("name"), entry.get("max_error")
+        if not isinstance(name, str) or not name or name.isdigit() or name in lossy or name in (q.name for q in levels):
+            raise BundleError(f"{where}: entry {i} needs a new, non-numeric name")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= fmt.MAX_ERROR:
+            raise BundleError(f"{where}: entry {i} needs a max_error in 1..{fmt.MAX_ERROR}")
+        if levels and k >= levels[-1].max_error:
+            raise BundleError(f"{where}: max_error must decrease from level to level (higher quality last)")
+        levels.append(HighQualityLevel(name, k, str(entry.get("description", ""))))
+    return tuple(levels)

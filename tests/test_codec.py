@@ -106,7 +106,7 @@ def test_public_api() -> None:
 
 
 def test_round_trip_decodes_the_quantized_latents(codec: C.Codec, images: np.ndarray) -> None:
-    for quality in codec.qualities:
+    for quality in codec.lossy_qualities:
         data = codec.compress(images, quality=quality)
         out = codec.decompress(data)
         assert out.dtype == np.uint8 and out.shape == images.shape
@@ -117,7 +117,7 @@ def test_round_trip_decodes_the_quantized_latents(codec: C.Codec, images: np.nda
 def test_best_quality_is_close_to_the_models_reconstruction(codec: C.Codec, images: np.ndarray) -> None:
     recon = codec.model.reconstruct(images).astype(np.int64)
     errors = [np.abs(codec.decompress(codec.compress(images, q)).astype(np.int64) - recon).mean()
-              for q in codec.qualities]
+              for q in codec.lossy_qualities]
     assert errors[-1] < 3.0, errors  # mean abs pixel difference to the unquantized reconstruction
     assert errors[-1] <= errors[0], errors
 
@@ -131,7 +131,7 @@ def test_collapsed_latents_cost_nothing(tiny_model: ev.EdgeVAE, images: np.ndarr
 
 
 def test_sizes_grow_with_quality(codec: C.Codec, images: np.ndarray) -> None:
-    sizes = [len(codec.compress(images, q)) for q in codec.qualities]
+    sizes = [len(codec.compress(images, q)) for q in codec.lossy_qualities]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
     assert codec.qualities.index(codec.default_quality) == 2 and len(codec.qualities) >= 4
 
@@ -258,8 +258,8 @@ def shipped_rd() -> dict[str, tuple[float, list[float], list[float]]]:
     out = {}
     for bundle in (DEFAULT_BUNDLE, DEFAULT_CODEC_BUNDLE):
         codec = ev.Codec(ev.load(bundle))
-        sizes = [float(np.mean([len(c) for c in codec.compress_each(x, q)])) for q in codec.qualities]
-        quality = [_psnr(x, codec.decompress(codec.compress(x, q))) for q in codec.qualities]
+        sizes = [float(np.mean([len(c) for c in codec.compress_each(x, q)])) for q in codec.lossy_qualities]
+        quality = [_psnr(x, codec.decompress(codec.compress(x, q))) for q in codec.lossy_qualities]
         out[bundle.name] = (_psnr(x, codec.model.reconstruct(x)), sizes, quality)
     return out
 
@@ -511,7 +511,7 @@ def damage_container(kind: str, codec: C.Codec, multi: bytes, single: bytes) -> 
     if kind == "bad_magic":
         return b"\xef" + multi[1:], "wrong magic"
     if kind == "future_version":
-        return multi[:1] + bytes([0x20 | multi[1] & 0x0F]) + multi[2:], "version 2 is newer than this edgevae supports (1)"
+        return multi[:1] + bytes([0x30 | multi[1] & 0x0F]) + multi[2:], "version 3 is newer than this edgevae supports (2)"
     if kind == "version_zero":
         return multi[:1] + bytes([multi[1] & 0x0F]) + multi[2:], "unknown format version 0"
     if kind == "too_short":

@@ -111,7 +111,7 @@ def parity(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict
     for name in CODEC_BUNDLES:
         bundle = shipped_bundles()[name]
         codec = Codec(load(bundle, threads=1))
-        for q in range(len(codec.qualities)):
+        for q in range(len(codec.lossy_qualities)):
             data = codec.compress(images, quality=q)
             stem = work / f"{name}-{q}"
             stem.with_suffix(".evz").write_bytes(data)
@@ -225,7 +225,7 @@ def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, 
     cases = [
         ("empty", b"", codec), ("one byte", b"\xee", codec), ("wrong magic", b"\x00" + multi[1:], codec),
         ("text", b"hello world, not a container", codec),
-        ("newer version", bytes([0xEE, 0x20]) + multi[2:], codec),
+        ("newer version", bytes([0xEE, 0x30]) + multi[2:], codec),
         ("old version", bytes([0xEE, 0x00]) + multi[2:], codec),
         ("truncated header", multi[:5], codec), ("truncated", multi[:-9], codec),
         ("reserved mode", _recrc(bytes([0xEE, multi[1] | 0x0C]) + body[2:], fp), codec),

@@ -247,6 +247,10 @@ export class Codec {
         `this model is ${prefix.toString(16)}..) or its header is damaged; pass the bundle that made it with --model`);
     }
     parsed.verify(this.fingerprint, this.model.imageShape);
+    if (header.mode === container.MODE_NEAR_LOSSLESS) {
+      throw new ContainerError("near-lossless containers (mode 2) are decoded by Python edgevae only: their probability " +
+        "tables depend on float results that differ between ONNX engines (see docs/FORMAT.md §8)");
+    }
     if (header.mode === container.MODE_LOSSLESS) {
       throw new ContainerError("lossless containers (mode 1) are decoded by Python edgevae only: their probability tables " +
         "depend on float results that differ between ONNX engines (see docs/FORMAT.md §7)");

@@ -20,7 +20,13 @@ export const FINGERPRINT_PREFIX_MASK = 0x0f;
 export const MAX_QUALITY_INDEX = 15;
 export const MODE_LOSSY = 0;
 export const MODE_LOSSLESS = 1;
-export const MODE_NAMES = { [MODE_LOSSY]: "lossy", [MODE_LOSSLESS]: "lossless" };
+export const MODE_NEAR_LOSSLESS = 2;
+export const MODE_NAMES = { [MODE_LOSSY]: "lossy", [MODE_LOSSLESS]: "lossless", [MODE_NEAR_LOSSLESS]: "near-lossless" };
+/** Version 2 holds near-lossless containers (mode 2) only; version 1 the others (FORMAT.md §6). */
+export const NEAR_LOSSLESS_VERSION = 2;
+/** Largest maximum error K of a near-lossless container. */
+export const MAX_ERROR = 32;
+export const VERSION_MODES = { [VERSION]: [MODE_LOSSY, MODE_LOSSLESS], [NEAR_LOSSLESS_VERSION]: [MODE_NEAR_LOSSLESS] };
 export const MAX_LOSSLESS_IMAGES_PER_BYTE = 8;
 export const MAX_VARINT_BYTES = 5;
 export const MAX_COUNT = 2 ** 32 - 1;
@@ -131,9 +137,9 @@ export function pack(mode, quality, fingerprint, geometry, payloads) {
 export function readHeader(data) {
   if (data.length < 2 || data[0] !== MAGIC) throw new ContainerError("not an edgevae container (.evz): wrong magic byte");
   const version = data[1] >> VERSION_SHIFT;
-  if (version !== VERSION) {
-    if (version > VERSION) {
-      throw new ContainerError(`container format version ${version} is newer than this edgevae supports (${VERSION}); upgrade edgevae`);
+  if (!(version in VERSION_MODES)) {
+    if (version > NEAR_LOSSLESS_VERSION) {
+      throw new ContainerError(`container format version ${version} is newer than this edgevae supports (${NEAR_LOSSLESS_VERSION}); upgrade edgevae`);
     }
     throw new ContainerError(`not an edgevae container (unknown format version ${version})`);
   }
@@ -142,7 +148,9 @@ export function readHeader(data) {
   }
   const flags = data[1];
   const mode = (flags >> MODE_SHIFT) & MODE_MASK;
-  if (!(mode in MODE_NAMES)) throw new ContainerError(`container is damaged (reserved mode ${mode})`);
+  if (!VERSION_MODES[version].includes(mode)) {
+    throw new ContainerError(`container is damaged (reserved mode ${mode} for format version ${version})`);
+  }
   if (flags & RESERVED_BIT) throw new ContainerError("container is damaged (reserved header bit set)");
   const end = data.length - CRC_BYTES;
   let pos = HEADER_BYTES;
@@ -151,14 +159,25 @@ export function readHeader(data) {
     [count, pos] = decodeVarint(data, pos, end, "image count");
     if (count < 2) throw new ContainerError("container is damaged (multi-image container with fewer than 2 images)");
     // Bound the count by the bytes present before anything proportional to it exists.
-    const room = mode === MODE_LOSSLESS ? MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos) : end - pos + 1;
+    const room = mode !== MODE_LOSSY ? MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos) : end - pos + 1;
     if (count > MAX_COUNT || count > room) {
       throw new ContainerError(`container is damaged or truncated (claims ${count} images in ${data.length} bytes)`);
     }
   }
+  let maxError = 0;
+  if (mode === MODE_NEAR_LOSSLESS) {  // read so that its framing errors match Python's; the codec then refuses it
+    if (pos >= end) throw new ContainerError("container is truncated (before its maximum error)");
+    maxError = data[pos++];
+    if (!(maxError >= 1 && maxError <= MAX_ERROR)) {
+      throw new ContainerError(`container is damaged (maximum error ${maxError} not in 1..${MAX_ERROR})`);
+    }
+    if (count > 1 && data[2] >> QUALITY_SHIFT) {
+      throw new ContainerError("container is damaged (a latent level in a multi-image near-lossless container)");
+    }
+  }
   const header = {
     version, mode, modeName: MODE_NAMES[mode], quality: data[2] >> QUALITY_SHIFT,
-    fingerprintPrefix: data[2] & FINGERPRINT_PREFIX_MASK, count,
+    fingerprintPrefix: data[2] & FINGERPRINT_PREFIX_MASK, count, maxError,
   };
   return [header, pos];
 }
@@ -172,7 +191,7 @@ export function parse(input) {
   const [header, start] = readHeader(data);
   const end = data.length - CRC_BYTES;
   let offsets;
-  if (header.mode === MODE_LOSSLESS) {
+  if (header.mode !== MODE_LOSSY) {  // lossless and near-lossless: one payload for every image
     offsets = [start, end];
   } else {
     let pos = start;
