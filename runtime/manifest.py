@@ -37,6 +37,7 @@ ROLES = {
     "default": "",  # what load() and every command without --model use
     "lossless": "",  # compress --lossless (the best likelihood)
     "lossy": "compress's lossy default",  # compress without --lossless (the most PSNR per byte)
+    "near-lossless": "",  # compress --max-error K (the best likelihood, like lossless)
     "denoise": "denoise's default",  # an encoder trained on noisy images
 }
 
@@ -138,6 +139,8 @@ FIELDS: tuple[Field, ...] = (
     Field("evaluation.seconds", NUMBER),
     Field("evaluation.data", STRING),
     Field("evaluation.split", STRING),
+    # Lossy levels above the codec tables' (runtime/tables.high_quality_levels checks the entries).
+    Field("high_quality_levels", LIST),
     Field("role", STRINGS),
     Field("versions", OBJECT),
     Field("parity", OBJECT),

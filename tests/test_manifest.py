@@ -62,6 +62,7 @@ def full_manifest() -> dict[str, Any]:
                      "epochs_trained": 1, "source_bundle": "fashion-mnist"},
         "evaluation": {"nelbo_bpd": 3.0, "iwae_bpd": 2.9, "psnr_db": 20.0, "k": 4, "images": 10, "seed": 0,
                        "seconds": 1.5, "data": "fashion-mnist", "split": "test"},
+        "high_quality_levels": [{"name": "fine", "max_error": 8, "description": "within 8 levels"}],
         "role": ["default"], "versions": {}, "parity": {}, "variant": {},
     }
     present = {f.path for f in schema.FIELDS if _lookup(manifest, f.path)[0]}
@@ -124,7 +125,7 @@ def generated_cases() -> list[dict[str, Any]]:
         ("graphs.decoder.file", "../decoder.onnx",
          "file name '../decoder.onnx' is not a plain file name inside the bundle folder"),
         ("codec.file", "", "file name '' is not a plain file name inside the bundle folder"),
-        ("role", ["everything"], "role 'everything' is not one of default, lossless, lossy, denoise"),
+        ("role", ["everything"], "role 'everything' is not one of default, lossless, lossy, near-lossless, denoise"),
     )]
     return cases
 
@@ -188,6 +189,7 @@ def test_shipped_manifests_are_valid_and_round_trip(name: str) -> None:
 def test_each_role_is_held_by_one_shipped_bundle() -> None:
     held = {role: shipped_bundle_for_role(role).name for role in schema.ROLES}
     assert held == {"default": "fashion-mnist", "lossless": "fashion-mnist", "lossy": "fashion-mnist-codec",
+                    "near-lossless": "fashion-mnist",
                     "denoise": "fashion-mnist-denoise"}
     with pytest.raises(BundleError, match="unknown bundle role"):
         shipped_bundle_for_role("upscale")

@@ -155,10 +155,10 @@ export const FIELDS = [
   ["evaluation.psnr_db", NUMBER, "r"], ["evaluation.k", INTEGER, "r"], ["evaluation.images", INTEGER, "r"],
   ["evaluation.seed", INTEGER, ""], ["evaluation.seconds", NUMBER, ""], ["evaluation.data", STRING, ""],
   ["evaluation.split", STRING, ""],
-  ["role", STRINGS, ""], ["versions", OBJECT, ""], ["parity", OBJECT, ""], ["variant", OBJECT, ""],
+  ["high_quality_levels", LIST, ""], ["role", STRINGS, ""], ["versions", OBJECT, ""], ["parity", OBJECT, ""], ["variant", OBJECT, ""],
 ];
 /** The jobs a shipped bundle can be the default for (model.json "role"). */
-export const ROLES = ["default", "lossless", "lossy", "denoise"];
+export const ROLES = ["default", "lossless", "lossy", "near-lossless", "denoise"];
 const MAX_IMAGE_SIDE = 4096, MAX_LATENT_DIM = 4096, MAX_COMPONENTS = 256, CHANNELS = [1, 3];
 
 /** How a refusal names a JSON value (runtime/manifest.py's describe). */
