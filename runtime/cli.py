@@ -1,139 +1,34 @@
 """``edgevae``: sample, encode, decode, reconstruct and interpolate images without PyTorch.
 
-This module only parses arguments, calls :mod:`edgevae.runtime` and echoes results. Heavy
-imports (numpy, onnxruntime) happen inside the commands so ``--help`` starts instantly.
-Library errors become one line on stderr and exit code 2.
+This module only parses arguments, calls :mod:`edgevae.runtime` and echoes results: inputs come
+from :mod:`~edgevae.runtime.inputs`, summaries and descriptions from :mod:`~edgevae.runtime.reports`,
+shared options from :mod:`~edgevae.runtime.clioptions`. Heavy imports (numpy, onnxruntime) happen
+inside the commands so ``--help`` starts instantly. Library errors become one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import secrets
-import sys
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any
 
 import click
 
-from edgevae.runtime.clicommon import Group, echo, guard, write_stdout as _write_stdout
+from edgevae.runtime import reports
+from edgevae.runtime.clicommon import Group, echo, guard, progress, report, write_blobs, write_output
+from edgevae.runtime.clioptions import (FORCE, JSON_SIZES, JSON_SUMMARY, MAX_THREADS, OUT_HELP, RESIZE,
+                                        container_model, default_codec_model, default_denoise_model,
+                                        info_model, inputs_argument, model_options, output_options)
 
-F = TypeVar("F", bound=Callable[..., Any])
+from edgevae.runtime.inputs import STDIO
 
-OUT_HELP = ("Where to write: NAME.png writes the image itself (one image) or a grid of them (several), "
-            "NAME.npy the uint8 array (N, C, H, W), anything else is a folder (created if needed) "
-            "with one PNG per image; '-' writes that PNG to stdout (the summary then goes to stderr).")
-
-#: The file name that means stdin (inputs) or stdout (outputs).
-STDIO = "-"
-
-
-#: Most ONNX Runtime threads --threads accepts: more threads than cores only compete, and
-#: thousands take minutes just to start.
-MAX_THREADS = 4 * (os.cpu_count() or 1)
-
-
-MODEL_HELP = "Bundle folder (encoder.onnx, decoder.onnx, model.json) or the name of a shipped bundle"
-
-
-class _ModelOption(click.Option):
-    """--model, whose help names the shipped bundles and the command's default bundle as the
-    package has them, read when the help is shown (not at import: every command would pay)."""
-
-    def __init__(self, *args: Any, default_text: Callable[[], str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.default_text = default_text
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        from edgevae.runtime.bundle import shipped_bundles
-
-        self.help = f"{MODEL_HELP} ({', '.join(shipped_bundles())}). Default: $EDGEVAE_MODEL, else {self.default_text()}."
-        return super().get_help_record(ctx)
-
-
-def _default_model() -> str:
-    from edgevae.runtime.bundle import default_bundle_path
-
-    return default_bundle_path().name
-
-
-def _default_denoise_model() -> str:
-    from edgevae.runtime.bundle import default_denoise_bundle_path
-
-    return f"{default_denoise_bundle_path().name} (trained for denoising)"
-
-
-def _default_codec_model() -> str:
-    from edgevae.runtime.bundle import default_bundle_path, default_codec_bundle_path
-
-    return f"{default_codec_bundle_path().name} (lossy) or {default_bundle_path().name} (--lossless)"
-
-
-def _container_model() -> str:
-    return "the shipped bundle that made each container (containers record its fingerprint)"
-
-
-def _info_model() -> str:
-    return f"{_default_model()}; for a CONTAINER, the shipped bundle that made it"
-
-
-def model_options(fn: F | None = None, *, default: Callable[[], str] = _default_model) -> Any:
-    """--model and --threads, shared by every command that loads a bundle; ``default()`` names the
-    bundle the command uses without --model, for the help. ``@model_options`` or
-    ``@model_options(default=...)``."""
-    def decorate(fn: F) -> F:
-        fn = click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-                          help=f"ONNX Runtime threads, 1..{MAX_THREADS} (4 per core; default: one per core).")(fn)
-        return click.option("--model", "model_path", cls=_ModelOption, type=click.Path(), default=None,
-                            envvar="EDGEVAE_MODEL", help=MODEL_HELP + ".", default_text=default)(fn)
-
-    return decorate(fn) if fn is not None else decorate
-
-
-FORCE = click.option("--force", is_flag=True, help="Overwrite existing output files.")
-JSON_SUMMARY = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary.")
-JSON_SIZES = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (count, bytes, bits per pixel).")
-
-
-def output_options(fn: F) -> F:
-    """-o/--out, --force and --json, shared by every command that writes images or arrays."""
-    fn = JSON_SUMMARY(fn)
-    fn = FORCE(fn)
-    return click.option("-o", "--out", required=True, type=click.Path(), help=OUT_HELP)(fn)
-
-
-RESIZE = click.option("--resize", is_flag=True,
-                      help="Convert colour and resize + centre-crop inputs to the model's image shape "
-                           "(default: refuse inputs of another shape).")
+__all__ = ["main", "MAX_THREADS"]
 
 
 def _load(model_path: str | None, threads: int | None) -> Any:
     from edgevae.runtime.model import load
 
     return load(model_path, threads=threads)
-
-
-def _report(as_json: bool, summary: dict[str, Any], text: str) -> None:
-    """The command's summary on stdout, or on stderr when stdout carries the output itself."""
-    echo(json.dumps(summary) if as_json else text, err=summary.get("outputs") == [STDIO])
-
-
-def _write(images: Any, out: str, force: bool, names: list[str] | None = None) -> list[str]:
-    """Write ``images`` to ``out`` (see OUT_HELP); '-' is one PNG on stdout."""
-    from edgevae.runtime.outputs import picture_png, write_images
-
-    if out == STDIO:
-        _write_stdout(picture_png(images))
-        return [STDIO]
-    return [str(p) for p in write_images(images, out, names=names, force=force)]
-
-
-def _describe_written(paths: list[str]) -> str:
-    if paths == [STDIO]:
-        return "stdout"
-    if not paths:
-        return "no files (nothing to write)"
-    return paths[0] if len(paths) == 1 else f"{len(paths)} files in {paths[0].rsplit('/', 1)[0] if '/' in paths[0] else '.'}"
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,7 +57,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("container", required=False, type=click.Path())
-@model_options(default=_info_model)
+@model_options(default=info_model)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest (or the container's description) as JSON.")
 @guard
 def info(container: str | None, model_path: str | None, threads: int | None, as_json: bool) -> None:
@@ -172,51 +67,17 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
     image count, sizes, quality, and whether it belongs to the model (checksum checked).
     """
     from edgevae.runtime.bundle import read_bundle
+    from edgevae.runtime.inputs import read_bytes
+    from edgevae.runtime.selection import check_vouched, inspect_container
 
-    if container is not None:
-        _describe_container(container, model_path, as_json)
+    if container is None:
+        bundle = read_bundle(model_path)
+        echo(reports.bundle_json(bundle) if as_json else reports.bundle_text(bundle, note_shipped=model_path is None))
         return
-    bundle = read_bundle(model_path)
-    m = bundle.manifest
-    if as_json:
-        echo(json.dumps({"path": str(bundle.path), **m}, indent=2))
-        return
-    evaluation = m.get("evaluation") or {}
-    lines = [
-        f"model       {bundle.name} ({bundle.path})",
-        f"images      {'x'.join(map(str, bundle.image_shape))} (C x H x W), uint8 0..255",
-        f"latent      {bundle.latent_dim} dimensions, trained with the prior N(0, I)",
-        "sampling    " + (f"learned prior ({bundle.prior_kind}, prior.onnx: {bundle.prior_noise_dim}-d noise -> "
-                           f"latents), sample's default; --prior normal for N(0, I)"
-                           if bundle.prior_kind else "N(0, I) (no learned prior in this bundle)"),
-        f"likelihood  {m['likelihood']['kind']}, {bundle.components} component{'s' if bundle.components != 1 else ''}",
-        f"precision   {bundle.precision}",
-        f"trained by  {m.get('training', {}).get('command', 'unknown')}",
-    ]
-    if isinstance(m.get("novelty"), dict) and "threshold" in m["novelty"]:
-        nov = m["novelty"]
-        lines.append(f"novelty     threshold {nov['threshold']:.4f} for 'edgevae score' ({nov.get('percentile', 0):g}th "
-                     f"percentile of {nov.get('images', '?')} training images)")
-    if m.get("codec"):
-        names = [f"{q} (default)" if q == m["codec"].get("default_quality") else q for q in m["codec"]["qualities"]]
-        lines.append(f"codec       qualities {', '.join(names)}")
-    from edgevae.runtime.tables import high_quality_levels
-
-    high = high_quality_levels(bundle)
-    if high:
-        lines.append("high        qualities " + ", ".join(f"{q.name} (max error {q.max_error})" for q in high)
-                     + ": near-lossless files")
-    if model_path is None:
-        from edgevae.runtime.bundle import describe_shipped
-
-        lines.append(f"shipped     {describe_shipped()}; pick one with --model NAME")
-    if evaluation:
-        lines.append(
-            f"test set    negative ELBO {evaluation['nelbo_bpd']:.3f} bits/dim, IWAE(k={evaluation['k']}) "
-            f"{evaluation['iwae_bpd']:.3f} bits/dim, reconstruction PSNR {evaluation['psnr_db']:.2f} dB "
-            f"({evaluation['images']} images)"
-        )
-    echo("\n".join(lines))
+    data = read_bytes(container)
+    described, bundle = inspect_container(data, model_path)
+    echo((reports.container_json if as_json else reports.container_text)(container, described, bundle))
+    check_vouched(data, described, bundle)  # exit code 2 after the description
 
 
 @main.command()
@@ -238,14 +99,12 @@ def sample(count: int, seed: int | None, temperature: float, prior: str | None, 
     model = _load(model_path, threads)
     seed = secrets.randbits(31) if seed is None else seed
     prior = prior or model.prior
-    paths = _write(model.sample(count, temperature=temperature, seed=seed, prior=prior), out, force)
-    _report(as_json, {"command": "sample", "count": count, "seed": seed, "temperature": temperature,
-                      "prior": prior, "outputs": paths},
-            f"wrote {count} samples (seed {seed}, {prior} prior) to {_describe_written(paths)}")
+    paths = write_output(model.sample(count, temperature=temperature, seed=seed, prior=prior), out, force)
+    report(as_json, reports.sample(count, seed, temperature, prior, paths))
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@inputs_argument
 @RESIZE
 @output_options
 @model_options
@@ -253,15 +112,12 @@ def sample(count: int, seed: int | None, temperature: float, prior: str | None, 
 def reconstruct(inputs: tuple[str, ...], resize: bool, out: str, force: bool, as_json: bool,
                 model_path: str | None, threads: int | None) -> None:
     """Encode INPUTS (image files, folders, .npy arrays) and decode them again."""
-    from edgevae.runtime.images import psnr, read_images
+    from edgevae.runtime.images import read_images
 
     model = _load(model_path, threads)
     images, names = read_images(list(inputs), model.image_shape, resize=resize)
     recon = model.reconstruct(images)
-    paths = _write(recon, out, force, names)
-    psnr = float(psnr(images, recon).mean())
-    _report(as_json, {"command": "reconstruct", "count": len(images), "mean_psnr_db": psnr, "outputs": paths},
-            f"reconstructed {len(images)} image(s), mean PSNR {psnr:.2f} dB, to {_describe_written(paths)}")
+    report(as_json, reports.reconstruct(images, recon, write_output(recon, out, force, names)))
 
 
 @main.command()
@@ -276,23 +132,16 @@ def reconstruct(inputs: tuple[str, ...], resize: bool, out: str, force: bool, as
 def interpolate(a: str, b: str, steps: int, resize: bool, out: str, force: bool, as_json: bool,
                 model_path: str | None, threads: int | None) -> None:
     """Blend source image A into source image B through latent space."""
-    from edgevae.runtime.errors import InputError
-    from edgevae.runtime.images import read_images
+    from edgevae.runtime.inputs import read_one_image
 
     model = _load(model_path, threads)
-    ends = []
-    for source in (a, b):
-        images, _ = read_images([source], model.image_shape, resize=resize)
-        if len(images) != 1:
-            raise InputError(f"{source}: holds {len(images)} images, interpolate needs exactly one per end")
-        ends.append(images[0])
-    paths = _write(model.interpolate(ends[0], ends[1], steps), out, force)
-    _report(as_json, {"command": "interpolate", "count": steps, "outputs": paths},
-            f"wrote {steps} interpolation steps to {_describe_written(paths)}")
+    ends = [read_one_image(source, model.image_shape, resize) for source in (a, b)]
+    paths = write_output(model.interpolate(ends[0], ends[1], steps), out, force)
+    report(as_json, reports.interpolate(steps, paths))
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@inputs_argument
 @click.option("-o", "--out", required=True, type=click.Path(),
               help="A .npy file for the posterior means, float32 (N, D).")
 @click.option("--logvar", "logvar_out", type=click.Path(), default=None,
@@ -305,21 +154,17 @@ def interpolate(a: str, b: str, steps: int, resize: bool, out: str, force: bool,
 def encode(inputs: tuple[str, ...], out: str, logvar_out: str | None, force: bool, as_json: bool, resize: bool,
            model_path: str | None, threads: int | None) -> None:
     """Encode INPUTS (image files, folders, .npy arrays) to latent vectors."""
-    from edgevae.runtime.errors import OutputError
     from edgevae.runtime.images import read_images
-    from edgevae.runtime.outputs import npy_bytes, write_files
+    from edgevae.runtime.outputs import check_npy_name, npy_bytes, write_files
 
     for target in (out, logvar_out):
-        if target is not None and not target.lower().endswith(".npy"):
-            raise OutputError(f"{target}: latents are written as .npy; give a name ending in .npy")
+        check_npy_name(target, "latents")
     model = _load(model_path, threads)
     images, names = read_images(list(inputs), model.image_shape, resize=resize)
     mean, logvar = model.encode(images)
     files = [(out, npy_bytes(mean))] + ([(logvar_out, npy_bytes(logvar))] if logvar_out else [])
     paths = [str(p) for p in write_files(files, force)]
-    _report(as_json, {"command": "encode", "count": len(images), "latent_dim": model.latent_dim,
-                      "names": names, "outputs": paths},
-            f"encoded {len(images)} image(s) to {model.latent_dim}-d latents in {', '.join(paths)}")
+    report(as_json, reports.encode(len(images), model.latent_dim, names, paths))
 
 
 @main.command()
@@ -334,117 +179,18 @@ def decode(latents: str, out: str, force: bool, as_json: bool, model_path: str |
     from edgevae.runtime.images import load_npy
 
     array = load_npy(Path(latents))
-    model = _load(model_path, threads)
-    images = model.decode(array)
-    paths = _write(images, out, force)
-    _report(as_json, {"command": "decode", "count": len(images), "outputs": paths},
-            f"decoded {len(images)} latent(s) to {_describe_written(paths)}")
+    images = _load(model_path, threads).decode(array)
+    report(as_json, reports.decode(len(images), write_output(images, out, force)))
 
 
 # -- codec ----------------------------------------------------------------------------------------
 
-#: Batches at least this large show a progress bar on stderr.
-PROGRESS_MIN_IMAGES = 2000
-
-def _quality_help() -> str:
-    from edgevae.runtime.quality import QUALITY_LEVELS, describe_levels
-
-    from edgevae.runtime.bundle import default_codec_bundle_path, read_manifest
-    from edgevae.runtime.errors import EdgeVAEError
-    from edgevae.runtime.tables import high_quality_levels
-
-    try:  # the shipped codec's levels above its lossy ones: data of its model.json
-        high = high_quality_levels(read_manifest(default_codec_bundle_path()))
-    except EdgeVAEError:
-        high = ()
-    above = (f" Above them, near-lossless levels (max error K): "
-             f"{', '.join(f'{q.name} (K={q.max_error})' for q in high)}." if high else "")
-    return (f"Quality level, smallest files first: {describe_levels()}; or its index 0..{len(QUALITY_LEVELS) - 1}."
-            f"{above} A bundle may define its own levels: 'edgevae info' lists them.")
-
-
-def _stdin_bytes() -> bytes:
-    """All of stdin; InputError if it is closed or empty."""
-    from edgevae.runtime.errors import InputError
-
-    stream = getattr(sys.stdin, "buffer", None)
-    if stream is None:
-        raise InputError("stdin: is closed, nothing to read ('-' reads stdin)")
-    try:
-        data = stream.read()
-    except (OSError, ValueError) as e:
-        raise InputError(f"stdin: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    if not data:
-        raise InputError("stdin: is empty ('-' reads stdin)")
-    return data
-
-
-def _read_bytes(source: str) -> bytes:
-    """The bytes of a file, or of stdin for '-'."""
-    from pathlib import Path
-
-    from edgevae.runtime.errors import InputError
-
-    if source == STDIO:
-        return _stdin_bytes()
-    try:
-        return Path(source).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{source}: is a folder, expected a file") from None
-    except OSError as e:
-        raise InputError(f"{source}: cannot read ({e.strerror})") from None
-
-
-def _gather(inputs: tuple[str, ...], image_shape: tuple[int, int, int], resize: bool) -> tuple[Any, list[str]]:
-    """read_images over INPUTS, where '-' is an image file or .npy array read from stdin."""
-    import numpy as np
-
-    from edgevae.runtime.images import read_image_bytes, read_images
-
-    if STDIO not in inputs:
-        return read_images(list(inputs), image_shape, resize=resize)
-    arrays, names = [], []
-    for item in inputs:
-        if item != STDIO:
-            images, found = read_images([item], image_shape, resize=resize)
-        else:
-            images, found = read_image_bytes(_stdin_bytes(), "stdin", image_shape, resize=resize)
-        arrays.append(images)
-        names += found
-    return np.concatenate(arrays), names
-
-
-@contextlib.contextmanager
-def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
-    """A click progress bar on stderr for long batches (``None`` for short ones, and when stderr is
-    not a terminal: a script reading stderr then sees only the one-line error or nothing)."""
-    if total < PROGRESS_MIN_IMAGES or not sys.stderr.isatty():
-        yield None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
-        yield bar.update
-
-
-def _write_split(containers: list[bytes], folder: str, names: list[str], force: bool) -> list[str]:
-    """One NAME.evz per image in ``folder``: all targets checked first, all or nothing."""
-    from edgevae.runtime.container import SUFFIX
-    from edgevae.runtime.outputs import write_folder
-
-    return [str(p) for p in write_folder(folder, containers, names, SUFFIX, force)]
-
-
-def _bits_per_pixel(total_bytes: int, count: int, image_shape: tuple[int, int, int]) -> float:
-    c, h, w = image_shape
-    return 8 * total_bytes / (count * c * h * w)
-
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@inputs_argument
 @click.option("-o", "--out", required=True, type=click.Path(),
               help="The .evz container to write ('-': stdout); with --split, a folder for one NAME.evz per image.")
-@click.option("-q", "--quality", default=None, help=_quality_help())
+@click.option("-q", "--quality", default=None, help=reports.quality_help())
 @click.option("--split", is_flag=True, help="Write one single-image container per input image, keeping names.")
 @click.option("--lossless", is_flag=True,
               help="Keep every pixel exactly (bits-back coding): about 3.2 bits/pixel instead of ~0.2; no --quality.")
@@ -454,7 +200,7 @@ def _bits_per_pixel(total_bytes: int, count: int, image_shape: tuple[int, int, i
 @FORCE
 @JSON_SIZES
 @RESIZE
-@model_options(default=_default_codec_model)
+@model_options(default=default_codec_model)
 @guard
 def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool, lossless: bool,
              max_error: int | None, force: bool, as_json: bool, resize: bool, model_path: str | None,
@@ -476,66 +222,39 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
     """
     from pathlib import Path
 
-    from edgevae.runtime.errors import InputError, OutputError
-    from edgevae.runtime.outputs import atomic_write_bytes, check_target
-    from edgevae.runtime.selection import open_codec
+    from edgevae.runtime.container import SUFFIX
+    from edgevae.runtime.errors import OutputError
+    from edgevae.runtime.inputs import gather_images
+    from edgevae.runtime.outputs import check_target
+    from edgevae.runtime.selection import compress_mode, open_codec
 
     if split and out == STDIO:
         raise OutputError("--split writes a folder of .evz files; it cannot write to stdout")
-    if lossless and quality is not None:
-        raise InputError("--quality does not apply to --lossless (lossless keeps every pixel)")
-    if max_error is not None and (lossless or quality is not None):
-        raise InputError(f"--max-error does not combine with {'--lossless' if lossless else '--quality'}: "
-                         "choose one of --quality, --max-error K, --lossless")
+    mode = compress_mode(quality, lossless, max_error)
     if not split and out != STDIO:  # fail before the work, not after it
         if Path(out).is_dir():
             raise OutputError(f"{out}: is a folder; pass --split to write one .evz per image into it")
         check_target(Path(out), force)
-    if max_error is not None:
-        from edgevae.runtime.nearlossless import check_max_error
-
-        check_max_error(max_error)  # before any model is loaded
-    mode = "lossless" if lossless else "near-lossless" if max_error is not None else "lossy"
     codec = open_codec(mode, model_path, threads, max_error=max_error)
-    level, options = mode, {}
-    if mode == "lossy":
-        level = codec.level(quality).name
-        options = {"quality": level}
-    elif mode == "near-lossless":
-        level = f"near-lossless (max error {max_error})"
-    images, names = _gather(inputs, codec.model.image_shape, resize)
-    with _progress(len(images), "compressing") as progress:
-        if split:
-            containers = codec.compress_each(images, progress=progress, **options)
-        else:
-            containers = [codec.compress(images, progress=progress, **options)]
-    total = sum(len(c) for c in containers)
-    if split:
-        paths = _write_split(containers, out, names, force)
-    elif out == STDIO:
-        _write_stdout(containers[0])
-        paths = [STDIO]
-    else:
-        paths = [str(atomic_write_bytes(out, containers[0], force))]
-    bpp = _bits_per_pixel(total, len(images), codec.model.image_shape)
-    summary = {"command": "compress", "count": len(images), "bytes": total, "bytes_per_image": total / len(images),
-               "bits_per_pixel": bpp, "quality": level, "lossless": lossless, "max_error": max_error,
-               "outputs": paths}
-    how = "losslessly" if lossless else level if max_error is not None else f"at quality {level}"
-    text = (f"compressed {len(images)} image(s) {how} to {_describe_written(paths)}: "
-            f"{total} bytes, {total / len(images):.1f} bytes/image, {bpp:.3f} bits/pixel")
-    echo(json.dumps(summary) if as_json else text, err=out == STDIO)
+    options = {"quality": codec.level(quality).name} if mode == "lossy" else {}
+    images, names = gather_images(inputs, codec.model.image_shape, resize)
+    with progress(len(images), "compressing") as step:
+        containers = (codec.compress_each(images, progress=step, **options) if split
+                      else [codec.compress(images, progress=step, **options)])
+    paths = write_blobs(containers, out, force, names if split else None, SUFFIX)
+    report(as_json, reports.compress(containers, len(images), codec.model.image_shape, mode,
+                                       options.get("quality"), max_error, paths))
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@inputs_argument
 @click.option("-o", "--out", required=True, type=click.Path(),
               help=OUT_HELP)
 @click.option("--index", "indices", type=click.IntRange(min=0), multiple=True,
               help="Decode only image N of the container (0-based, repeatable); needs a single input.")
 @FORCE
 @JSON_SIZES
-@model_options(default=_container_model)
+@model_options(default=container_model)
 @guard
 def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], force: bool, as_json: bool,
                model_path: str | None, threads: int | None) -> None:
@@ -545,86 +264,24 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
     record their model's fingerprint). A damaged or truncated file, or one made by a model
     that is not given, is an error: nothing is written.
     """
-    from pathlib import Path
-
-    import numpy as np
-
-    from edgevae.runtime.container import read_header
     from edgevae.runtime.errors import InputError
-    from edgevae.runtime.selection import codec_for_container
+    from edgevae.runtime.inputs import read_bytes, source_stem
+    from edgevae.runtime.selection import Containers
 
     if indices and len(inputs) != 1:
         raise InputError("--index selects images of one container; give a single input")
-    blobs = [_read_bytes(item) for item in inputs]
-    cache: dict[str, Any] = {}
-    codecs = [codec_for_container(blob, model_path, threads, cache) for blob in blobs]
-    counts = [read_header(blob)[0].count for blob in blobs]
-    model = codecs[0].model
-    parts, names = [], []
-    with _progress(len(indices) or sum(counts), "decompressing") as progress:
-        for item, blob, stored, codec in zip(inputs, blobs, counts, codecs):
-            images = codec.decompress(blob, indices=list(indices) or None, progress=progress)
-            stem = "stdin" if item == STDIO else Path(item).stem
-            chosen = list(indices) or list(range(len(images)))
-            names += [stem] if stored == 1 else [f"{stem}-{i:04d}" for i in chosen]
-            parts.append(images)
-    images = np.concatenate(parts)
-    paths = _write(images, out, force, names)
-    total = sum(len(b) for b in blobs)
-    summary = {"command": "decompress", "count": len(images), "bytes": total,
-               "bits_per_pixel": _bits_per_pixel(total, sum(counts), model.image_shape), "outputs": paths}
-    echo(json.dumps(summary) if as_json else
-         f"decompressed {len(images)} image(s) from {total} bytes to {_describe_written(paths)}",
-         err=out == STDIO)
-
-
-def _describe_container(source: str, model_path: str | None, as_json: bool) -> None:
-    """``edgevae info IN.evz``: the container's header, checked against the bundle that made it.
-
-    Exit code 2 after the description when no bundle can vouch for the container.
-    """
-    from edgevae.runtime.errors import ContainerError
-    from edgevae.runtime.selection import inspect_container, unvouched
-
-    data = _read_bytes(source)
-    info, bundle = inspect_container(data, model_path)
-    if as_json:
-        echo(json.dumps({"path": source, **info.to_dict(), "model": str(bundle.path) if bundle else None}))
-    else:
-        quality = f"{info.quality_index}" + (f" ({info.quality})" if info.quality else "")
-        quality = "" if info.mode == "lossless" else f", quality {quality}"
-        if info.max_error is not None:  # near-lossless: K, and (single images) the latent's lossy level
-            quality = f", max error {info.max_error} (every pixel within {info.max_error} levels)" + (
-                f", latent at lossy level {info.quality_index - 1}" + (f" ({info.quality})" if info.quality else "")
-                if info.quality_index else ", bits-back")
-        lines = [
-            f"container   {source}: {info.count} image(s), {info.bytes} bytes"
-            + (f", {info.bits_per_pixel:.3f} bits/pixel" if info.bits_per_pixel is not None else ""),
-            f"format      edgevae container version {info.version}, {info.mode}{quality}",
-            f"payload     {info.payload_bytes} bytes entropy-coded + {info.overhead_bytes} bytes of header, "
-            f"lengths and checksum",
-        ]
-        if bundle is None:
-            lines.append(f"model       fingerprint {info.fingerprint_prefix}.. (no shipped bundle made it)")
-        elif info.model_matches:
-            shape = "x".join(map(str, info.image_shape or ()))
-            lines.append(f"model       {bundle.name} ({bundle.path}): fingerprint matches, checksum ok")
-            lines.append(f"images      {shape} (C x H x W)")
-        else:
-            lines.append(f"model       not {bundle.name}: fingerprint {info.fingerprint_prefix}.., "
-                         f"{bundle.name} is {bundle.fingerprint.hex()[0]}..")
-        echo("\n".join(lines))
-    if not info.vouched:
-        raise unvouched(data) if bundle is None else ContainerError(
-            f"container was made by another model than {bundle.name} (fingerprint {info.fingerprint_prefix}..) "
-            "or is damaged; pass the bundle that made it with --model")
+    job = Containers([read_bytes(item) for item in inputs], model_path, threads)
+    with progress(len(indices) or job.stored, "decompressing") as step:
+        images, names = job.decompress([source_stem(item) for item in inputs], list(indices) or None, step)
+    paths = write_output(images, out, force, names)
+    report(as_json, reports.decompress(job.blobs, job.stored, len(images), job.image_shape, paths))
 
 
 # -- applications ---------------------------------------------------------------------------------
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@inputs_argument
 @click.option("--noise", type=click.Choice(["gaussian", "salt-pepper"]), default="gaussian", show_default=True,
               help="What corrupted the images: additive Gaussian noise (rounded and clipped to 0..255), or "
                    "salt-and-pepper (pixels replaced by 0 or 255).")
@@ -641,7 +298,7 @@ def _describe_container(source: str, model_path: str | None, as_json: bool) -> N
               help="Average the posterior mean over this many latent draws (slower; 1 uses q's mean).")
 @RESIZE
 @output_options
-@model_options(default=_default_denoise_model)
+@model_options(default=default_denoise_model)
 @guard
 def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: float | None, refine: int,
             samples: int, resize: bool, out: str, force: bool, as_json: bool, model_path: str | None, threads: int | None) -> None:
@@ -658,31 +315,21 @@ def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: fl
       edgevae denoise dotted.png -o clean.png --noise salt-pepper
     """
     from edgevae.runtime.denoising import denoise_with_levels, noise_level
+    from edgevae.runtime.inputs import gather_images
     from edgevae.runtime.selection import load_denoiser
 
     level = noise_level(noise, sigma, amount)  # a bad level fails before the model loads
     model = load_denoiser(model_path, threads)
-    images, names = _gather(inputs, model.image_shape, resize)
-    with _progress(len(images), "denoising") as progress:
+    images, names = gather_images(inputs, model.image_shape, resize)
+    with progress(len(images), "denoising") as step:
         clean, used = denoise_with_levels(model, images, sigma=sigma, noise=noise, amount=amount, samples=samples,
-                                          refine=refine, progress=progress)
-    paths = _write(clean, out, force, names)
-    what = "sigma" if noise == "gaussian" else "amount"
-    how = f"{what} {level:g}" if level is not None else f"{what} estimated, median {float(_median(used)):.3g}"
-    _report(as_json, {"command": "denoise", "count": len(images), "noise": noise, what: level,
-                      "levels_used": [round(float(v), 4) for v in used], "model": str(model.bundle.path),
-                      "outputs": paths},
-            f"denoised {len(images)} image(s) ({noise}, {how}) to {_describe_written(paths)}")
-
-
-def _median(values: Any) -> float:
-    import numpy as np
-
-    return float(np.median(values))
+                                          refine=refine, progress=step)
+    paths = write_output(clean, out, force, names)
+    report(as_json, reports.denoise(len(images), noise, level, used, str(model.bundle.path), paths))
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@inputs_argument
 @click.option("-o", "--out", required=True, type=click.Path(),
               help="CSV file to write (name,bits_per_dim,novelty, one row per image); '-' writes it to stdout.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
@@ -710,25 +357,16 @@ def score(inputs: tuple[str, ...], out: str, samples: int, force: bool, as_json:
     """
     from pathlib import Path
 
+    from edgevae.runtime.inputs import gather_images
     from edgevae.runtime.novelty import csv_text, score as run
-    from edgevae.runtime.outputs import atomic_write_bytes, check_target
+    from edgevae.runtime.outputs import check_target
 
     if out != STDIO:
         check_target(Path(out), force)  # fail before the work, not after it
     model = _load(model_path, threads)
-    images, names = _gather(inputs, model.image_shape, resize)
-    with _progress(len(images), "scoring") as progress:
-        scores = run(model, images, samples=samples, progress=progress)
-    text = csv_text(names, scores)
-    if out == STDIO:
-        _write_stdout(text.encode())
-    else:
-        atomic_write_bytes(out, text.encode(), force)
-    flagged = scores.flagged
-    flagged_names = [] if flagged is None else [n for n, f in zip(names, flagged) if f]
-    summary = {"command": "score", "count": len(images), "model": str(model.bundle.path),
-               "threshold": scores.threshold, "flagged": flagged_names, "outputs": [out]}
-    verdict = ("no novelty threshold in this bundle" if scores.threshold is None else
-               f"{len(flagged_names)} above the novelty threshold {scores.threshold:.3f}")
-    echo(json.dumps(summary) if as_json else
-         f"scored {len(images)} image(s) to {'stdout' if out == STDIO else out}: {verdict}", err=out == STDIO)
+    images, names = gather_images(inputs, model.image_shape, resize)
+    with progress(len(images), "scoring") as step:
+        scores = run(model, images, samples=samples, progress=step)
+    write_blobs([csv_text(names, scores).encode()], out, force)
+    report(as_json, reports.score(names, scores, str(model.bundle.path), out))
+

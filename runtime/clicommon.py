@@ -2,7 +2,8 @@
 errors into one ``Error: ...`` line with exit code 2 and Ctrl-C / SIGTERM into ``interrupted`` with
 exit code 130, the click group whose usage errors are one line too, and the one writer of stdout
 (:func:`echo`, :func:`write_stdout`): a full stdout or a closed pipe is an OutputError like any
-other unwritable output, never a traceback.
+other unwritable output, never a traceback. Also where a command's outputs go (a file, a folder, or
+``-`` for stdout: :func:`write_output`), its summary (:func:`report`) and its progress bar.
 
 Only this layer maps the typed exceptions of :mod:`edgevae.runtime.errors` to messages; the
 library raises, never prints or exits.
@@ -13,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 import signal
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import click
 
@@ -91,6 +93,59 @@ def flush_stdout() -> None:
         sys.stdout.flush()
     except (OSError, ValueError) as e:
         raise _stdout_failed(e) from None
+
+
+# -- outputs, summaries, progress --------------------------------------------------------------------
+
+#: The file name that means stdout (as it means stdin for inputs: edgevae.runtime.inputs.STDIO).
+STDOUT = "-"
+
+#: Batches at least this large show a progress bar on stderr.
+PROGRESS_MIN_IMAGES = 2000
+
+
+def write_output(images: Any, out: str, force: bool, names: list[str] | None = None) -> list[str]:
+    """Write uint8 (N, C, H, W) ``images`` to ``out`` (a .png, a .npy, a folder; see
+    :func:`edgevae.runtime.outputs.write_images`); ``-`` is one PNG (a grid if several) on stdout.
+    Returns the paths written, ``["-"]`` for stdout."""
+    from edgevae.runtime.outputs import picture_png, write_images
+
+    if out == STDOUT:
+        write_stdout(picture_png(images))
+        return [STDOUT]
+    return [str(p) for p in write_images(images, out, names=names, force=force)]
+
+
+def write_blobs(blobs: Sequence[bytes], out: str, force: bool, names: Sequence[str] | None = None,
+                suffix: str = "") -> list[str]:
+    """Write one file's bytes to ``out`` (``-``: stdout), or with ``names`` one NAME+suffix per
+    blob into the folder ``out``, all targets checked first and all or nothing."""
+    from edgevae.runtime.outputs import atomic_write_bytes, write_folder
+
+    if names is not None:
+        return [str(p) for p in write_folder(out, blobs, names, suffix, force)]
+    if out == STDOUT:
+        write_stdout(blobs[0])
+        return [STDOUT]
+    return [str(atomic_write_bytes(out, blobs[0], force))]
+
+
+def report(as_json: bool, summary: tuple[dict[str, Any], str]) -> None:
+    """A command's summary (JSON fields, text line; :mod:`edgevae.runtime.reports`): on stdout, or
+    on stderr when stdout carries the output itself."""
+    fields, text = summary
+    echo(json.dumps(fields) if as_json else text, err=STDOUT in fields.get("outputs", ()))
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A click progress bar on stderr for long batches (``None`` for short ones, and when stderr is
+    not a terminal: a script reading stderr then sees only the one-line error or nothing)."""
+    if total < PROGRESS_MIN_IMAGES or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar.update
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:

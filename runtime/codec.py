@@ -44,6 +44,7 @@ from edgevae.runtime.model import integer
 from edgevae.runtime.rangecode import decode_payloads, encode_payloads
 from edgevae.runtime.quality import HighQualityLevel
 from edgevae.runtime.tables import CodecTables, QualityTable, high_quality_levels, load_tables
+from edgevae.runtime.units import bits_per_pixel
 
 if TYPE_CHECKING:
     from edgevae.runtime.model import EdgeVAE
@@ -102,7 +103,7 @@ def describe(data: bytes, bundle: Bundle | None = None, tables: CodecTables | No
             parsed.verify(fingerprint, bundle.image_shape)
             checksum_ok = True
             shape = bundle.image_shape
-            bpp = 8 * len(parsed.data) / (header.count * int(np.prod(shape)))
+            bpp = bits_per_pixel(len(parsed.data), header.count, shape)
             if tables is not None and header.mode == fmt.MODE_LOSSY and header.quality < len(tables.qualities):
                 name = tables.qualities[header.quality].name
             if tables is not None and header.mode == fmt.MODE_NEAR_LOSSLESS and 0 < header.quality <= len(tables.qualities):

@@ -76,6 +76,13 @@ def check_target(path: Path, force: bool) -> None:
         raise OutputError(f"{parent}: folder is not writable")
 
 
+def check_npy_name(target: str | Path | None, what: str) -> None:
+    """OutputError unless ``target`` (None: no such output) names a .npy file, for ``what`` is
+    written as one."""
+    if target is not None and not str(target).lower().endswith(".npy"):
+        raise OutputError(f"{target}: {what} are written as .npy; give a name ending in .npy")
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold back SIGINT and SIGTERM for the duration of the block, then deliver them.

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Union
+
+import numpy as np
 
 from edgevae.runtime import container as fmt
 from edgevae.runtime.bundle import MODEL_ENV, Bundle, read_manifest, shipped_bundle_for_role, shipped_bundles
@@ -55,6 +57,17 @@ def load_denoiser(model: ModelRef = None, threads: int | None = None) -> EdgeVAE
 
     chosen = _named(model)
     return load(chosen if chosen is not None else default_denoise_bundle_path(), threads=threads)
+
+
+def compress_mode(quality: str | int | None = None, lossless: bool = False, max_error: int | None = None) -> str:
+    """The mode compress's choices ask for: "lossless", "near-lossless" (``max_error`` K) or "lossy"
+    (at ``quality``); InputError for choices that do not go together."""
+    if lossless and quality is not None:
+        raise InputError("--quality does not apply to --lossless (lossless keeps every pixel)")
+    if max_error is not None and (lossless or quality is not None):
+        raise InputError(f"--max-error does not combine with {'--lossless' if lossless else '--quality'}: "
+                         "choose one of --quality, --max-error K, --lossless")
+    return "lossless" if lossless else "near-lossless" if max_error is not None else "lossy"
 
 
 def open_codec(mode: str = "lossy", model: ModelRef = None, threads: int | None = None,
@@ -176,3 +189,51 @@ def inspect_container(data: bytes, model: ModelRef = None) -> tuple[ContainerInf
         return describe(data), None
     bundle = read_bundle(chosen)
     return describe(data, bundle, load_tables(bundle) if bundle.codec_path is not None else None), bundle
+
+
+def check_vouched(data: bytes, info: ContainerInfo, bundle: Bundle | None) -> None:
+    """ContainerError unless ``bundle`` (from :func:`inspect_container`) vouches for container
+    ``data``: no bundle made it, or ``bundle`` is another model's or the container is damaged."""
+    if info.vouched:
+        return
+    if bundle is None:
+        raise unvouched(data)
+    raise ContainerError(f"container was made by another model than {bundle.name} (fingerprint "
+                         f"{info.fingerprint_prefix}..) or is damaged; pass the bundle that made it with --model")
+
+
+class Containers:
+    """Containers to decode in one job, each by the bundle that made it (see
+    :func:`codec_for_container`; one codec per bundle): ``edgevae decompress``'s job.
+
+    Every container's bundle is found, and every header read, when the job is made: a container
+    no bundle can decode fails before anything is decoded.
+    """
+
+    def __init__(self, blobs: list[bytes], model: ModelRef = None, threads: int | None = None) -> None:
+        cache: dict[str, _ContainerCodec] = {}
+        self.blobs = blobs
+        self.codecs = [codec_for_container(blob, model, threads, cache) for blob in blobs]
+        #: Images each container holds.
+        self.counts = [fmt.read_header(blob)[0].count for blob in blobs]
+
+    @property
+    def stored(self) -> int:
+        """Images the containers hold together."""
+        return sum(self.counts)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the first container's model, the one bits per pixel are counted in."""
+        return self.codecs[0].model.image_shape
+
+    def decompress(self, stems: list[str], indices: list[int] | None = None,
+                   progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
+        """All images, uint8 (N, C, H, W), or those at ``indices`` (one container only), and a name
+        per image: the container's stem, with ``-NNNN`` (the image's index) if it holds several."""
+        parts, names = [], []
+        for stem, blob, stored, codec in zip(stems, self.blobs, self.counts, self.codecs):
+            images = codec.decompress(blob, indices=indices, progress=progress)
+            names += [stem] if stored == 1 else [f"{stem}-{i:04d}" for i in (indices or range(len(images)))]
+            parts.append(images)
+        return np.concatenate(parts), names

@@ -1,4 +1,4 @@
-"""Units of a likelihood: nats per image to bits per pixel dimension, the figure every report uses.
+"""Units of reports: nats per image to bits per pixel dimension, and coded bytes to bits per pixel.
 
 Training logs, evaluation, variant checks and the denoising encoder's check all report a negative
 ELBO in bits per dimension (per pixel value, over the C * H * W values of an image): one conversion,
@@ -21,3 +21,10 @@ def bits_per_dim(nats: Number, dims: int) -> Number:
     times the number of images for a sum over images.
     """
     return nats / (dims * math.log(2))
+
+
+def bits_per_pixel(total_bytes: int, count: int, image_shape: tuple[int, int, int]) -> float:
+    """``total_bytes`` of coded data for ``count`` images of ``image_shape`` (C, H, W) in bits per
+    pixel value: 8 * bytes / (count * C * H * W), the figure the codec's reports give."""
+    c, h, w = image_shape
+    return 8 * total_bytes / (count * c * h * w)
