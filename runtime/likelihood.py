@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from edgevae.runtime import contract
 from edgevae.runtime.errors import InputError
-
-if TYPE_CHECKING:
-    from edgevae.runtime.model import EdgeVAE
+from edgevae.runtime.units import bits
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,24 @@ def interval_moments(lower: np.ndarray, upper: np.ndarray, params: MixtureParams
     return mean, np.nan_to_num(share, nan=0.0)
 
 
-def negative_elbo(model: EdgeVAE, images: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+class LatentModel(Protocol):
+    """What :func:`negative_elbo` needs of a model (:class:`edgevae.runtime.model.EdgeVAE` is one;
+    named by its methods here, so this module never imports the model that imports it)."""
+
+    def check_images(self, images: np.ndarray) -> np.ndarray:
+        """``images`` checked as uint8 (N, C, H, W) of the model's shape."""
+        ...
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior (mean, logvar), float32 (N, D) each."""
+        ...
+
+    def likelihood(self, latents: np.ndarray) -> MixtureParams:
+        """The decoder's mixture parameters for latents float32 (N, D)."""
+        ...
+
+
+def negative_elbo(model: LatentModel, images: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Negative ELBO and IWAE bound in bits per image (two float64 (N,) arrays), by Monte Carlo.
 
     ``samples`` posterior draws per image (numpy, seeded). The net cost of :func:`encode` per
@@ -136,4 +151,4 @@ def negative_elbo(model: EdgeVAE, images: np.ndarray, samples: int = 8, seed: in
         log_prior_over_posterior = (0.5 * (eps**2 - z**2 + logvar)).sum(axis=1)
         log_w[s] = log_likelihood(batch, model.likelihood(z.astype(np.float32))) + log_prior_over_posterior
     iwae = -(np.logaddexp.reduce(log_w, axis=0) - math.log(samples))
-    return -log_w.mean(axis=0) / math.log(2), iwae / math.log(2)
+    return bits(-log_w.mean(axis=0)), bits(iwae)

@@ -1,4 +1,4 @@
-"""Units of reports: nats per image to bits per pixel dimension, and coded bytes to bits per pixel.
+"""Units of reports: nats to bits (per image, per pixel dimension), and coded bytes to bits per pixel.
 
 Training logs, evaluation, variant checks and the denoising encoder's check all report a negative
 ELBO in bits per dimension (per pixel value, over the C * H * W values of an image): one conversion,
@@ -12,6 +12,11 @@ from typing import TypeVar
 
 #: A float or an array (numpy or torch): the conversion is elementwise.
 Number = TypeVar("Number")
+
+
+def bits(nats: Number) -> Number:
+    """``nats`` in bits: nats / ln 2."""
+    return nats / math.log(2)
 
 
 def bits_per_dim(nats: Number, dims: int) -> Number:

@@ -11,9 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"edgevae.runtime": ROOT / "runtime", "edgevae.training": ROOT / "training"}
 
 #: ``if TYPE_CHECKING:`` imports still allowed to close a cycle, as (importer, imported). Each is
-#: a debt: likelihood.negative_elbo annotates its ``model`` with the EdgeVAE of runtime.model,
-#: which imports likelihood's MixtureParams. Remove the entry when the import goes.
-TYPE_ONLY_BACK_IMPORTS = {("edgevae.runtime.likelihood", "edgevae.runtime.model")}
+#: a debt; remove the entry when the import goes. None is left (the list only shrinks).
+TYPE_ONLY_BACK_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -33,9 +33,9 @@ def fit_codec_tables(folder: Path, images: np.ndarray, source: dict[str, Any] | 
     with ``folder``'s own encoder.onnx. Returns the tables, the bytes of ``codec.json`` and the
     manifest's ``codec`` entry for them (with their sha256). Any bundle variant (int8, fp16) must
     fit its own: the tables belong to the encoder that made them."""
-    import onnxruntime as ort
+    from edgevae.runtime.model import new_session
 
-    session = ort.InferenceSession(str(folder / contract.ENCODER.file), providers=["CPUExecutionProvider"])
+    session = new_session(folder / contract.ENCODER.file)
     means, logvars = [], []
     for start in range(0, len(images), CODEC_FIT_BATCH):
         mean, logvar = session.run(None, {contract.ENCODER.inputs[0].name: images[start : start + CODEC_FIT_BATCH]})

@@ -66,7 +66,7 @@ class DecoderGraph(nn.Module):
 
 def check_parity(model: VAE, folder: Path, images: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Compare ONNX Runtime with PyTorch; returns the max abs difference per output."""
-    import onnxruntime as ort
+    from edgevae.runtime.model import new_session
 
     failures: list[str] = []
     diffs: dict[str, dict[str, float]] = {}
@@ -74,7 +74,7 @@ def check_parity(model: VAE, folder: Path, images: np.ndarray, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     graphs = ((contract.ENCODER, EncoderGraph(model)), (contract.DECODER, DecoderGraph(model)))
     for spec, module in graphs:
-        session = ort.InferenceSession(str(folder / spec.file), providers=["CPUExecutionProvider"])
+        session = new_session(folder / spec.file)
         names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
         if names != (spec.input_names, spec.output_names):
             failures.append(f"{spec.file}: names {names} != contract {(spec.input_names, spec.output_names)}")

@@ -45,6 +45,7 @@ from edgevae.runtime import contract
 from edgevae.runtime.bundle import Bundle, read_bundle, sha256_bytes, update_manifest
 from edgevae.runtime.errors import ExportError, InputError, OutputError
 from edgevae.training.onnxgraph import EXAMPLE_BATCH, PARITY_BATCHES, export_graph, library_versions, metadata_props
+from edgevae.training.model import gaussian_kl
 
 #: The kinds of prior ``fit_prior`` can train.
 PRIOR_KINDS = ("flow", "two-stage")
@@ -188,7 +189,7 @@ class TwoStage(nn.Module):
         recon = self.decoder(u)
         gamma2 = torch.exp(2 * self.log_gamma)
         log_lik = -0.5 * (((x - recon) ** 2) / gamma2 + 2 * self.log_gamma + math.log(2 * math.pi)).sum(1)
-        kl = 0.5 * (mean**2 + torch.exp(logvar) - 1 - logvar).sum(1)  # Kingma & Welling 2014, App. B
+        kl = gaussian_kl(mean, logvar).sum(1)
         return log_lik - kl
 
     def generate(self, u: torch.Tensor) -> torch.Tensor:
@@ -316,10 +317,10 @@ def _test_nll(model: PriorModel, z: torch.Tensor) -> float:
 
 def _validate(model: PriorModel, path: Path, latent_dim: int, seed: int = 0) -> dict[str, Any]:
     """ONNX Runtime against PyTorch: names, then shapes and dtypes, then values."""
-    import onnxruntime as ort
+    from edgevae.runtime.model import new_session
 
     spec = contract.PRIOR
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = new_session(path)
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if names != (spec.input_names, spec.output_names):
         raise ExportError(f"{spec.file}: names {names} != contract {(spec.input_names, spec.output_names)}")
