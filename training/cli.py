@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from pathlib import Path
 from typing import Any, Iterator
 
 import click
 
 from edgevae.runtime.clicommon import Group, echo, guard
-from edgevae.runtime.errors import EdgeVAEError, InputError
+from edgevae.runtime.errors import InputError
 
 
 def _parse_ints(text: str, sep: str, what: str) -> tuple[int, ...]:
@@ -170,15 +169,14 @@ def train(dataset: str, data_dir: str | None, image_shape: str, latent_dim: int,
 def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None, workers: int, run_dir: str,
               resume: bool) -> None:
     """The train command on this process: rank 0 prints and writes, the others stay quiet;
-    a failure or interrupt on any rank stops them all with one clear line each."""
+    a failure or interrupt on any rank stops them all with one clear line each
+    (:func:`edgevae.training.distributed.rank_failure` says which)."""
     from edgevae.training import distributed, report
-    from edgevae.training.distributed import Stopped
     from edgevae.training.data import open_dataset
     from edgevae.training.train import check_run_folder, on_rank_0, run_settings, train as run_training
 
     main_rank = context.is_main
     say = echo if main_rank else (lambda *_a, **_k: None)
-    where = f"rank {context.rank} of {context.world_size}: " if context.distributed else ""
     try:
         on_rank_0(context, lambda: check_run_folder(run_dir, resume))  # before the data, which take a while
         if resume:  # the run's own data set, split and sizes, whatever the other options say
@@ -190,29 +188,14 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
         say(f"training on {context.describe()}")
         model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=echo,
                              context=context, workers=workers)
-    except Stopped:
-        echo(f"{where}stopped by torchrun (another rank failed or the run was interrupted); "
-             f"{Path(run_dir) / 'last.pt'} holds the last complete epoch", err=True)
-        sys.exit(143)
-    except KeyboardInterrupt:
-        if main_rank:
-            echo(f"\n{where}interrupted: {Path(run_dir) / 'last.pt'} holds the last complete epoch; "
-                 f"continue with: {'torchrun ... ' if context.distributed else 'edgevae-train '}train "
-                 f"--out {run_dir} --resume", err=True)
-        sys.exit(130)
-    except EdgeVAEError as e:
-        if main_rank or not context.distributed:
-            raise  # guard prints it
-        if getattr(e, "from_rank_0", False):
-            sys.exit(2)  # rank 0 met it first and says it
-        echo(f"Error: {where}{e}", err=True)
-        sys.exit(2)
-    except Exception as e:
-        if not context.distributed:
+    except BaseException as e:
+        ending = distributed.rank_failure(e, context, run_dir)
+        if ending is None:
             raise
-        # One line naming the rank and the cause; torchrun then stops the other ranks.
-        echo(f"Error: {where}failed with {type(e).__name__}: {e}; stopping all ranks", err=True)
-        sys.exit(1)
+        line, code = ending
+        if line is not None:
+            echo(line, err=True)
+        sys.exit(code)
     if main_rank:
         report.write_run_figures(model, run_dir, seed=config.seed)
         echo(f"done: {run_dir}/curve.png, {run_dir}/samples.png")

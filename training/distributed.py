@@ -17,9 +17,12 @@ import os
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from edgevae.runtime.errors import EdgeVAEError
 
 #: The values of ``--device``: ``auto`` takes CUDA when PyTorch sees a GPU.
 DEVICES = ("auto", "cpu", "cuda")
@@ -33,6 +36,10 @@ DEFAULT_TIMEOUT_SECONDS = 600.0
 
 #: What torchrun sets in every process it starts.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+#: Exit codes of a rank that stops: stopped by torchrun (SIGTERM, as shells report it), interrupted
+#: (Ctrl-C), an expected error (EdgeVAEError, as the command line's guard), any other failure.
+EXIT_STOPPED, EXIT_INTERRUPTED, EXIT_ERROR, EXIT_FAILED = 143, 130, 2, 1
 
 
 class Stopped(KeyboardInterrupt):
@@ -238,3 +245,33 @@ def stop(context: Context) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def rank_failure(error: BaseException, context: Context, run_dir: str | Path) -> tuple[str | None, int] | None:
+    """How this rank ends a training run into ``run_dir`` that ``error`` stopped: the line it
+    prints on stderr (None: nothing) and its exit code, or None when the error is the caller's to
+    raise (a one-process run's errors, rank 0's EdgeVAEError, which the command line's guard prints).
+
+    One clear line per rank, never a traceback: torchrun stops the other ranks (SIGTERM, raised
+    here as :class:`Stopped`) when one fails; a rank that failed names itself and the cause; an
+    EdgeVAEError that rank 0 met first (``from_rank_0``) is said by rank 0 alone; an interrupt is
+    reported by rank 0 with the command that resumes the run.
+    """
+    where = f"rank {context.rank} of {context.world_size}: " if context.distributed else ""
+    last = Path(run_dir) / "last.pt"
+    if isinstance(error, Stopped):
+        return (f"{where}stopped by torchrun (another rank failed or the run was interrupted); "
+                f"{last} holds the last complete epoch", EXIT_STOPPED)
+    if isinstance(error, KeyboardInterrupt):
+        if not context.is_main:
+            return None, EXIT_INTERRUPTED
+        return (f"\n{where}interrupted: {last} holds the last complete epoch; continue with: "
+                f"{'torchrun ... ' if context.distributed else 'edgevae-train '}train --out {run_dir} --resume",
+                EXIT_INTERRUPTED)
+    if isinstance(error, EdgeVAEError):
+        if context.is_main or not context.distributed:
+            return None
+        return (None if getattr(error, "from_rank_0", False) else f"Error: {where}{error}"), EXIT_ERROR
+    if isinstance(error, Exception) and context.distributed:
+        return f"Error: {where}failed with {type(error).__name__}: {error}; stopping all ranks", EXIT_FAILED
+    return None
