@@ -254,6 +254,13 @@ class EdgeVAE:
                 self._prior = session
             return self._prior
 
+    @property
+    def sessions(self) -> dict[str, Any]:
+        """The ONNX Runtime sessions made so far, by graph key: ``encoder`` and ``decoder``, and
+        ``prior`` once the learned prior was first sampled (it is created on first use)."""
+        made = {contract.ENCODER.key: self._encoder, contract.DECODER.key: self._decoder}
+        return made if self._prior is None else {**made, contract.PRIOR.key: self._prior}
+
     # -- conveniences -------------------------------------------------------------------------
 
     @property

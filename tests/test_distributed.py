@@ -328,7 +328,7 @@ def test_the_ranks_loss_gradients_average_to_the_global_batch_gradient(world: in
     gradient of the whole batch's loss, with uneven shares (13 images) and free bits that clamp
     some latent dimensions and not others (the clamp's mask comes from the global batch mean)."""
     from edgevae.training.model import VAE
-    from edgevae.training.train import _batch_loss
+    from edgevae.training.train import batch_loss
 
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_dim=6, channels=(4, 8), res_blocks=0, mixture_components=2))
@@ -345,11 +345,11 @@ def test_the_ranks_loss_gradients_average_to_the_global_batch_gradient(world: in
         loss.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
-    whole = gradient(_batch_loss(model.loss_terms(images, eps), 13, 0.5, config, Context()))
+    whole = gradient(batch_loss(model.loss_terms(images, eps), 13, 0.5, config, Context()))
     ranks = []
     for rank in range(world):
         share = SimulatedRank(rank=rank, world_size=world, total=kl.sum(0))
         start, stop = share.share(13)
-        ranks.append(gradient(_batch_loss(model.loss_terms(images[start:stop], eps[start:stop]), 13, 0.5, config, share)))
+        ranks.append(gradient(batch_loss(model.loss_terms(images[start:stop], eps[start:stop]), 13, 0.5, config, share)))
     averaged = torch.stack(ranks).mean(0)  # what DDP does
     assert float((averaged - whole).norm() / whole.norm()) < 1e-5

@@ -193,9 +193,9 @@ def test_learned_prior_edge_cases(prior_model: ev.EdgeVAE) -> None:
 def test_prior_session_is_created_only_when_sampling(prior_bundle: Path) -> None:
     model = ev.load(prior_bundle)
     model.reconstruct(model.decode(np.zeros((2, model.latent_dim), np.float32)))
-    assert model._prior is None
+    assert "prior" not in model.sessions
     model.sample(2, seed=0)
-    assert model._prior is not None
+    assert "prior" in model.sessions
 
 
 @pytest.mark.parametrize("kwargs, phrase", [

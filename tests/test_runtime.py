@@ -275,7 +275,7 @@ def test_one_model_serves_many_threads(tiny_model: ev.EdgeVAE) -> None:
 
 def test_thread_count_is_configurable(tiny_bundle: Path, tiny_model: ev.EdgeVAE, images: np.ndarray) -> None:
     single = ev.load(tiny_bundle, threads=1)
-    for session in (single._encoder, single._decoder):
+    for session in (single.sessions["encoder"], single.sessions["decoder"]):
         assert session.get_session_options().intra_op_num_threads == 1
     np.testing.assert_allclose(single.encode(images)[0], tiny_model.encode(images)[0], atol=1e-5)
     assert np.abs(single.sample(4, seed=9).astype(int) - tiny_model.sample(4, seed=9)).max() <= 1

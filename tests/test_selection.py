@@ -27,7 +27,7 @@ def test_open_codec_picks_each_modes_default_bundle_and_threads() -> None:
     assert isinstance(lossy, ev.Codec) and lossy.model.bundle.path == DEFAULT_CODEC_BUNDLE
     lossless = selection.open_codec("lossless")
     assert isinstance(lossless, ev.LosslessCodec) and lossless.model.bundle.path == DEFAULT_BUNDLE
-    assert lossless.model._encoder.get_session_options().intra_op_num_threads == 1  # bits-back runs its own lanes
+    assert lossless.model.sessions["encoder"].get_session_options().intra_op_num_threads == 1  # bits-back runs its own lanes
     assert selection.open_codec("lossy", "fashion-mnist").model.bundle.path == DEFAULT_BUNDLE
     with pytest.raises(InputError, match="unknown compression mode"):
         selection.open_codec("lossy-ish")

@@ -623,6 +623,7 @@ def test_node_samples_through_the_learned_prior_like_python(tmp_path: Path) -> N
     assert out["prior"] == "learned" and out["codecPrior"] == "normal"
     model = load("fashion-mnist")
     u = np.array(out["u"], np.float32).reshape(5, -1)
-    want = model._prior_session().run(None, {"noise": u})[0]
+    model.sample_latents(1, seed=0)  # creates the prior's session
+    want = model.sessions["prior"].run(None, {"noise": u})[0]
     np.testing.assert_allclose(np.array(out["z"], np.float32).reshape(want.shape), want, atol=1e-5)
     assert out["normal"] == pytest.approx(out["expectedNormal"])

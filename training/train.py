@@ -227,8 +227,8 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return config.min_lr_fraction + (1 - config.min_lr_fraction) * cosine
 
 
-def _batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, context: Context,
-                weight: float = 1.0) -> torch.Tensor:
+def batch_loss(terms: LossTerms, batch: int, beta: float, config: TrainConfig, context: Context,
+               weight: float = 1.0) -> torch.Tensor:
     """This rank's loss, such that DDP's average of the ranks' gradients is the gradient of the
     global batch's mean loss, whatever the share sizes (the last batch is smaller; shares differ
     by one image; a share may be empty).
@@ -411,7 +411,7 @@ def _train_epoch(state: _TrainingState, data: TrainingData, epoch: int, context:
             x, eps = torch.zeros(1, *model_config.image_shape, dtype=torch.uint8), torch.zeros(1, eps.shape[1])
         terms = state.objective(x.to(context.device), eps.to(context.device))
         beta = config.beta * min(1.0, state.step / kl_warmup_steps)
-        loss = _batch_loss(terms, size, beta, config, context, weight=0.0 if empty else 1.0)
+        loss = batch_loss(terms, size, beta, config, context, weight=0.0 if empty else 1.0)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
