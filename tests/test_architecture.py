@@ -5,6 +5,7 @@ edgevae.runtime or edgevae.training imports, even inside a function or only for 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,3 +111,38 @@ def test_the_train_commands_defaults_are_the_model_configs() -> None:
     assert defaults["components"] == config.mixture_components
     assert defaults["upsample"] == config.upsample
     assert tuple(int(v) for v in defaults["image_shape"].split(",")) == config.image_shape
+
+
+def _section(text: str, heading: str) -> str:
+    """The text of ARCHITECTURE.md's ``## heading`` section, up to the next ``## ``."""
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def _shared_benchmark_modules() -> set[str]:
+    """benchmarks/*.py that another benchmark imports (the scripts themselves are not modules)."""
+    folder = ROOT / "benchmarks"
+    names = {path.stem for path in folder.glob("*.py")}
+    used = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                used |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                used.add(node.module.split(".")[0])
+    return used & names
+
+
+def test_architecture_md_names_every_module() -> None:
+    """docs/ARCHITECTURE.md's picture of each package names every module of its folder (a new
+    module without its place and job in the document fails here), and the benchmarks' shared ones."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    sections = {"runtime": _section(text, "The runtime"), "training": _section(text, "The training side")}
+    missing = [f"{folder}/{path.name}" for folder, section in sections.items()
+               for path in sorted((ROOT / folder).glob("*.py")) if not re.search(rf"\b{re.escape(path.name)}\b", section)]
+    shared = _shared_benchmark_modules()
+    assert shared, "no shared benchmark module found: the import scan is broken"
+    bench = _section(text, "Benchmarks")
+    missing += [f"benchmarks/{name}.py" for name in sorted(shared) if f"{name}.py" not in bench]
+    assert missing == [], f"docs/ARCHITECTURE.md does not place: {', '.join(missing)}"
