@@ -430,6 +430,23 @@ def chromium_bin() -> str:
     return chromium
 
 
+def _translucent_images(folder: Path) -> tuple[Path, Path]:
+    """Two gray + alpha PNGs: the model's size (28x28) with a half-transparent top half, and 56x56
+    white with a half-transparent right half (the page resizes it: composited over black)."""
+    from PIL import Image
+
+    sneaker = np.asarray(Image.open(ROOT / "examples" / "sneaker.png"))
+    alpha = np.full((28, 28), 255, np.uint8)
+    alpha[:14] = 128
+    same = folder / "translucent.png"
+    Image.fromarray(np.stack([sneaker, alpha], -1), "LA").save(same)
+    alpha = np.full((56, 56), 255, np.uint8)
+    alpha[:, 28:] = 128
+    other = folder / "translucent-56.png"
+    Image.fromarray(np.stack([np.full((56, 56), 255, np.uint8), alpha], -1), "LA").save(other)
+    return same, other
+
+
 @pytest.fixture(scope="module")
 def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Load the page in headless Chromium, use every panel, and decode/compress in it the images
@@ -448,7 +465,8 @@ def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> di
         expected.append({"bundle": name, "container": data, "pixels": codec.decompress(data)})
     screenshot = ROOT / "docs" / "img" / "web.png" if os.environ.get("EDGEVAE_UPDATE_SCREENSHOT") else work / "web.png"
     spec = {"chromium": chromium_bin(), "image": str(ROOT / "examples" / "sneaker.png"),
-            "container": str(work / "opened.evz"), "bulk": bulk, "screenshot": str(screenshot)}
+            "container": str(work / "opened.evz"), "bulk": bulk, "screenshot": str(screenshot),
+            "translucent": [str(p) for p in _translucent_images(work)]}
     (work / "spec.json").write_text(json.dumps(spec))
     run_node(WEB / "test" / "page.mjs", work / "spec.json", work / "result.json", timeout=600)
     result = json.loads((work / "result.json").read_text())
@@ -508,6 +526,27 @@ def test_page_clears_the_previous_result_when_a_file_fails(page_run: dict) -> No
     assert compressed["error"] and compressed["status"].startswith("junk.png: not a readable image"), compressed
     assert compressed["hidden"] and compressed["summary"] == "" and compressed["last"] is None, compressed
     assert result["console"] == [], result["console"]  # typed errors: reported on the page, not the console
+
+
+@pytest.mark.slow
+def test_page_follows_pythons_alpha_rule(page_run: dict, tmp_path: Path) -> None:
+    """runtime/images.py's rule in the page: transparent pixels in an image the page takes as it is
+    are refused with Python's message; in one the page resizes they are composited over black."""
+    from edgevae.runtime.images import load_image
+
+    same, other = _translucent_images(tmp_path)
+    refused, resized = page_run["result"]["translucent"]
+    with pytest.raises(InputError) as python:
+        load_image(same, (1, 28, 28))
+    message = str(python.value).split(": ", 1)[1]  # after the file name (a path in Python)
+    assert refused["error"] and refused["last"] is None, refused
+    assert refused["status"].startswith(f"{same.name}: " + message.split(": flatten it first")[0] + ": flatten it first")
+    assert not resized["error"], resized
+    got = np.array(resized["last"]["original"], np.uint8).reshape(28, 28)
+    want = load_image(other, (1, 28, 28), resize=True)[0]
+    assert abs(int(want[:, :12].mean()) - 255) <= 1 and abs(int(want[:, 16:].mean()) - 128) <= 1  # Python's own rule
+    assert np.abs(got[:, :12].astype(int) - want[:, :12]).max() <= 2, got  # opaque white stays white
+    assert np.abs(got[:, 16:].astype(int) - want[:, 16:]).max() <= 2, got  # half-transparent white over black: 128
 
 
 @pytest.mark.slow

@@ -56,22 +56,55 @@ function drawGrid(canvas, pixels, [c, h, w], columns) {
   ctx.putImageData(image, 0, 0);
 }
 
+/** How Python's messages describe an image's mode (runtime/images.py), read from a PNG's header
+ * (its colour type) or the file's kind; a browser decodes every image to RGBA. */
+const PNG_KINDS = { 0: "1 channel, gray", 2: "3 channels, RGB", 3: "palette", 4: "2 channels, gray + alpha", 6: "4 channels, RGBA" };
+function imageKind(bytes, type) {
+  const png = bytes.length > 25 && bytes[0] === 0x89 && bytes[1] === 0x50 && bytes[2] === 0x4e && bytes[3] === 0x47;
+  if (png) return PNG_KINDS[bytes[25]] ?? "PNG";
+  return type === "image/gif" ? "palette" : "4 channels, RGBA";
+}
+
 /**
  * An image file or URL -> uint8 (C, H, W) for the model. A gray image of the model's size is
  * taken as it is (so the bytes equal Python's); others are converted to gray (PIL's weights)
- * and fitted (centre crop, then resize) by the browser's own scaler.
+ * and fitted (centre crop, then resize) by the browser's own scaler: the page's --resize.
+ * Alpha follows Python's rule (runtime/images.py): an opaque alpha channel is ignored; transparent
+ * pixels are refused with Python's message, unless the image is resized or converted anyway,
+ * which composites it over black first, as --resize does.
  */
 async function imagePixels(source, [c, h, w]) {
   const blob = source instanceof Blob ? source : await (await fetch(source)).blob();
+  const name = source.name ?? source;
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   } catch {
-    throw new EdgeVAEError(`${source.name ?? source}: not a readable image`);
+    throw new EdgeVAEError(`${name}: not a readable image`);
+  }
+  const whole = new OffscreenCanvas(bitmap.width, bitmap.height).getContext("2d", { willReadFrequently: true });
+  whole.drawImage(bitmap, 0, 0);
+  const all = whole.getImageData(0, 0, bitmap.width, bitmap.height).data;
+  let transparent = false;
+  let gray = true;
+  for (let i = 0; i < all.length; i += 4) {
+    transparent ||= all[i + 3] !== 255;
+    gray &&= all[i] === all[i + 1] && all[i + 1] === all[i + 2];
+  }
+  const sameSize = bitmap.width === w && bitmap.height === h;
+  const resized = !sameSize || gray !== (c === 1);
+  if (transparent && !resized) {
+    const kind = imageKind(new Uint8Array(await blob.slice(0, 32).arrayBuffer()), blob.type);
+    throw new EdgeVAEError(`${name}: has transparent pixels (${kind}); edgevae codes opaque images only: ` +
+      "flatten it first, or give an image the page resizes (another size or colour) to composite it over black");
   }
   const canvas = new OffscreenCanvas(w, h);
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  if (bitmap.width === w && bitmap.height === h) {
+  if (transparent) { // over black, as Python's ALPHA_BACKGROUND: the drawing composites
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, w, h);
+  }
+  if (sameSize) {
     ctx.drawImage(bitmap, 0, 0);
   } else {
     const scale = Math.min(bitmap.width / w, bitmap.height / h);

@@ -5,7 +5,8 @@
 //
 // SPEC: {chromium, image (a PNG to compress through the page's file input), container (a .evz
 //        to open through the page), bulk: [{bundle, container, images?, quality}] (decoded and
-//        compressed in the page for the WASM parity figures), screenshot (optional PNG path)}
+//        compressed in the page for the WASM parity figures), screenshot (optional PNG path),
+//        translucent: [PNG paths] (images with transparent pixels, picked in turn after the rest)}
 // RESULT: what the page showed, as JSON (bytes and pixels as arrays).
 
 import { readFile, writeFile } from "node:fs/promises";
@@ -93,6 +94,12 @@ try {
     buffer: Buffer.from("not a container") }, "open-grid", "open-summary", "open");
   result.compressError = await afterError("#compress-file", { name: "junk.png", mimeType: "image/png",
     buffer: Buffer.from("not an image") }, "compress-result", "compress-summary", "compress");
+  // Translucent images: refused at the model's size, composited over black when the page resizes.
+  result.translucent = [];
+  for (const file of spec.translucent ?? []) {
+    const outcome = await afterError("#compress-file", file, "compress-result", "compress-summary", "compress");
+    result.translucent.push({ ...outcome, last: outcome.last && { original: Object.values(outcome.last.original) } });
+  }
 } finally {
   await browser.close();
   server.close();
