@@ -2,33 +2,34 @@
 
 This module only parses arguments, calls :mod:`edgevae.runtime` and echoes results: inputs come
 from :mod:`~edgevae.runtime.inputs`, summaries and descriptions from :mod:`~edgevae.runtime.reports`,
-shared options from :mod:`~edgevae.runtime.clioptions`. Heavy imports (numpy, onnxruntime) happen
-inside the commands so ``--help`` starts instantly. Library errors become one line on stderr and
-exit code 2.
+shared options from :mod:`~edgevae.runtime.clioptions`. onnxruntime and Pillow load when a command
+first needs them, so ``--help`` starts quickly. Library errors become one line on stderr and exit
+code 2.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from pathlib import Path
 
 import click
 
 from edgevae.runtime import reports
-from edgevae.runtime.clicommon import Group, echo, guard, progress, report, write_blobs, write_output
+from edgevae.runtime.bundle import read_bundle
+from edgevae.runtime.clicommon import (Group, check_file_target, echo, guard, progress, report, write_blobs,
+                                       write_output)
 from edgevae.runtime.clioptions import (FORCE, JSON_SIZES, JSON_SUMMARY, MAX_THREADS, OUT_HELP, RESIZE,
                                         container_model, default_codec_model, default_denoise_model,
                                         info_model, inputs_argument, model_options, output_options)
 
-from edgevae.runtime.inputs import STDIO
+from edgevae.runtime.container import SUFFIX
+from edgevae.runtime.errors import InputError, OutputError
+from edgevae.runtime.inputs import STDIO, gather_images, read_bytes, read_one_image, source_stem
+from edgevae.runtime.model import load
+from edgevae.runtime.novelty import csv_text, score as run_score
+from edgevae.runtime.selection import Containers, check_vouched, compress_mode, inspect_container, load_denoiser, open_codec
 
 __all__ = ["main", "MAX_THREADS"]
-
-
-def _load(model_path: str | None, threads: int | None) -> Any:
-    from edgevae.runtime.model import load
-
-    return load(model_path, threads=threads)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,9 +67,6 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
     Given CONTAINER (an .evz file, '-' for stdin), describe it instead without decoding it:
     image count, sizes, quality, and whether it belongs to the model (checksum checked).
     """
-    from edgevae.runtime.bundle import read_bundle
-    from edgevae.runtime.inputs import read_bytes
-    from edgevae.runtime.selection import check_vouched, inspect_container
 
     if container is None:
         bundle = read_bundle(model_path)
@@ -96,7 +94,7 @@ def info(container: str | None, model_path: str | None, threads: int | None, as_
 def sample(count: int, seed: int | None, temperature: float, prior: str | None, out: str, force: bool,
            as_json: bool, model_path: str | None, threads: int | None) -> None:
     """Draw new images: decode latents from the bundle's learned prior, else from N(0, I)."""
-    model = _load(model_path, threads)
+    model = load(model_path, threads=threads)
     seed = secrets.randbits(31) if seed is None else seed
     prior = prior or model.prior
     paths = write_output(model.sample(count, temperature=temperature, seed=seed, prior=prior), out, force)
@@ -114,7 +112,7 @@ def reconstruct(inputs: tuple[str, ...], resize: bool, out: str, force: bool, as
     """Encode INPUTS (image files, folders, .npy arrays) and decode them again."""
     from edgevae.runtime.images import read_images
 
-    model = _load(model_path, threads)
+    model = load(model_path, threads=threads)
     images, names = read_images(list(inputs), model.image_shape, resize=resize)
     recon = model.reconstruct(images)
     report(as_json, reports.reconstruct(images, recon, write_output(recon, out, force, names)))
@@ -132,9 +130,8 @@ def reconstruct(inputs: tuple[str, ...], resize: bool, out: str, force: bool, as
 def interpolate(a: str, b: str, steps: int, resize: bool, out: str, force: bool, as_json: bool,
                 model_path: str | None, threads: int | None) -> None:
     """Blend source image A into source image B through latent space."""
-    from edgevae.runtime.inputs import read_one_image
 
-    model = _load(model_path, threads)
+    model = load(model_path, threads=threads)
     ends = [read_one_image(source, model.image_shape, resize) for source in (a, b)]
     paths = write_output(model.interpolate(ends[0], ends[1], steps), out, force)
     report(as_json, reports.interpolate(steps, paths))
@@ -159,7 +156,7 @@ def encode(inputs: tuple[str, ...], out: str, logvar_out: str | None, force: boo
 
     for target in (out, logvar_out):
         check_npy_name(target, "latents")
-    model = _load(model_path, threads)
+    model = load(model_path, threads=threads)
     images, names = read_images(list(inputs), model.image_shape, resize=resize)
     mean, logvar = model.encode(images)
     files = [(out, npy_bytes(mean))] + ([(logvar_out, npy_bytes(logvar))] if logvar_out else [])
@@ -174,12 +171,11 @@ def encode(inputs: tuple[str, ...], out: str, logvar_out: str | None, force: boo
 @guard
 def decode(latents: str, out: str, force: bool, as_json: bool, model_path: str | None, threads: int | None) -> None:
     """Decode LATENTS (a .npy array (N, D) or (D,)) to images."""
-    from pathlib import Path
 
     from edgevae.runtime.images import load_npy
 
     array = load_npy(Path(latents))
-    images = _load(model_path, threads).decode(array)
+    images = load(model_path, threads=threads).decode(array)
     report(as_json, reports.decode(len(images), write_output(images, out, force)))
 
 
@@ -220,21 +216,12 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
       edgevae compress scans/ -o scans.evz --lossless         exact pixels back
       edgevae compress scans/ -o scans.evz --max-error 2      no pixel moves by more than 2
     """
-    from pathlib import Path
-
-    from edgevae.runtime.container import SUFFIX
-    from edgevae.runtime.errors import OutputError
-    from edgevae.runtime.inputs import gather_images
-    from edgevae.runtime.outputs import check_target
-    from edgevae.runtime.selection import compress_mode, open_codec
 
     if split and out == STDIO:
         raise OutputError("--split writes a folder of .evz files; it cannot write to stdout")
     mode = compress_mode(quality, lossless, max_error)
-    if not split and out != STDIO:  # fail before the work, not after it
-        if Path(out).is_dir():
-            raise OutputError(f"{out}: is a folder; pass --split to write one .evz per image into it")
-        check_target(Path(out), force)
+    if not split:  # fail before the work, not after it
+        check_file_target(out, force, if_folder="pass --split to write one .evz per image into it")
     codec = open_codec(mode, model_path, threads, max_error=max_error)
     options = {"quality": codec.level(quality).name} if mode == "lossy" else {}
     images, names = gather_images(inputs, codec.model.image_shape, resize)
@@ -264,9 +251,6 @@ def decompress(inputs: tuple[str, ...], out: str, indices: tuple[int, ...], forc
     record their model's fingerprint). A damaged or truncated file, or one made by a model
     that is not given, is an error: nothing is written.
     """
-    from edgevae.runtime.errors import InputError
-    from edgevae.runtime.inputs import read_bytes, source_stem
-    from edgevae.runtime.selection import Containers
 
     if indices and len(inputs) != 1:
         raise InputError("--index selects images of one container; give a single input")
@@ -315,8 +299,6 @@ def denoise(inputs: tuple[str, ...], noise: str, sigma: float | None, amount: fl
       edgevae denoise dotted.png -o clean.png --noise salt-pepper
     """
     from edgevae.runtime.denoising import denoise_with_levels, noise_level
-    from edgevae.runtime.inputs import gather_images
-    from edgevae.runtime.selection import load_denoiser
 
     level = noise_level(noise, sigma, amount)  # a bad level fails before the model loads
     model = load_denoiser(model_path, threads)
@@ -355,18 +337,12 @@ def score(inputs: tuple[str, ...], out: str, samples: int, force: bool, as_json:
       edgevae score scans/ -o scores.csv
       edgevae score new.png -o - --json
     """
-    from pathlib import Path
 
-    from edgevae.runtime.inputs import gather_images
-    from edgevae.runtime.novelty import csv_text, score as run
-    from edgevae.runtime.outputs import check_target
-
-    if out != STDIO:
-        check_target(Path(out), force)  # fail before the work, not after it
-    model = _load(model_path, threads)
+    check_file_target(out, force)  # fail before the work, not after it
+    model = load(model_path, threads=threads)
     images, names = gather_images(inputs, model.image_shape, resize)
     with progress(len(images), "scoring") as step:
-        scores = run(model, images, samples=samples, progress=step)
+        scores = run_score(model, images, samples=samples, progress=step)
     write_blobs([csv_text(names, scores).encode()], out, force)
     report(as_json, reports.score(names, scores, str(model.bundle.path), out))
 

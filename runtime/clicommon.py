@@ -104,6 +104,20 @@ STDOUT = "-"
 PROGRESS_MIN_IMAGES = 2000
 
 
+def check_file_target(out: str, force: bool, if_folder: str | None = None) -> None:
+    """Before the work: OutputError unless the file ``out`` can be written (``-``, stdout, always
+    can); ``if_folder`` is the advice when ``out`` is a folder (default: outputs.check_target's)."""
+    from pathlib import Path
+
+    from edgevae.runtime.outputs import check_target
+
+    if out == STDOUT:
+        return
+    if if_folder is not None and Path(out).is_dir():
+        raise OutputError(f"{out}: is a folder; {if_folder}")
+    check_target(Path(out), force)
+
+
 def write_output(images: Any, out: str, force: bool, names: list[str] | None = None) -> list[str]:
     """Write uint8 (N, C, H, W) ``images`` to ``out`` (a .png, a .npy, a folder; see
     :func:`edgevae.runtime.outputs.write_images`); ``-`` is one PNG (a grid if several) on stdout.
