@@ -133,7 +133,7 @@ def test_train_resume_through_the_cli(image_folder: Path, tmp_path: Path, monkey
     unbroken = runner.invoke(train_cli.main, [*base, "--out", str(tmp_path / "unbroken")])
     assert unbroken.exit_code == 0, unbroken.output
     with monkeypatch.context() as patch:
-        patch.setattr(train_cli, "_progress", lambda total, label: _InterruptAtEpoch2(label))
+        patch.setattr(train_cli, "progress_bar", lambda total, label: _InterruptAtEpoch2(label))
         broken = runner.invoke(train_cli.main, [*base, "--out", str(tmp_path / "broken")])
     assert broken.exit_code == 130, broken.output
     assert "interrupted" in broken.stderr and "--resume" in broken.stderr

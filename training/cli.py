@@ -62,7 +62,7 @@ def threads_option(command: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _progress(total: int, label: str) -> Iterator[Any]:
+def progress_bar(total: int, label: str) -> Iterator[Any]:
     """A click progress bar that shows the object's ``loss`` text live."""
     with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
         bar.loss = ""
@@ -183,10 +183,10 @@ def _train_on(context: Any, config: Any, model_config: Any, data_dir: str | None
             config, model_config = on_rank_0(context, lambda: run_settings(run_dir))
         data = open_dataset(config.dataset, model_config.image_shape, data_dir, seed=config.seed, workers=workers,
                             processes=context if context.distributed else None,
-                            progress=_progress if main_rank else None, log=say)
+                            progress=progress_bar if main_rank else None, log=say)
         say(f"{data.name}: {len(data.train)} train / {len(data.test)} test images of shape {data.image_shape}")
         say(f"training on {context.describe()}")
-        model = run_training(data, model_config, config, run_dir, resume=resume, progress=_progress, log=echo,
+        model = run_training(data, model_config, config, run_dir, resume=resume, progress=progress_bar, log=echo,
                              context=context, workers=workers)
     except BaseException as e:
         ending = distributed.rank_failure(e, context, run_dir)
@@ -219,7 +219,7 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
     """
     from edgevae.training.evaluate import evaluate_run
 
-    metrics = evaluate_run(run_dir, k=k, data_dir=data_dir, limit=limit, seed=seed, progress=_progress)
+    metrics = evaluate_run(run_dir, k=k, data_dir=data_dir, limit=limit, seed=seed, progress=progress_bar)
     if as_json:
         echo(json.dumps(metrics, indent=2))
         return
@@ -322,7 +322,7 @@ def prior(bundle_dir: str, kind: str, hidden: int, layers: int, epochs: int, lr:
     from edgevae.training.prior import PriorConfig, add_prior
 
     config = PriorConfig(kind=kind, hidden=hidden, layers=layers, epochs=epochs, lr=lr, seed=seed)
-    manifest = add_prior(bundle_dir, config, data_dir=data_dir, force=force, progress=_progress, log=echo)
+    manifest = add_prior(bundle_dir, config, data_dir=data_dir, force=force, progress=progress_bar, log=echo)
     entry = manifest["prior"]
     metrics, parity = entry["metrics"], entry["parity"]
     echo(f"wrote {bundle_dir}/prior.onnx ({entry['kind']}, {entry['noise_dim']}-d noise) and model.json")
