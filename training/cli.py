@@ -11,6 +11,7 @@ import click
 
 from edgevae.runtime.clicommon import Group, echo, guard
 from edgevae.runtime.errors import InputError
+from edgevae.training import summaries
 
 
 def _parse_ints(text: str, sep: str, what: str) -> tuple[int, ...]:
@@ -59,6 +60,11 @@ def threads_option(command: Any) -> Any:
 
     return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True,
                         callback=set_threads, help="Torch CPU threads (default: torch's choice, all cores).")(command)
+
+
+def _say(lines: list[str]) -> None:
+    for line in lines:
+        echo(line)
 
 
 @contextlib.contextmanager
@@ -220,16 +226,7 @@ def evaluate(run_dir: str, k: int, data_dir: str | None, limit: int | None, seed
     from edgevae.training.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, k=k, data_dir=data_dir, limit=limit, seed=seed, progress=progress_bar)
-    if as_json:
-        echo(json.dumps(metrics, indent=2))
-        return
-    rows = [("images", f"{metrics['images']}"),
-            ("negative ELBO", f"{metrics['nelbo_bpd']:.4f} bits/dim"),
-            (f"IWAE bound (k={k})", f"{metrics['iwae_bpd']:.4f} bits/dim"),
-            ("reconstruction PSNR", f"{metrics['psnr_db']:.2f} dB")]
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        echo(f"{name:<{width}}  {value}")
+    _say([json.dumps(metrics, indent=2)] if as_json else summaries.evaluation(metrics, k))
 
 
 @main.command()
@@ -258,16 +255,7 @@ def export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool, ste
     factors = _parse_factors(step_factors)
     manifest = export_run(run_dir, bundle_dir, data_dir=data_dir, force=force, precision=precision,
                           step_factors=factors)
-    parity = manifest["parity"]
-    echo(f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, model.json ({manifest['precision']})")
-    for graph, outputs in parity["max_abs_diff"].items():
-        diffs = ", ".join(f"{name} {value:.2e}" for name, value in outputs.items())
-        echo(f"parity {graph}: {diffs} (tolerance {parity['tolerance']:.0e})")
-    if "variant" in manifest:
-        check = manifest["variant"]["check"]
-        echo(f"{precision} vs fp32 graphs on {check['images']} test images: "
-             f"PSNR {check[precision]['psnr_db']:.2f} dB (fp32 {check['fp32']['psnr_db']:.2f}), "
-             f"negative ELBO {check[precision]['nelbo_bpd']:.4f} bits/dim (fp32 {check['fp32']['nelbo_bpd']:.4f})")
+    _say(summaries.export(manifest, bundle_dir, precision))
 
 
 @main.command("codec-tables")
@@ -287,10 +275,7 @@ def codec_tables(bundle_dir: str, data_dir: str | None, step_factors: str | None
     from edgevae.training.codec_tables import add_codec_tables
 
     tables = add_codec_tables(bundle_dir, data_dir=data_dir, step_factors=_parse_factors(step_factors))
-    echo(f"wrote {bundle_dir}/codec.json: fitted on {tables['fitted_on']['images']} training images")
-    for q in tables["qualities"]:
-        echo(f"  {q['name']:<10} step x{q['step_factor']:<5g} {q['train_bits_per_image'] / 8:6.2f} bytes/image "
-             f"(ideal, training set)")
+    _say(summaries.codec_tables(tables, bundle_dir))
 
 
 @main.command()
@@ -323,12 +308,7 @@ def prior(bundle_dir: str, kind: str, hidden: int, layers: int, epochs: int, lr:
 
     config = PriorConfig(kind=kind, hidden=hidden, layers=layers, epochs=epochs, lr=lr, seed=seed)
     manifest = add_prior(bundle_dir, config, data_dir=data_dir, force=force, progress=progress_bar, log=echo)
-    entry = manifest["prior"]
-    metrics, parity = entry["metrics"], entry["parity"]
-    echo(f"wrote {bundle_dir}/prior.onnx ({entry['kind']}, {entry['noise_dim']}-d noise) and model.json")
-    echo(f"test latents: {metrics['test_nll_nats_per_dim']:.4f} nats/dim under the prior "
-         f"({metrics['test_nll_is']}), {metrics['test_nll_normal_nats_per_dim']:.4f} under N(0, I)")
-    echo(f"parity prior: latents {parity['max_abs_diff']['latents']:.2e} (tolerance {parity['tolerance']:.0e})")
+    _say(summaries.prior(manifest, bundle_dir))
 
 
 @main.command("denoise-train")
@@ -378,9 +358,7 @@ def denoise_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: b
     from edgevae.training.denoise import export_denoise_bundle
 
     manifest = export_denoise_bundle(run_dir, bundle_dir, force=force, data_dir=data_dir)
-    diffs = ", ".join(f"{g}: {max(o.values()):.2e}" for g, o in manifest["parity"]["max_abs_diff"].items())
-    echo(f"wrote {bundle_dir}: encoder.onnx (new), decoder.onnx (from {manifest['training']['source_bundle']}), "
-         f"model.json; parity {diffs}")
+    _say(summaries.denoise_bundle(manifest, bundle_dir))
 
 
 @main.command("novelty-threshold")
@@ -406,6 +384,4 @@ def novelty_threshold(bundle_dir: str, data_dir: str | None, percentile: float, 
 
     entry = add_novelty_threshold(bundle_dir, data_dir=data_dir, percentile=percentile, count=count,
                                   samples=samples, seed=seed)
-    echo(f"wrote {bundle_dir}/model.json: novelty threshold {entry['threshold']:.4f} "
-         f"({entry['percentile']:g}th percentile of {entry['images']} training images, median "
-         f"{entry['novelty_median']:.4f})")
+    _say(summaries.novelty_threshold(entry, bundle_dir))
