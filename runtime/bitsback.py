@@ -87,7 +87,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edgevae.runtime.container import MAX_ERROR, MAX_LOSSLESS_IMAGES_PER_BYTE, decode_varint, encode_varint
+from edgevae.runtime.container import (
+    MAX_ERROR,
+    MAX_LOSSLESS_IMAGES_PER_BYTE,
+    MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE,
+    decode_varint,
+    encode_varint,
+)
 from edgevae.runtime.contract import MIN_LOG_SCALE, PIXEL_LEVELS, PIXEL_SCALE
 from edgevae.runtime.errors import ContainerError, InputError
 
@@ -155,10 +161,6 @@ PIXEL_GROUP = 16
 #: bins, so both stages of the two-stage code have at least 2 symbols).
 MAX_BIN_ERROR = MAX_ERROR
 
-#: A payload may not claim more images than this many per byte (bounds memory before decoding;
-#: a real image costs hundreds of bits). The container's bound, defined there.
-MAX_IMAGES_PER_BYTE = MAX_LOSSLESS_IMAGES_PER_BYTE
-
 Progress = Callable[[int], None]
 
 
@@ -207,6 +209,12 @@ class Binning:
     def lossless(self) -> bool:
         """True for max_error 0: bins are levels."""
         return self.max_error == 0
+
+    @property
+    def max_images_per_byte(self) -> int:
+        """Most images a payload may claim per byte (the container's bound, defined there):
+        bounds memory and work before decoding."""
+        return MAX_LOSSLESS_IMAGES_PER_BYTE if self.lossless else MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE
 
 
 @lru_cache(maxsize=None)
@@ -539,7 +547,7 @@ def read_payload_header(payload: bytes, count: int, bins: Binning | None = None)
         raise ContainerError(f"{kind} payload is damaged (latent bucket bits {bits} not in "
                              f"{MIN_BUCKET_BITS}..{MAX_BUCKET_BITS})")
     chains, pos = decode_varint(data, 1, len(data), "chain count")
-    if count < 0 or count > MAX_IMAGES_PER_BYTE * len(data):
+    if count < 0 or count > bins.max_images_per_byte * len(data):
         raise ContainerError(f"{kind} payload is damaged ({count} images cannot fit in {len(data)} bytes)")
     expected = chain_count(count, bins.chain_images)
     if chains != expected:  # the writer's choice is a function of the count: a forged count fails here
@@ -748,8 +756,12 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         # Decoding mirrors encoding's pushes, so a chain normally holds every bit a step pops. It
         # may not where encoding itself popped (bits back) from a nearly empty stack, but then the
         # symbols it drew made the next pushes costly and the stack large again: never for many
-        # steps in a row. A forged or truncated chain runs dry at every step from there on and
-        # would be decoded from zeros for all the images it claims: stop it after a few steps.
+        # steps in a row for lossless images, which cost hundreds of bits each. A forged or
+        # truncated chain runs dry at every step from there on and would be decoded from zeros for
+        # all the images it claims: stop it after a few steps. Not for near-lossless bins: an image
+        # whose bins are near certain (all black at large K) costs little more than its latent,
+        # less than the bits its step borrows, so a real chain can run dry for dozens of steps;
+        # there the container's tighter count bound (one image per byte) limits the work instead.
         available = np.array([s.num_valid_bits() for s in stacks], dtype=np.float64)
         prior = job.group_prior if step == 0 else job.prior
         z = np.stack([s.decode(prior, dim) for s in stacks])
@@ -760,7 +772,7 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         symbols = dim + k.shape[1] * (1 if likelihood.single else 3)
         short = popped > available + _POP_SLACK_BITS + _POP_SLACK_PER_SYMBOL * symbols
         dry[: len(stacks)] = np.where(short, dry[: len(stacks)] + 1, 0)
-        if (dry >= MAX_DRY_STEPS).any():
+        if job.bins.lossless and (dry >= MAX_DRY_STEPS).any():
             raise ContainerError(f"{_kind(job.bins)} payload is damaged (its data ends long before its images do)")
         out[images] = x
         if job.on_decoded is not None:
@@ -814,7 +826,7 @@ def encode(model: EdgeVAE, images: np.ndarray, progress: Progress | None = None,
         # constriction never ends a stream in a zero word, so the top word's zero bytes can go.
         streams[-1] = _trim(streams[-1])
     payload = b"".join(header + streams)
-    if count > MAX_IMAGES_PER_BYTE * len(payload):  # unreachable for real images; never write an unreadable file
+    if count > bins.max_images_per_byte * len(payload):  # unreachable for real images; never write an unreadable file
         raise InputError(f"{count} images compressed to {len(payload)} bytes, below the format's floor")
     coded_bits = sum(coder.num_valid_bits() for coder in coders)
     return Encoded(payload, count, chains, initial_bits, coded_bits)

@@ -77,6 +77,12 @@ MODE_LOSSLESS = 1
 #: A lossless container may not claim more images than this per payload byte (a real image costs
 #: hundreds of bits): bounds the count before anything is allocated for it.
 MAX_LOSSLESS_IMAGES_PER_BYTE = 8
+#: The same bound for a near-lossless container: at most one image per payload byte. The
+#: cheapest real images (all black at K = 32) cost about 9.5 bytes each, their latent's share;
+#: the bound is also what limits a forged container's work, since the lossless decoder's check
+#: for chains that run dry does not apply here (such cheap images legitimately run a chain dry
+#: for many steps; runtime/bitsback.py).
+MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE = 1
 #: Mode 2: near-lossless (runtime/nearlossless.py): every pixel within K levels of the input. A
 #: byte K follows the count; quality nibble 0: ONE bits-back payload for all N images (as mode
 #: 1); nibble q >= 1 (single images only): the latent quantized at lossy level q - 1 of the
@@ -246,7 +252,7 @@ def pack_near_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count
     one payload, the CRC."""
     if not 1 <= max_error <= MAX_ERROR:
         raise ValueError(f"max error {max_error} is outside 1..{MAX_ERROR}")
-    if count < 1 or count > min(MAX_COUNT, MAX_LOSSLESS_IMAGES_PER_BYTE * max(len(payload), 1)):
+    if count < 1 or count > min(MAX_COUNT, MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE * max(len(payload), 1)):
         raise ValueError(f"a near-lossless container cannot hold {count} images in {len(payload)} payload bytes")
     if not 0 <= level <= MAX_QUALITY_INDEX or (level and count > 1):
         raise ValueError(f"level {level} does not fit a near-lossless container of {count} images")
@@ -290,7 +296,8 @@ def read_header(data: bytes) -> tuple[Header, int]:
             raise ContainerError("container is damaged (multi-image container with fewer than 2 images)")
         # Each of the count - 1 lengths takes at least one byte (lossless: each image at least one
         # bit): bound the count by the file size before anything proportional to it exists.
-        room = MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos) if mode != MODE_LOSSY else end - pos + 1
+        room = (end - pos + 1 if mode == MODE_LOSSY else MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos)
+                if mode == MODE_LOSSLESS else MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE * (end - pos))
         if count > MAX_COUNT or count > room:
             raise ContainerError(f"container is damaged or truncated (claims {count} images in {len(data)} bytes)")
     max_error = 0

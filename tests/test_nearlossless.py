@@ -196,6 +196,26 @@ def _recrc(body: bytes, codec: ev.NearLosslessCodec) -> bytes:
     return body + struct.pack(">I", fmt.checksum(body, codec.fingerprint, codec.model.image_shape))
 
 
+@pytest.mark.parametrize("k", [1, 4, 16, 32])
+def test_many_near_certain_images_decode(codecs: dict[int, ev.NearLosslessCodec], k: int) -> None:
+    """Flat images cost little more than their latents, less than each bits-back step borrows, so
+    a real chain runs dry for many steps: that must never be taken for a forged payload."""
+    images = np.concatenate([np.full((40, 1, 28, 28), v, np.uint8) for v in (0, 255)])
+    for batch in (images[:40], images):
+        data = codecs[k].compress(batch)
+        assert max_error(codecs[k].decompress(data), batch) <= k
+        assert len(batch) <= len(data)  # within the format's count bound, with room to spare
+
+
+def test_a_count_beyond_one_image_per_byte_is_refused_before_decoding(codecs: dict[int, ev.NearLosslessCodec]) -> None:
+    codec = codecs[4]
+    data = codec.compress(out_of_domain())
+    header, pos = fmt.read_header(data)
+    body = data[:3] + fmt.encode_varint(len(data) + 1) + data[pos - 1 : -4]  # the count, then K onwards
+    with pytest.raises(ContainerError, match="claims"):
+        codec.decompress(_recrc(body, codec))
+
+
 def test_forged_fields_are_container_errors(codecs: dict[int, ev.NearLosslessCodec]) -> None:
     codec = codecs[4]
     data = codec.compress(out_of_domain())

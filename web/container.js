@@ -28,6 +28,7 @@ export const NEAR_LOSSLESS_VERSION = 2;
 export const MAX_ERROR = 32;
 export const VERSION_MODES = { [VERSION]: [MODE_LOSSY, MODE_LOSSLESS], [NEAR_LOSSLESS_VERSION]: [MODE_NEAR_LOSSLESS] };
 export const MAX_LOSSLESS_IMAGES_PER_BYTE = 8;
+export const MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE = 1;
 export const MAX_VARINT_BYTES = 5;
 export const MAX_COUNT = 2 ** 32 - 1;
 
@@ -159,7 +160,8 @@ export function readHeader(data) {
     [count, pos] = decodeVarint(data, pos, end, "image count");
     if (count < 2) throw new ContainerError("container is damaged (multi-image container with fewer than 2 images)");
     // Bound the count by the bytes present before anything proportional to it exists.
-    const room = mode !== MODE_LOSSY ? MAX_LOSSLESS_IMAGES_PER_BYTE * (end - pos) : end - pos + 1;
+    const room = mode === MODE_LOSSY ? end - pos + 1
+      : (mode === MODE_LOSSLESS ? MAX_LOSSLESS_IMAGES_PER_BYTE : MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE) * (end - pos);
     if (count > MAX_COUNT || count > room) {
       throw new ContainerError(`container is damaged or truncated (claims ${count} images in ${data.length} bytes)`);
     }
