@@ -605,7 +605,7 @@ def test_readme_javascript_package_snippet_runs() -> None:
     count, *rest = run_snippet(code).stdout.split()
     back, third = int(rest[0]), int(rest[1])
     assert 4 * 784 == back and third == 784 and 7 + 4 < int(count) < 4 * 40
-    assert rest[2:] == list(Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1)).qualities)
+    assert rest[2:] == list(Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1)).lossy_qualities)
 
 
 def _onnxruntime_header() -> Path | None:
