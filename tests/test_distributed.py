@@ -89,11 +89,13 @@ def metrics(run: Path) -> list[dict]:
 
 
 def probe_writes(stderr: str) -> dict[int, list[str]]:
-    out = {}
+    out: dict[int, list[str]] = {}
     for line in stderr.splitlines():
         if line.startswith("PROBE rank "):
-            rank, _, listing = line[len("PROBE rank "):].partition(" wrote ")
-            out[int(rank)] = json.loads(listing)
+            rank, _, rest = line[len("PROBE rank "):].partition(" ")
+            entries = out.setdefault(int(rank), [])
+            if rest.startswith("wrote "):
+                entries.append(json.loads(rest[len("wrote "):]))
     return out
 
 

@@ -1,8 +1,9 @@
 """A torchrun entry point for tests: ``edgevae-train`` with two probes, set by environment variables.
 
 - ``PROBE_WATCH=DIR``: every rank records the file-system writes it makes under DIR (Python's audit
-  events: open for writing, rename/replace, remove, mkdir) and prints them at exit as one line
-  ``PROBE rank R wrote [...]`` on stderr, so a test can check that rank 0 alone writes the run.
+  events: open for writing, rename/replace, remove, mkdir) and prints them at exit on stderr, one
+  line ``PROBE rank R wrote "..."`` per write and a last ``PROBE rank R done``, so a test can check
+  that rank 0 alone writes the run.
 - ``PROBE_FAIL_RANK=R`` and ``PROBE_FAIL_AFTER=K``: rank R raises RuntimeError("injected failure")
   in its (K+1)-th training forward pass, as a rank that crashes mid-run; with ``PROBE_HANG=1`` it
   sleeps there instead, as a peer that hangs (alive, silent).
@@ -42,7 +43,14 @@ def watch_writes(folder: str) -> None:
             seen.append(f"{event} {args[0]}")
 
     sys.addaudithook(hook)
-    atexit.register(lambda: print(f"PROBE rank {RANK} wrote {json.dumps(seen)}", file=sys.stderr, flush=True))
+    def report() -> None:
+        # One short line per write, then an end line: each line is one write() below PIPE_BUF, so
+        # the ranks' reports never interleave inside a line (one long line of a few KB did).
+        for entry in seen:
+            print(f"PROBE rank {RANK} wrote {json.dumps(entry)}", file=sys.stderr, flush=True)
+        print(f"PROBE rank {RANK} done", file=sys.stderr, flush=True)
+
+    atexit.register(report)
 
 
 def fail_later(after: int, hang: bool) -> None:
