@@ -33,7 +33,6 @@ import bz2
 import io
 import json
 import lzma
-import math
 import os
 import platform
 import sys
@@ -45,6 +44,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from mosaic import tile  # benchmarks/mosaic.py, shared with the other RD scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -65,7 +66,6 @@ def container_bytes(model: Any, count: int, payload: bytes) -> int:
 
 def classical(images: np.ndarray) -> dict[str, float]:
     """Bits per pixel of each classical codec on ``images`` (N, 1, H, W)."""
-    n, _, h, w = images.shape
     pixels = images.size
     raw = images.tobytes()
     out = {
@@ -73,11 +73,7 @@ def classical(images: np.ndarray) -> dict[str, float]:
         "bz2 (raw set)": len(bz2.compress(raw, 9)),
         "zlib (raw set)": len(zlib.compress(raw, 9)),
     }
-    side = math.ceil(math.sqrt(n))
-    mosaic = np.zeros((side * h, side * w), np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, side)
-        mosaic[r * h : (r + 1) * h, c * w : (c + 1) * w] = image[0]
+    mosaic, _ = tile(images)
     formats = {"PNG": {"format": "PNG", "optimize": True},
                "WebP lossless": {"format": "WEBP", "lossless": True, "quality": 100, "method": 6}}
     for name, options in formats.items():
