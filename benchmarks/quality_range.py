@@ -401,8 +401,13 @@ def edgevae_modes(ev: Any, bundles: list[str | None], threads: int) -> tuple[lis
 
 
 def run(images: np.ndarray, *, models: list[str] | None = None, threads: int = 1, ood_count: int = 200,
-        reuse: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every measurement on ``images`` (uint8 (N, 1, H, W)); the result as plain data (see main)."""
+        reuse: dict[str, Any] | None = None, edgevae_rows_too: bool = True,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every measurement on ``images`` (uint8 (N, 1, H, W)); the result as plain data (see main).
+
+    ``reuse``: an earlier result on the same images whose classical rows are taken as they are;
+    ``edgevae_rows_too=False`` measures the classical codecs alone (to reuse them later).
+    """
     import edgevae.runtime as ev
 
     started = time.perf_counter()
@@ -421,7 +426,7 @@ def run(images: np.ndarray, *, models: list[str] | None = None, threads: int = 1
             log(f"{baseline.name} ...")
             classical += classical_rows(baseline, images, log)
 
-    opened, missing = edgevae_modes(ev, lossy_bundles(ev, models), threads)
+    opened, missing = edgevae_modes(ev, lossy_bundles(ev, models), threads) if edgevae_rows_too else ([], [])
     for m in missing:
         log(f"MISSING: {m['rows']}: {m['reason']}")
     default_lossy = next((c.model.bundle.name for mode, c in opened if mode.mode == "lossy" and not mode.options), None)
@@ -546,11 +551,14 @@ def _psnr(value: float, lossless: bool) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The tables of rd-range.md."""
     v = result["versions"]
-    lines = [f"Made by `{result['command']}` in {result['seconds']} s.", "",
-             f"Fashion-MNIST test set, {result['images']} images of {result['image_shape']}; {v['machine']}; "
-             f"Pillow {v['Pillow']} (libwebp {v['libwebp']}), imagecodecs {v.get('imagecodecs', '-')} "
-             f"({v.get('libjxl', '-')}, libavif {v.get('libavif', '-')}, {v.get('charls', '-')}); "
-             f"edgevae with {result['threads']} onnxruntime thread(s).", ""]
+    lines = [f"Made by `{result['command']}` in {result['seconds']} s.", ""]
+    if result.get("classical_from"):
+        lines += [f"Classical rows reused from `{result['classical_from']['command']}` "
+                  f"({result['classical_from']['seconds']} s, the same images).", ""]
+    lines += [f"Fashion-MNIST test set, {result['images']} images of {result['image_shape']}; {v['machine']}; "
+              f"Pillow {v['Pillow']} (libwebp {v['libwebp']}), imagecodecs {v.get('imagecodecs', '-')} "
+              f"({v.get('libjxl', '-')}, libavif {v.get('libavif', '-')}, {v.get('charls', '-')}); "
+              f"edgevae with {result['threads']} onnxruntime thread(s).", ""]
     if result["missing"]:
         lines += ["**Missing rows** (the installed code has no such mode or option; nothing was estimated):", ""]
         lines += [f"- {m['rows']}: {m['reason']}" for m in result["missing"]] + [""]
@@ -723,6 +731,8 @@ def main() -> int:
     parser.add_argument("--ood", type=int, default=200, help="Noise and digit images per out-of-domain set.")
     parser.add_argument("--baselines", default=None,
                         help="Reuse the classical rows of an earlier rd-range.json made on the same images.")
+    parser.add_argument("--classical-only", action="store_true",
+                        help="Measure the classical codecs alone (for --baselines of a later run).")
     parser.add_argument("--out", default=None, help=f"Output folder (default {DEFAULT_OUT.relative_to(ROOT)}/).")
     parser.add_argument("--update", action="store_true",
                         help="Write the tracked results (benchmarks/results/ and docs/img/rd-range.png).")
@@ -741,8 +751,10 @@ def main() -> int:
 
     images = load_fashion_mnist(args.data).test[: args.limit]
     result = run(images, models=args.model, threads=args.threads, ood_count=args.ood, reuse=reuse,
-                 log=lambda s: print(s, flush=True))
+                 edgevae_rows_too=not args.classical_only, log=lambda s: print(s, flush=True))
     result["command"] = "python benchmarks/quality_range.py " + " ".join(sys.argv[1:])
+    if reuse is not None:
+        result["classical_from"] = {"command": reuse.get("command"), "seconds": reuse.get("seconds")}
     out = RESULTS if args.update else Path(args.out) if args.out else DEFAULT_OUT
     paths = write(result, out)
     if args.update:
