@@ -5,6 +5,12 @@
     python benchmarks/quality_range.py                       # all 10,000 test images
     python benchmarks/quality_range.py --update              # ... into benchmarks/results/ (tracked)
 
+    # the two sides in two processes at the same time, then one report of both (nothing re-measured):
+    python benchmarks/quality_range.py --classical-only --out runs/classical
+    python benchmarks/quality_range.py --edgevae-only --out runs/edgevae
+    python benchmarks/quality_range.py --baselines runs/classical/rd-range.json \
+        --edgevae-from runs/edgevae/rd-range.json --update
+
 Needs the Fashion-MNIST test set (``--data``, else $EDGEVAE_DATA, else Debian's
 /usr/share/datasets/fashion-mnist), the training extras (for its reader and matplotlib) and the
 ``bench`` extra (``imagecodecs`` for JPEG-XL, AVIF and JPEG-LS; never a runtime dependency).
@@ -259,8 +265,17 @@ def open_or_missing(ev: Any, mode: Mode, threads: int) -> tuple[Any, str | None]
         return None, str(e)
 
 
-def edgevae_rows(codec: Any, images: np.ndarray, mode: Mode, quality: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-image files and one file of all images; wall, CPU seconds and load for each step."""
+def edgevae_rows(codec: Any, images: np.ndarray, mode: Mode, quality: str | None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Per-image files and one file of all images: the rows, the failures and the timings.
+
+    A codec error while coding or decoding (EdgeVAEError: a container that its own decoder
+    refuses, say) is a failure of that arrangement, recorded with its message: all its images are
+    lost to the user, so they all count against the promise. Timings: wall and CPU seconds of
+    each step, and the 1-minute load average before and after.
+    """
+    from edgevae.runtime.errors import EdgeVAEError
+
     kwargs = {"quality": quality} if quality is not None else {}
     times: dict[str, Any] = {"load_before": os.getloadavg()[0]}
 
@@ -270,21 +285,29 @@ def edgevae_rows(codec: Any, images: np.ndarray, mode: Mode, quality: str | None
         times[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
         return out
 
-    singles = timed("compress_each", lambda: codec.compress_each(images, **kwargs))
-    together = timed("compress", lambda: codec.compress(images, **kwargs))
-    decoded_one = timed("decompress", lambda: codec.decompress(together))
-    decoded_each = timed("decompress_each", lambda: np.concatenate([codec.decompress(s) for s in singles]))
-    times["load_after"] = os.getloadavg()[0]
-    bundle = codec.model.bundle.name
+    def per_image() -> tuple[int, np.ndarray, dict[str, Any]]:
+        singles = timed("compress_each", lambda: codec.compress_each(images, **kwargs))
+        decoded = timed("decompress_each", lambda: np.concatenate([codec.decompress(s) for s in singles]))
+        return sum(len(s) for s in singles), decoded, {"files": len(singles)}
+
+    def one_file() -> tuple[int, np.ndarray, dict[str, Any]]:
+        together = timed("compress", lambda: codec.compress(images, **kwargs))
+        return len(together), timed("decompress", lambda: codec.decompress(together)), {"files": 1, "container": ".evz"}
+
     setting = quality if quality is not None else mode.setting
-    promised = {"near-lossless": mode.setting, "lossless": 0}.get(mode.mode)
-    common = {"mode": mode.mode, "bundle": bundle, "setting_name": mode.setting_name, "promise": promised}
-    return [
-        measure("edgevae", setting, "per-image", sum(len(s) for s in singles), images, decoded_each,
-                files=len(singles), **common),
-        measure("edgevae", setting, "one-file", len(together), images, decoded_one, files=1, container=".evz",
-                **common),
-    ], times
+    common = {"mode": mode.mode, "bundle": codec.model.bundle.name, "setting_name": mode.setting_name,
+              "promise": {"near-lossless": mode.setting, "lossless": 0}.get(mode.mode)}
+    rows, failures = [], []
+    for arrangement, code in (("per-image", per_image), ("one-file", one_file)):
+        try:
+            size, decoded, extra = code()
+        except EdgeVAEError as e:
+            failures.append({"codec": "edgevae", "setting": setting, "arrangement": arrangement, **common,
+                             "images": len(images), "error": f"{type(e).__name__}: {e}"})
+            continue
+        rows.append(measure("edgevae", setting, arrangement, size, images, decoded, **extra, **common))
+    times["load_after"] = os.getloadavg()[0]
+    return rows, failures, times
 
 
 def lossy_bundles(ev: Any, named: list[str] | None) -> list[str | None]:
@@ -400,74 +423,112 @@ def edgevae_modes(ev: Any, bundles: list[str | None], threads: int) -> tuple[lis
     return opened, missing
 
 
-def run(images: np.ndarray, *, models: list[str] | None = None, threads: int = 1, ood_count: int = 200,
-        reuse: dict[str, Any] | None = None, edgevae_rows_too: bool = True,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every measurement on ``images`` (uint8 (N, 1, H, W)); the result as plain data (see main).
+#: The parts of a result that the edgevae measurements make (what --edgevae-from reuses).
+EDGEVAE_PARTS = ("edgevae", "missing", "failures", "max_error_out_of_domain", "out_of_domain_sets", "speed",
+                 "default_lossy_bundle", "threads")
 
-    ``reuse``: an earlier result on the same images whose classical rows are taken as they are;
-    ``edgevae_rows_too=False`` measures the classical codecs alone (to reuse them later).
-    """
+
+def measure_edgevae(images: np.ndarray, models: list[str] | None, threads: int, ood_count: int,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """Every edgevae mode on ``images`` and on the out-of-domain sets: the EDGEVAE_PARTS of a result."""
     import edgevae.runtime as ev
 
-    started = time.perf_counter()
-    sha = hashlib.sha256(images.tobytes()).hexdigest()
-    result: dict[str, Any] = {"images": len(images), "image_shape": list(images.shape[1:]),
-                              "data_sha256": sha, "threads": threads, "versions": versions()}
-
-    if reuse is not None:
-        if reuse.get("data_sha256") != sha:
-            raise SystemExit("--baselines: that result was measured on other images")
-        classical = reuse["classical"]
-        log(f"classical codecs: {len(classical)} rows reused from a run on the same images")
-    else:
-        classical = []
-        for baseline in baselines():
-            log(f"{baseline.name} ...")
-            classical += classical_rows(baseline, images, log)
-
-    opened, missing = edgevae_modes(ev, lossy_bundles(ev, models), threads) if edgevae_rows_too else ([], [])
+    opened, missing = edgevae_modes(ev, lossy_bundles(ev, models), threads)
     for m in missing:
         log(f"MISSING: {m['rows']}: {m['reason']}")
-    default_lossy = next((c.model.bundle.name for mode, c in opened if mode.mode == "lossy" and not mode.options), None)
     edgevae: list[dict[str, Any]] = []
     speed: list[dict[str, Any]] = []
     ood_sets = out_of_domain(tuple(images.shape[1:]), ood_count)
     ood: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     for mode, codec in opened:
         qualities = list(codec.qualities) if mode.mode == "lossy" else [None]
         for quality in qualities:
-            rows, times = edgevae_rows(codec, images, mode, quality)
+            rows, failed, times = edgevae_rows(codec, images, mode, quality)
             edgevae += rows
-            log(f"edgevae {mode.mode} {rows[0]['bundle']} {rows[0]['setting']}: "
+            failures += [dict(f, set="test set") for f in failed]
+            log(f"edgevae {mode.mode} {codec.model.bundle.name} {quality or mode.setting}: "
                 + "; ".join(f"{ARRANGEMENTS[r['arrangement']]} {r['bytes_per_image']:.1f} B, {r['psnr_db']:.2f} dB, "
-                            f"max error {r['max_abs_error']}" for r in rows))
+                            f"max error {r['max_abs_error']}" for r in rows)
+                + "".join(f"; {ARRANGEMENTS[f['arrangement']]} FAILED: {f['error']}" for f in failed))
             if mode.mode == "near-lossless":
-                speed.append({"max_error": mode.setting, "bundle": rows[0]["bundle"], "images": len(images),
+                speed.append({"max_error": mode.setting, "bundle": codec.model.bundle.name, "images": len(images),
                               "threads": threads, **times})
         if mode.mode in ("near-lossless", "lossless"):
             for set_name, set_images in ood_sets.items():
-                rows, _ = edgevae_rows(codec, set_images, mode, None)
+                rows, failed, _ = edgevae_rows(codec, set_images, mode, None)
+                failures += [dict(f, set=set_name) for f in failed]
                 ood += [{"mode": mode.mode, "max_error": r["promise"], "set": set_name, "images": len(set_images),
                          "arrangement": r["arrangement"], "bytes_per_image": r["bytes_per_image"],
                          "max_abs_error": r["max_abs_error"], "violations": r["violations"]} for r in rows]
+                # A file its own decoder refuses gives none of its images back: all count against the promise.
+                ood += [{"mode": mode.mode, "max_error": f["promise"], "set": set_name, "images": len(set_images),
+                         "arrangement": f["arrangement"], "bytes_per_image": None, "max_abs_error": None,
+                         "violations": len(set_images), "error": f["error"]} for f in failed]
+                for f in failed:
+                    log(f"edgevae {mode.mode} {mode.setting} on {set_name}, {ARRANGEMENTS[f['arrangement']]}: "
+                        f"FAILED: {f['error']}")
+    default_lossy = next((c.model.bundle.name for mode, c in opened if mode.mode == "lossy" and not mode.options), None)
+    return {"edgevae": edgevae, "missing": missing, "failures": failures, "max_error_out_of_domain": ood,
+            "out_of_domain_sets": {k: len(v) for k, v in ood_sets.items()}, "speed": speed,
+            "default_lossy_bundle": default_lossy, "threads": threads}
 
+
+def run(images: np.ndarray, *, models: list[str] | None = None, threads: int = 1, ood_count: int = 200,
+        classical_from: dict[str, Any] | None = None, edgevae_from: dict[str, Any] | None = None,
+        classical: bool = True, edgevae: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every measurement on ``images`` (uint8 (N, 1, H, W)); the result as plain data (see main).
+
+    ``classical_from`` / ``edgevae_from``: earlier results on the same images (checked by hash)
+    whose classical rows / edgevae parts are taken as they are instead of measured again;
+    ``classical`` / ``edgevae`` False leave that side out (its rows empty).
+    """
+    started = time.perf_counter()
+    sha = hashlib.sha256(images.tobytes()).hexdigest()
+    for name, earlier in (("classical", classical_from), ("edgevae", edgevae_from)):
+        if earlier is not None and earlier.get("data_sha256") != sha:
+            raise SystemExit(f"the earlier result whose {name} rows were to be reused was measured on other images")
+    result: dict[str, Any] = {"images": len(images), "image_shape": list(images.shape[1:]), "data_sha256": sha,
+                              "versions": versions()}
+    if classical_from is not None:
+        rows = classical_from["classical"]
+        log(f"classical codecs: {len(rows)} rows reused from a run on the same images")
+    else:
+        rows = []
+        for baseline in baselines() if classical else []:
+            log(f"{baseline.name} ...")
+            rows += classical_rows(baseline, images, log)
+    result["classical"] = rows
+    if edgevae_from is not None:
+        result.update({k: edgevae_from[k] for k in EDGEVAE_PARTS})
+        log(f"edgevae: {len(result['edgevae'])} rows reused from a run on the same images")
+    elif edgevae:
+        result.update(measure_edgevae(images, models, threads, ood_count, log))
+    else:
+        result.update({"edgevae": [], "missing": [], "failures": [], "max_error_out_of_domain": [],
+                       "out_of_domain_sets": {}, "speed": [], "default_lossy_bundle": None, "threads": threads})
+    assemble(result)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def assemble(result: dict[str, Any]) -> None:
+    """The comparisons and bars, from the rows of both sides (in place)."""
+    edgevae, classical, failures = result["edgevae"], result["classical"], result["failures"]
     test_violations = [{"codec": r["codec"], "mode": r.get("mode", r.get("kind")), "max_error": r["promise"],
                         "arrangement": r["arrangement"], "max_abs_error": r["max_abs_error"],
                         "violations": r["violations"]} for r in edgevae + classical if r["promise"] is not None]
-
+    test_violations += [{"codec": "edgevae", "mode": f["mode"], "max_error": f["promise"],
+                         "arrangement": f["arrangement"], "max_abs_error": None, "violations": f["images"],
+                         "error": f["error"]} for f in failures if f["set"] == "test set" and f["promise"] is not None]
+    default_lossy = result["default_lossy_bundle"]
     defaults = {b for b in (default_lossy,) if b} | {r["bundle"] for r in edgevae if r["mode"] == "near-lossless"}
     result.update({
-        "classical": classical, "edgevae": edgevae, "missing": missing,
         "equal_psnr": equal_psnr(edgevae, classical, defaults),
         "versus_jpegls": versus_jpegls(edgevae, classical),
-        "max_error_test_set": test_violations, "max_error_out_of_domain": ood,
-        "out_of_domain_sets": {k: len(v) for k, v in ood_sets.items()},
-        "speed": speed, "default_lossy_bundle": default_lossy,
+        "max_error_test_set": test_violations,
     })
     result["bars"] = bars(result)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    return result
 
 
 def bars(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -477,7 +538,10 @@ def bars(result: dict[str, Any]) -> list[dict[str, Any]]:
     ood = [v for v in result["max_error_out_of_domain"] if v["mode"] == "near-lossless"]
     out.append({"bar": "near-lossless: 0 images with max error > K (test set and out-of-domain)",
                 "measured": f"{sum(v['violations'] for v in near)} on the test set, "
-                            f"{sum(v['violations'] for v in ood)} out of domain" if near else "not available",
+                            f"{sum(v['violations'] for v in ood)} out of domain"
+                            + (f" (of which {sum(v['violations'] for v in near + ood if 'error' in v)} in "
+                               f"{sum('error' in v for v in near + ood)} file(s) that failed to decode)"
+                               if any("error" in v for v in near + ood) else "") if near else "not available",
                 "met": (sum(v["violations"] for v in near + ood) == 0) if near else None})
     for arrangement, bar in BARS_JPEGLS.items():
         rows = [v for v in result["versus_jpegls"] if v["arrangement"] == arrangement and v["bar"] is not None]
@@ -502,7 +566,7 @@ def bars(result: dict[str, Any]) -> list[dict[str, Any]]:
                         "met": all(v["met"] for v in rated) if rated else None,
                         "points": len(rated), "out_of_range": len(rows) - len(rated)})
     for direction in ("compress", "decompress"):
-        rows = result["speed"]
+        rows = [v for v in result["speed"] if direction in v]
         rates = [v["images"] / v[direction]["wall_s"] for v in rows]
         out.append({"bar": f"near-lossless {direction} (one file) >= {BAR_IMAGES_PER_S:.0f} images/s, "
                            f"{rows[0]['threads'] if rows else '?'} thread(s)",
@@ -552,9 +616,9 @@ def markdown(result: dict[str, Any]) -> str:
     """The tables of rd-range.md."""
     v = result["versions"]
     lines = [f"Made by `{result['command']}` in {result['seconds']} s.", ""]
-    if result.get("classical_from"):
-        lines += [f"Classical rows reused from `{result['classical_from']['command']}` "
-                  f"({result['classical_from']['seconds']} s, the same images).", ""]
+    for name, earlier in (result.get("reused") or {}).items():
+        lines += [f"The {name} rows were measured by `{earlier['command']}` ({earlier['seconds']} s, the same "
+                  "images) and are reused here.", ""]
     lines += [f"Fashion-MNIST test set, {result['images']} images of {result['image_shape']}; {v['machine']}; "
               f"Pillow {v['Pillow']} (libwebp {v['libwebp']}), imagecodecs {v.get('imagecodecs', '-')} "
               f"({v.get('libjxl', '-')}, libavif {v.get('libavif', '-')}, {v.get('charls', '-')}); "
@@ -562,6 +626,12 @@ def markdown(result: dict[str, Any]) -> str:
     if result["missing"]:
         lines += ["**Missing rows** (the installed code has no such mode or option; nothing was estimated):", ""]
         lines += [f"- {m['rows']}: {m['reason']}" for m in result["missing"]] + [""]
+    if result["failures"]:
+        lines += ["**Failures** (the codec raised while coding or decoding its own file; no row, and every image of "
+                  "that file counts as a violation of its promise):", ""]
+        lines += [f"- edgevae {f['mode']} ({f['bundle']}) {f['setting_name']} {f['setting']}, {f['set']} "
+                  f"({f['images']} images), {ARRANGEMENTS[f['arrangement']]}: {f['error']}" for f in result["failures"]]
+        lines += [""]
     for arrangement, title in ARRANGEMENTS.items():
         what = ("each image its own complete file, headers included" if arrangement == "per-image" else
                 "edgevae: one .evz container; classical codecs: one mosaic picture of all images")
@@ -606,17 +676,18 @@ def markdown(result: dict[str, Any]) -> str:
               "| codec | mode | promise | images | arrangement | max error | violations |", "|---|---|---:|---|---|---:|---:|"]
     for c in result["max_error_test_set"]:
         lines.append(f"| {c['codec']} | {c['mode']} | {c['max_error']} | test set | {ARRANGEMENTS[c['arrangement']]} | "
-                     f"{c['max_abs_error']} | {c['violations']} |")
+                     f"{'FAILED' if 'error' in c else c['max_abs_error']} | {c['violations']} |")
     for c in result["max_error_out_of_domain"]:
-        lines.append(f"| edgevae | {c['mode']} | {c['max_error']} | {c['set']} ({c['images']}; "
-                     f"{c['bytes_per_image']:.0f} B/image) | {ARRANGEMENTS[c['arrangement']]} | {c['max_abs_error']} | "
+        size = "file not decodable" if "error" in c else f"{c['bytes_per_image']:.0f} B/image"
+        lines.append(f"| edgevae | {c['mode']} | {c['max_error']} | {c['set']} ({c['images']}; {size}) | "
+                     f"{ARRANGEMENTS[c['arrangement']]} | {'FAILED' if 'error' in c else c['max_abs_error']} | "
                      f"{c['violations']} |")
     lines += ["", "**Near-lossless speed** (the test set above, one call each; CPU/wall = cores busy on average)", "",
               "| K | threads | compress (one file) | decompress (one file) | compress_each | decompress each file | "
               "load before / after |", "|---:|---:|---:|---:|---:|---:|---|"]
     for s in result["speed"]:
-        cells = [f"{s['images'] / s[k]['wall_s']:,.0f}/s (CPU/wall {s[k]['cpu_s'] / s[k]['wall_s']:.2f})"
-                 for k in ("compress", "decompress", "compress_each", "decompress_each")]
+        cells = [f"{s['images'] / s[k]['wall_s']:,.0f}/s (CPU/wall {s[k]['cpu_s'] / s[k]['wall_s']:.2f})" if k in s
+                 else "failed" for k in ("compress", "decompress", "compress_each", "decompress_each")]
         lines.append(f"| {s['max_error']} | {s['threads']} | {' | '.join(cells)} | "
                      f"{s['load_before']:.2f} / {s['load_after']:.2f} |")
     if not result["speed"]:
@@ -731,8 +802,12 @@ def main() -> int:
     parser.add_argument("--ood", type=int, default=200, help="Noise and digit images per out-of-domain set.")
     parser.add_argument("--baselines", default=None,
                         help="Reuse the classical rows of an earlier rd-range.json made on the same images.")
+    parser.add_argument("--edgevae-from", default=None,
+                        help="Reuse the edgevae rows of an earlier rd-range.json made on the same images.")
     parser.add_argument("--classical-only", action="store_true",
                         help="Measure the classical codecs alone (for --baselines of a later run).")
+    parser.add_argument("--edgevae-only", action="store_true",
+                        help="Measure edgevae alone (for --edgevae-from of a later run).")
     parser.add_argument("--out", default=None, help=f"Output folder (default {DEFAULT_OUT.relative_to(ROOT)}/).")
     parser.add_argument("--update", action="store_true",
                         help="Write the tracked results (benchmarks/results/ and docs/img/rd-range.png).")
@@ -745,16 +820,18 @@ def main() -> int:
     if args.update and args.out:
         print("give --out or --update, not both", file=sys.stderr)
         return 2
-    reuse = json.loads(Path(args.baselines).read_text()) if args.baselines else None
+    earlier = {name: json.loads(Path(path).read_text()) if path else None
+               for name, path in (("classical", args.baselines), ("edgevae", args.edgevae_from))}
 
     from edgevae.training.data import load_fashion_mnist
 
     images = load_fashion_mnist(args.data).test[: args.limit]
-    result = run(images, models=args.model, threads=args.threads, ood_count=args.ood, reuse=reuse,
-                 edgevae_rows_too=not args.classical_only, log=lambda s: print(s, flush=True))
+    result = run(images, models=args.model, threads=args.threads, ood_count=args.ood,
+                 classical_from=earlier["classical"], edgevae_from=earlier["edgevae"],
+                 classical=not args.edgevae_only, edgevae=not args.classical_only, log=lambda s: print(s, flush=True))
     result["command"] = "python benchmarks/quality_range.py " + " ".join(sys.argv[1:])
-    if reuse is not None:
-        result["classical_from"] = {"command": reuse.get("command"), "seconds": reuse.get("seconds")}
+    result["reused"] = {name: {"command": e.get("command"), "seconds": e.get("seconds")}
+                        for name, e in earlier.items() if e is not None}
     out = RESULTS if args.update else Path(args.out) if args.out else DEFAULT_OUT
     paths = write(result, out)
     if args.update:
