@@ -114,3 +114,43 @@ def test_refusals_are_one_line_and_exit_2(prelude: str, argv: list[str], message
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+
+
+def test_reused_rows_give_the_same_report(result: dict, images: np.ndarray) -> None:
+    joined = qr.run(images, classical_from=result, edgevae_from=result, log=lambda _: None)
+    assert joined["classical"] == result["classical"] and joined["edgevae"] == result["edgevae"]
+    assert joined["equal_psnr"] == result["equal_psnr"] and joined["bars"] == result["bars"]
+    with pytest.raises(SystemExit, match="other images"):
+        qr.run(images[:-1], classical_from=result, edgevae_from=result, log=lambda _: None)
+
+
+class _RefusesItsOwnFile:
+    """A codec whose one-file containers its own decoder refuses (per-image files work)."""
+
+    class model:  # noqa: N801 - stands for the codec's model attribute
+        class bundle:  # noqa: N801
+            name = "fake"
+
+    def compress_each(self, images: np.ndarray) -> list[bytes]:
+        return [b"single"] * len(images)
+
+    def compress(self, images: np.ndarray) -> bytes:
+        self.count = len(images)
+        return b"all"
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        from edgevae.runtime.errors import ContainerError
+
+        if data == b"all":
+            raise ContainerError("payload is damaged")
+        return np.zeros((1, 1, 28, 28), np.uint8)
+
+
+def test_a_codec_error_is_a_recorded_failure_not_a_row() -> None:
+    black = np.zeros((6, 1, 28, 28), np.uint8)
+    mode = qr.Mode("near-lossless", {"max_error": 2}, "max_error", 2)
+    rows, failures, times = qr.edgevae_rows(_RefusesItsOwnFile(), black, mode, None)
+    assert [r["arrangement"] for r in rows] == ["per-image"] and rows[0]["max_abs_error"] == 0
+    assert rows[0]["violations"] == 0 and rows[0]["bytes_per_image"] == len(b"single")
+    assert len(failures) == 1 and failures[0]["arrangement"] == "one-file" and failures[0]["images"] == 6
+    assert "payload is damaged" in failures[0]["error"] and "compress" in times and "decompress" not in times
