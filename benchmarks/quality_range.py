@@ -560,7 +560,8 @@ def bars(result: dict[str, Any]) -> list[dict[str, Any]]:
             rated = [v for v in rows if v["ratio"] is not None]
             out.append({"bar": f"default codec 24-40 dB, {ARRANGEMENTS[arrangement]}: bytes <= 1/{1 / bar:.0f} "
                                f"{codec} at equal PSNR",
-                        "measured": ", ".join(f"{v['setting']} {v['psnr_db']:.1f} dB 1/{1 / v['ratio']:.1f}"
+                        "measured": ", ".join(f"{'K=' if v['mode'] == 'near-lossless' else ''}{v['setting']} "
+                                              f"{v['psnr_db']:.1f} dB 1/{1 / v['ratio']:.1f}"
                                               for v in rated) + span
                                     if rated else "no point of the default codec in 24-40 dB" + span,
                         "met": all(v["met"] for v in rated) if rated else None,
