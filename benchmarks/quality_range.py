@@ -568,9 +568,11 @@ def bars(result: dict[str, Any]) -> list[dict[str, Any]]:
                         "points": len(rated), "out_of_range": len(rows) - len(rated)})
     for direction in ("compress", "decompress"):
         rows = [v for v in result["speed"] if direction in v]
-        rates = [v["images"] / v[direction]["wall_s"] for v in rows]
-        out.append({"bar": f"near-lossless {direction} (one file) >= {BAR_IMAGES_PER_S:.0f} images/s, "
-                           f"{rows[0]['threads'] if rows else '?'} thread(s)",
+        # One core: images per CPU second of the process (the codec may run lanes in parallel
+        # threads, so images per wall second can count more than one core).
+        rates = [v["images"] / v[direction]["cpu_s"] for v in rows]
+        out.append({"bar": f"near-lossless {direction} (one file) >= {BAR_IMAGES_PER_S:.0f} images/s on one core "
+                           "(images per CPU second)",
                     "measured": ", ".join(f"K={v['max_error']} {r:,.0f}/s" for v, r in zip(rows, rates))
                     or "not available",
                     "met": (min(rates) >= BAR_IMAGES_PER_S) if rates else None})
@@ -683,11 +685,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| edgevae | {c['mode']} | {c['max_error']} | {c['set']} ({c['images']}; {size}) | "
                      f"{ARRANGEMENTS[c['arrangement']]} | {'FAILED' if 'error' in c else c['max_abs_error']} | "
                      f"{c['violations']} |")
-    lines += ["", "**Near-lossless speed** (the test set above, one call each; CPU/wall = cores busy on average)", "",
-              "| K | threads | compress (one file) | decompress (one file) | compress_each | decompress each file | "
-              "load before / after |", "|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "**Near-lossless speed** (the test set above, one call each): images per wall second, images per "
+              "CPU second of the process (= on one core), and CPU/wall (cores busy on average: the codec may run "
+              "parallel lanes whatever the onnxruntime threads)", "",
+              "| K | onnxruntime threads | compress (one file) | decompress (one file) | compress_each | "
+              "decompress each file | load before / after |", "|---:|---:|---:|---:|---:|---:|---|"]
     for s in result["speed"]:
-        cells = [f"{s['images'] / s[k]['wall_s']:,.0f}/s (CPU/wall {s[k]['cpu_s'] / s[k]['wall_s']:.2f})" if k in s
+        cells = [f"{s['images'] / s[k]['wall_s']:,.0f}/s wall, {s['images'] / s[k]['cpu_s']:,.0f}/s CPU "
+                 f"({s[k]['cpu_s'] / s[k]['wall_s']:.2f})" if k in s
                  else "failed" for k in ("compress", "decompress", "compress_each", "decompress_each")]
         lines.append(f"| {s['max_error']} | {s['threads']} | {' | '.join(cells)} | "
                      f"{s['load_before']:.2f} / {s['load_after']:.2f} |")
