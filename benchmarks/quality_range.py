@@ -761,7 +761,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylim(min(finite) - 1, top + 2)
     ax.set_xlabel("mean bytes per image (log scale)")
     ax.set_ylabel("mean PSNR (dB)")
-    ax.set_title(f"Fashion-MNIST test set ({result['images']} images, {'x'.join(map(str, result['image_shape'][1:]))}): "
+    ax.set_title(f"Fashion-MNIST test set ({result['images']:,} images, {'x'.join(map(str, result['image_shape'][1:]))}): "
                  "bytes against PSNR from ~20 dB to lossless", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     styles = [Line2D([], [], color="k", ls="-", label="one file per image"),
