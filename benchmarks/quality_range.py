@@ -225,7 +225,8 @@ def classical_rows(baseline: Baseline, images: np.ndarray, log: Callable[[str], 
         files = [baseline.encode(image[0], setting) for image in images]
         decoded = np.stack([baseline.decode(f) for f in files])[:, None]
         rows.append(measure(baseline.name, setting, "per-image", sum(len(f) for f in files), images, decoded,
-                            promise(baseline, setting), kind=baseline.kind, setting_name=baseline.setting_name, files=n))
+                            promise(baseline, setting), kind=baseline.kind, setting_name=baseline.setting_name, files=n,
+                            library=baseline.library))
         log(f"  {baseline.name} {baseline.setting_name}={setting} per image: {rows[-1]['bytes_per_image']:.1f} B, "
             f"{rows[-1]['psnr_db']:.2f} dB, max error {rows[-1]['max_abs_error']} "
             f"({time.perf_counter() - started:.1f} s)")
@@ -234,7 +235,7 @@ def classical_rows(baseline: Baseline, images: np.ndarray, log: Callable[[str], 
         data = baseline.encode(canvas, setting)
         decoded = untile(baseline.decode(data), n, cols, h, w)
         rows.append(measure(baseline.name, setting, "one-file", len(data), images, decoded, promise(baseline, setting),
-                            kind=baseline.kind,
+                            kind=baseline.kind, library=baseline.library,
                             setting_name=baseline.setting_name, files=1,
                             container=f"mosaic {canvas.shape[1]}x{canvas.shape[0]}"))
     return rows
