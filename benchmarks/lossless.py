@@ -34,7 +34,6 @@ import bz2
 import io
 import json
 import lzma
-import math
 import os
 import platform
 import sys
@@ -47,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 import outdir
+from mosaic import tile  # benchmarks/mosaic.py, shared with the other RD scripts
 
 
 #: The issue's bars (issue 5).
@@ -65,7 +65,6 @@ def container_bytes(model: Any, count: int, payload: bytes) -> int:
 
 def classical(images: np.ndarray) -> dict[str, float]:
     """Bits per pixel of each classical codec on ``images`` (N, 1, H, W)."""
-    n, _, h, w = images.shape
     pixels = images.size
     raw = images.tobytes()
     out = {
@@ -73,11 +72,7 @@ def classical(images: np.ndarray) -> dict[str, float]:
         "bz2 (raw set)": len(bz2.compress(raw, 9)),
         "zlib (raw set)": len(zlib.compress(raw, 9)),
     }
-    side = math.ceil(math.sqrt(n))
-    mosaic = np.zeros((side * h, side * w), np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, side)
-        mosaic[r * h : (r + 1) * h, c * w : (c + 1) * w] = image[0]
+    mosaic, _ = tile(images)
     formats = {"PNG": {"format": "PNG", "optimize": True},
                "WebP lossless": {"format": "WEBP", "lossless": True, "quality": 100, "method": 6}}
     for name, options in formats.items():

@@ -48,6 +48,7 @@ from PIL import Image
 import edgevae.runtime as ev
 from edgevae.runtime import container as fmt
 from edgevae.runtime.images import psnr
+from mosaic import bytes_at_psnr, tile, untile  # benchmarks/mosaic.py, shared with the other RD scripts
 
 import outdir
 
@@ -128,24 +129,6 @@ def classical_curve(images: np.ndarray, fmt_name: str, qualities: tuple[int, ...
     return rows
 
 
-def tile(images: np.ndarray) -> tuple[np.ndarray, int]:
-    """(N, 1, h, w) -> one (rows*h, cols*w) picture, row-major, zero-padded; and the column count."""
-    n, _, h, w = images.shape
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    canvas = np.zeros((rows * h, cols * w), np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i, 0]
-    return canvas, cols
-
-
-def untile(canvas: np.ndarray, n: int, cols: int, h: int, w: int) -> np.ndarray:
-    """Inverse of :func:`tile`: (N, 1, h, w)."""
-    return np.stack([canvas[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w]
-                     for i in range(n)])[:, None]
-
-
 def mosaic_curve(images: np.ndarray, fmt_name: str, qualities: tuple[int, ...]) -> list[dict[str, Any]]:
     """All images in one picture, one file per quality; sizes are per image (file size / N)."""
     canvas, cols = tile(images)
@@ -156,21 +139,6 @@ def mosaic_curve(images: np.ndarray, fmt_name: str, qualities: tuple[int, ...]) 
         rows.append(point(f"{'JPEG' if fmt_name == 'JPEG' else 'WebP'} mosaic", q, size / n, images,
                           untile(decoded, n, cols, h, w), images[0].size))
     return rows
-
-
-def bytes_at_psnr(curve: list[dict[str, Any]], target: float) -> tuple[float, str]:
-    """Mean bytes per image the codec needs for mean PSNR ``target`` and how it was found.
-
-    The curve is made monotone first: at each PSNR, the smallest size reaching at least it.
-    """
-    pts = sorted((r["psnr_db"], r["bytes_per_image"]) for r in curve)
-    p = np.array([x for x, _ in pts])
-    b = np.minimum.accumulate(np.array([y for _, y in pts])[::-1])[::-1]
-    if target <= p[0]:
-        return float(b.min()), "below_range"
-    if target > p[-1]:
-        return float("nan"), "above_range"
-    return float(np.interp(target, p, b)), "interpolated"
 
 
 # -- edgevae -----------------------------------------------------------------------------------
