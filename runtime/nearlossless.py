@@ -72,8 +72,10 @@ def reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, params: Mi
     # the median): black and white backgrounds come back exact instead of a level or two off.
     end = np.where(lo == 0, 0, bitsback.LEVELS - 1)
     value = np.where(end_share >= 0.5, end, mean)
-    # The clamp comes last: whatever the estimate, the pixel is within k of the whole bin.
-    return np.rint(np.clip(value, hi - k, lo + k)).astype(np.uint8)
+    # The clamp comes last: whatever the estimate, the pixel is within k of the whole bin, and a
+    # level. Both matter: the estimate of a bin the model gives almost no mass can sit at its
+    # edge, 255.5, and near the top lo + k passes 255 (255.5 rounded to 256 was cast to 0).
+    return np.rint(np.clip(value, np.maximum(hi - k, 0), np.minimum(lo + k, bitsback.LEVELS - 1))).astype(np.uint8)
 
 
 def encode_many(model: EdgeVAE, images: np.ndarray, max_error: int, progress: Progress | None = None) -> bytes:
