@@ -211,7 +211,7 @@ def grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """PSNR in dB of each pair of uint8 images (N, ...): 10 log10(255^2 / MSE); identical images
-    get 100 dB (MSE floored at 1e-10). Float64 (N,)."""
+    get 148.1 dB (MSE floored at 1e-10). Float64 (N,)."""
     diff = a.astype(np.float64) - b.astype(np.float64)
     mse = (diff**2).reshape(len(a), -1).mean(1)
     return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
