@@ -14,6 +14,7 @@ overwrite them by accident, so every script writes to ``runs/bench/NAME/`` (git 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,8 @@ def folder(args: argparse.Namespace, name: str) -> Path:
     """The folder this run writes its results to, created: benchmarks/results/ with ``--update``,
     else ``--out``, else runs/bench/NAME/. Giving both ``--update`` and ``--out`` is an error."""
     if args.update and args.out is not None:
-        raise SystemExit("--update writes benchmarks/results/; it does not go with --out")
+        print("--update writes benchmarks/results/; it does not go with --out", file=sys.stderr)
+        raise SystemExit(2)  # a usage error, like argparse's own
     path = RESULTS if args.update else args.out if args.out is not None else SCRATCH / name
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,7 +1,7 @@
 """The whole quality range (issue 19): bytes per image against PSNR and maximum error, from about
 20 dB to lossless, for edgevae's lossy, near-lossless and lossless modes and the classical codecs.
 
-    python benchmarks/quality_range.py --limit 500           # a quick look (into runs/quality-range/)
+    python benchmarks/quality_range.py --limit 500           # a quick look (into runs/bench/rd-range/)
     python benchmarks/quality_range.py                       # all 10,000 test images
     python benchmarks/quality_range.py --update              # ... into benchmarks/results/ (tracked)
 
@@ -15,7 +15,7 @@ Needs the Fashion-MNIST test set (``--data``, else $EDGEVAE_DATA, else Debian's
 /usr/share/datasets/fashion-mnist), the training extras (for its reader and matplotlib) and the
 ``bench`` extra (``imagecodecs`` for JPEG-XL, AVIF and JPEG-LS; never a runtime dependency).
 Writes rd-range.json (every number), rd-range.md (the tables) and rd-range.png (the plot) into
-``--out`` (default runs/quality-range/, untracked); only ``--update`` writes the tracked copies in
+``--out`` (default runs/bench/rd-range/, untracked; benchmarks/outdir.py); only ``--update`` writes the tracked copies in
 benchmarks/results/ and the plot docs/img/rd-range.png.
 
 What is measured, always on the pixels that the codec's own decoder gives back:
@@ -71,12 +71,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+import outdir
 from mosaic import bytes_at_psnr, tile, untile  # benchmarks/mosaic.py, shared with rd.py and lossless.py
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_OUT = ROOT / "runs" / "quality-range"
-DOCS_PLOT = ROOT / "docs" / "img" / "rd-range.png"
 NAME = "rd-range"
 
 #: Near-lossless maximum errors measured (the issue's bars cover 1..16; 32 is shown too).
@@ -815,18 +811,14 @@ def main() -> int:
                         help="Measure the classical codecs alone (for --baselines of a later run).")
     parser.add_argument("--edgevae-only", action="store_true",
                         help="Measure edgevae alone (for --edgevae-from of a later run).")
-    parser.add_argument("--out", default=None, help=f"Output folder (default {DEFAULT_OUT.relative_to(ROOT)}/).")
-    parser.add_argument("--update", action="store_true",
-                        help="Write the tracked results (benchmarks/results/ and docs/img/rd-range.png).")
+    outdir.add_options(parser, NAME)
     args = parser.parse_args()
     try:
         import imagecodecs  # noqa: F401
     except ImportError:
         print(NEEDS_IMAGECODECS, file=sys.stderr)
         return 2
-    if args.update and args.out:
-        print("give --out or --update, not both", file=sys.stderr)
-        return 2
+    out = outdir.folder(args, NAME)  # before the work: a bad --out fails at once
     earlier = {name: json.loads(Path(path).read_text()) if path else None
                for name, path in (("classical", args.baselines), ("edgevae", args.edgevae_from))}
 
@@ -839,12 +831,11 @@ def main() -> int:
     result["command"] = "python benchmarks/quality_range.py " + " ".join(sys.argv[1:])
     result["reused"] = {name: {"command": e.get("command"), "seconds": e.get("seconds")}
                         for name, e in earlier.items() if e is not None}
-    out = RESULTS if args.update else Path(args.out) if args.out else DEFAULT_OUT
     paths = write(result, out)
-    if args.update:
-        DOCS_PLOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(paths[2], DOCS_PLOT)
-        paths.append(DOCS_PLOT)
+    pictures = outdir.picture_folder(args, NAME)
+    if pictures != out:  # README shows the plot: --update puts a copy in docs/img/
+        shutil.copyfile(paths[2], pictures / paths[2].name)
+        paths.append(pictures / paths[2].name)
     print(markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "quality_range.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
+import edgevae.runtime as ev  # noqa: E402
 import quality_range as qr  # noqa: E402
 from edgevae.runtime.images import psnr  # noqa: E402
 
@@ -57,10 +58,14 @@ def test_result_structure(result: dict, images: np.ndarray, tmp_path: Path) -> N
     assert ("lossless", "lossless") in measured
     lossy = [r for r in result["edgevae"] if r["mode"] == "lossy" and r["bundle"] == result["default_lossy_bundle"]]
     assert lossy and {r["arrangement"] for r in lossy} == {"per-image", "one-file"}
-    # The per-image row is the real per-image files: each file holds one image, so more bytes than one file of all.
+    # The per-image row is the real per-image files: each file holds one image, so (for the levels
+    # of the codec tables, whose payloads are the same either way) more bytes than one file of all.
+    # The high-quality levels are near-lossless: on a few images, one bits-back file can cost more.
+    table_levels = set(ev.open_codec("lossy").lossy_qualities)
     for per_image, together in zip(lossy[::2], lossy[1::2]):
         assert per_image["files"] == len(images) and together["files"] == 1
-        assert per_image["bytes_per_image"] > together["bytes_per_image"]
+        if per_image["setting"] in table_levels:
+            assert per_image["bytes_per_image"] > together["bytes_per_image"]
     assert {b["bar"].split(":")[0] for b in result["bars"]} >= {"near-lossless"}
     result["command"] = "test"
     paths = qr.write(result, tmp_path)
@@ -105,7 +110,7 @@ def test_out_of_domain_sets_have_the_shape_asked_for() -> None:
 
 @pytest.mark.parametrize("prelude, argv, message", [
     ("import sys; sys.modules['imagecodecs'] = None", [], "needs the imagecodecs package"),
-    ("", ["--update", "--out", "/tmp/x"], "not both"),
+    ("", ["--update", "--out", "/tmp/x"], "does not go with --out"),
 ])
 def test_refusals_are_one_line_and_exit_2(prelude: str, argv: list[str], message: str) -> None:
     # As `python benchmarks/quality_range.py ...` runs it: its folder first on sys.path.
