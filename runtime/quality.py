@@ -62,6 +62,12 @@ class HighQualityLevel:
 #: smallest files (largest K) first.
 HIGH_QUALITY_KEY = "high_quality_levels"
 
+#: High-quality levels written into a new bundle's manifest at export (the shipped bundles list
+#: the same ladder with their own measured PSNRs in the descriptions): each halves K, about +5 dB.
+HIGH_QUALITY_LEVELS: tuple[HighQualityLevel, ...] = tuple(
+    HighQualityLevel(name, k, f"near-lossless: every pixel within {k} levels")
+    for name, k in (("fine", 32), ("sharp", 16), ("crisp", 8), ("pristine", 4), ("archival", 2)))
+
 
 def quality_levels(factors: Sequence[float] | None,
                       levels: Sequence[QualityLevel] = QUALITY_LEVELS) -> tuple[QualityLevel, ...]:

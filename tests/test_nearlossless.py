@@ -323,6 +323,21 @@ def test_cli_damaged_file_is_one_line(tmp_path: Path) -> None:
 # -- high-quality lossy levels -------------------------------------------------------------------------
 
 
+def test_an_exported_bundle_has_the_standard_high_quality_ladder(tiny_bundle: Path) -> None:
+    """A new export writes quality.HIGH_QUALITY_LEVELS into its manifest, so `--quality fine`
+    works with a user's own bundle too, within its K."""
+    from edgevae.runtime.quality import HIGH_QUALITY_LEVELS
+
+    codec = ev.open_codec("lossy", model=tiny_bundle)
+    assert [(q.name, q.max_error) for q in codec.high_levels] == [(q.name, q.max_error) for q in HIGH_QUALITY_LEVELS]
+    images = out_of_domain()[:, :, : codec.model.image_shape[1], : codec.model.image_shape[2]]
+    images = np.ascontiguousarray(np.broadcast_to(images[:, :1], (len(images), *codec.model.image_shape)))
+    top = HIGH_QUALITY_LEVELS[0]
+    assert max_error(codec.decompress(codec.compress(images, quality=top.name)), images) <= top.max_error
+    for data, image in zip(codec.compress_each(images[:3], quality=top.name), images):
+        assert max_error(codec.decompress(data)[0], image) <= top.max_error
+
+
 def test_lossy_codec_lists_high_quality_levels_after_its_own() -> None:
     codec = ev.open_codec("lossy")
     lossy = [q.name for q in codec.tables.qualities]

@@ -16,6 +16,7 @@ Steps, each failing loudly (ExportError, nothing left in the output folder):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,8 +27,8 @@ from torch import nn
 
 from edgevae.runtime import contract, manifest as schema
 from edgevae.runtime.bundle import sha256_file
-from edgevae.runtime.quality import QUALITY_LEVELS, QualityLevel, quality_levels
 from edgevae.runtime.errors import ExportError, InputError
+from edgevae.runtime.quality import HIGH_QUALITY_KEY, HIGH_QUALITY_LEVELS, QUALITY_LEVELS, QualityLevel, quality_levels
 from edgevae.training.model import VAE
 from edgevae.training.codec_tables import write_codec_tables
 from edgevae.training.onnxgraph import EXAMPLE_BATCH, PARITY_BATCHES, export_graph, library_versions, metadata_props
@@ -132,6 +133,7 @@ def build_manifest(checkpoint: dict[str, Any], evaluation: dict[str, Any] | None
             "last_epoch_metrics": checkpoint.get("metrics", {}),
         },
         "evaluation": evaluation,
+        HIGH_QUALITY_KEY: [dataclasses.asdict(level) for level in HIGH_QUALITY_LEVELS],
         "versions": library_versions(),
     }
 
