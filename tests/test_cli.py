@@ -124,7 +124,9 @@ def test_help_lists_every_command(mode: str) -> None:
     for command in COMMANDS:
         assert f"  {command} " in outcome.stdout
     version = edgevae(mode, "--version")
-    assert version.code == 0 and "0.1.0" in version.stdout
+    from importlib.metadata import version as installed_version
+
+    assert version.code == 0 and installed_version("edgevae") in version.stdout
 
 
 def test_help_does_not_load_onnx_runtime() -> None:
