@@ -1,6 +1,6 @@
 # The two commands of README.md. Each builds its own virtual environment from scratch-safe steps.
 #   make demo  runtime-only install (no torch), then sample / reconstruct / interpolate / compress + decompress
-#              (lossy and lossless) / denoise / score / denoise / score
+#              (lossy, near-lossless with --max-error 4, lossless) / denoise / score
 #   make test  torch==2.13.0 first (an unpinned torch can pull a multi-GB CUDA build), then .[train,test], then pytest
 #              (after web-deps: the JavaScript package's parity tests run Node and headless Chromium)
 #   make web   serve the browser page (web/index.html) on http://127.0.0.1:8000/web/
@@ -29,6 +29,13 @@ demo:
 	  orig = np.stack([np.asarray(Image.open(f))[None] for f in sys.argv[1:]]); \
 	  assert np.array_equal(np.load('$(OUT)/lossless.npy'), orig), 'lossless round trip differs'; \
 	  print('lossless round trip: all', len(orig), 'images exact')" examples/*.png
+	$(DEMO_VENV)/bin/edgevae compress examples/*.png -o $(OUT)/examples-near-lossless.evz --max-error 4 --force
+	$(DEMO_VENV)/bin/edgevae decompress $(OUT)/examples-near-lossless.evz -o $(OUT)/near-lossless.npy --force
+	@$(DEMO_VENV)/bin/python -c "import sys, numpy as np; from PIL import Image; \
+	  orig = np.stack([np.asarray(Image.open(f))[None] for f in sys.argv[1:]]).astype(int); \
+	  err = np.abs(np.load('$(OUT)/near-lossless.npy').astype(int) - orig).max(); \
+	  assert err <= 4, f'near-lossless error {err} > 4'; \
+	  print('near-lossless round trip: largest pixel error', err, '(bound 4)')" examples/*.png
 	@$(DEMO_VENV)/bin/python -c "import sys, numpy as np; from PIL import Image; from edgevae.runtime.noise import corrupt; \
 	  clean = np.stack([np.asarray(Image.open(f))[None] for f in sys.argv[1:]]); \
 	  noisy = corrupt(clean, 'gaussian', 50, np.random.default_rng(0)); np.save('$(OUT)/noisy.npy', noisy); \
