@@ -185,7 +185,7 @@ def describe(value: Any) -> str:
     return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
-def _lookup(manifest: dict[str, Any], path: str) -> tuple[bool, Any]:
+def lookup(manifest: dict[str, Any], path: str) -> tuple[bool, Any]:
     """(present, value) of a dotted path; absent if any parent is absent or not an object."""
     value: Any = manifest
     for key in path.split("."):
@@ -211,11 +211,11 @@ def check_file_name(name: Any, where: Any) -> str:
 def check_fields(manifest: dict[str, Any], where: Any, fields: tuple[Field, ...] = FIELDS) -> None:
     """Each of ``fields``: present when required, not null unless nullable, of its kind."""
     for spec in fields:
-        parent_present, parent = (True, manifest) if spec.parent is None else _lookup(manifest, spec.parent)
+        parent_present, parent = (True, manifest) if spec.parent is None else lookup(manifest, spec.parent)
         if not parent_present or not isinstance(parent, dict):
             continue  # an absent or null parent: its own field says whether that is allowed
         if spec.key not in parent:
-            if spec.required or (spec.required_if is not None and _lookup(manifest, spec.required_if)[0]):
+            if spec.required or (spec.required_if is not None and lookup(manifest, spec.required_if)[0]):
                 raise BundleError(f"{where}: manifest is incomplete ({spec.path} is missing)")
             continue
         value = parent[spec.key]

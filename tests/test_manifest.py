@@ -65,19 +65,10 @@ def full_manifest() -> dict[str, Any]:
         "high_quality_levels": [{"name": "fine", "max_error": 8, "description": "within 8 levels"}],
         "role": ["default"], "versions": {}, "parity": {}, "variant": {},
     }
-    present = {f.path for f in schema.FIELDS if _lookup(manifest, f.path)[0]}
+    present = {f.path for f in schema.FIELDS if schema.lookup(manifest, f.path)[0]}
     assert present == {f.path for f in schema.FIELDS}, "full_manifest() lacks " + ", ".join(
         sorted({f.path for f in schema.FIELDS} - present))
     return manifest
-
-
-def _lookup(manifest: dict[str, Any], path: str) -> tuple[bool, Any]:
-    value: Any = manifest
-    for key in path.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return False, None
-        value = value[key]
-    return True, value
 
 
 def apply(base: dict[str, Any], case: dict[str, Any]) -> Any:
