@@ -133,6 +133,78 @@ DECODER = GraphSpec(
 #: these (and the codec tables): optional graphs never enter it.
 GRAPHS = (ENCODER, DECODER)
 
+#: How a bundle's graphs compute (model.json ``arithmetic``; absent = "float"). "integer" graphs
+#: compute with integers only, carried exactly in float32 (every intermediate |value| < 2**24 in any
+#: summation order, checked at export), so every engine (onnxruntime's CPU build, its WASM build in
+#: a browser, a C loop) returns the same integers: their outputs are the coders' grid indices.
+ARITHMETIC_FLOAT = "float"
+ARITHMETIC_INTEGER = "integer"
+ARITHMETICS = (ARITHMETIC_FLOAT, ARITHMETIC_INTEGER)
+
+# -- the grids of integer graphs (also the grids bitsback rounds float outputs to) -------------
+#: Posterior means: i / 2**POSTERIOR_MEAN_BITS, |mean| <= POSTERIOR_MEAN_CLAMP.
+POSTERIOR_MEAN_BITS = 10
+POSTERIOR_MEAN_CLAMP = 8
+#: Posterior log-variances: LOGVAR_RANGE[0] + i / 2**LOGVAR_BITS, within LOGVAR_RANGE.
+LOGVAR_BITS = 6
+LOGVAR_RANGE = (-24, 8)
+#: Latents fed to an integer decoder: z = i / 2**LATENT_INPUT_BITS, |z| <= LATENT_INPUT_CLAMP.
+LATENT_INPUT_BITS = 8
+LATENT_INPUT_CLAMP = 8
+#: Mixture means: level i / MEAN_SUBSTEPS, 0 .. 255.
+MEAN_SUBSTEPS = 32
+#: Mixture log-scales (normalized domain): LOG_SCALE_RANGE[0] + i / LOG_SCALE_STEPS.
+LOG_SCALE_STEPS = 16
+LOG_SCALE_RANGE = (int(MIN_LOG_SCALE), 1)
+#: Mixture logits: i / LOGIT_STEPS, |logit| <= LOGIT_CLAMP.
+LOGIT_STEPS = 16
+LOGIT_CLAMP = 32
+#: Largest magnitude any value inside an integer graph may reach (float32 holds every integer up to it).
+INTEGER_EXACT_LIMIT = 1 << 24
+
+
+def index_range(name: str) -> tuple[int, int]:
+    """Inclusive (low, high) of the integer output or input ``name`` of an integer graph."""
+    return {
+        "mean_index": (-POSTERIOR_MEAN_CLAMP << POSTERIOR_MEAN_BITS, POSTERIOR_MEAN_CLAMP << POSTERIOR_MEAN_BITS),
+        "logvar_index": (0, (LOGVAR_RANGE[1] - LOGVAR_RANGE[0]) << LOGVAR_BITS),
+        "latents": (-LATENT_INPUT_CLAMP << LATENT_INPUT_BITS, LATENT_INPUT_CLAMP << LATENT_INPUT_BITS),
+        "mixture_mean_index": (0, (PIXEL_LEVELS - 1) * MEAN_SUBSTEPS),
+        "mixture_log_scale_index": (0, (LOG_SCALE_RANGE[1] - LOG_SCALE_RANGE[0]) * LOG_SCALE_STEPS),
+        "mixture_logit_index": (-LOGIT_CLAMP * LOGIT_STEPS, LOGIT_CLAMP * LOGIT_STEPS),
+    }[name]
+
+
+INTEGER_ENCODER = GraphSpec(
+    key="encoder",
+    file="encoder.onnx",
+    inputs=(TensorSpec("images", "uint8", _IMAGE),),
+    outputs=(TensorSpec("mean_index", "int32", (BATCH, "latent"), tolerance=0.0),
+             TensorSpec("logvar_index", "int32", (BATCH, "latent"), tolerance=0.0)),
+)
+
+INTEGER_DECODER = GraphSpec(
+    key="decoder",
+    file="decoder.onnx",
+    inputs=(TensorSpec("latents", "int32", (BATCH, "latent")),),
+    outputs=(
+        # the mean of each pixel's heaviest component (first of equal logit indices), rounded:
+        # (mixture_mean_index + MEAN_SUBSTEPS // 2) // MEAN_SUBSTEPS
+        TensorSpec("pixels", "uint8", _IMAGE, tolerance=0.0),
+        TensorSpec("mixture_logit_index", "int32", _MIXTURE, tolerance=0.0),
+        TensorSpec("mixture_mean_index", "int32", _MIXTURE, tolerance=0.0),
+        TensorSpec("mixture_log_scale_index", "int32", _MIXTURE, tolerance=0.0),
+    ),
+)
+
+
+def graphs_for(arithmetic: str) -> tuple[GraphSpec, GraphSpec]:
+    """The (encoder, decoder) specs of a bundle whose manifest says ``arithmetic``."""
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETICS)}, got {arithmetic!r}")
+    return (INTEGER_ENCODER, INTEGER_DECODER) if arithmetic == ARITHMETIC_INTEGER else GRAPHS
+
+
 #: Optional learned prior for sampling: standard normal noise u -> latents z. Bundles without
 #: it sample z ~ N(0, I). Not used by the codec, so not part of the fingerprint.
 PRIOR = GraphSpec(

@@ -82,6 +82,7 @@ FIELDS: tuple[Field, ...] = (
     Field("name", STRING),
     Field("precision", STRING),
     Field("opset", INTEGER),
+    Field("arithmetic", STRING),
     Field("image", OBJECT, required=True),
     Field("image.shape", INTEGERS, required=True),
     Field("image.layout", STRING),

@@ -46,7 +46,7 @@ def full_manifest() -> dict[str, Any]:
 
     manifest: dict[str, Any] = {
         "format": contract.MANIFEST_FORMAT, "format_version": contract.MANIFEST_VERSION, "name": "tiny",
-        "precision": "fp32", "opset": contract.OPSET,
+        "precision": "fp32", "opset": contract.OPSET, "arithmetic": contract.ARITHMETIC_FLOAT,
         "image": {"shape": [1, 8, 8], "layout": "NCHW", "dtype": "uint8", "pixel_range": [0, 255]},
         "latent": {"dim": 4, "prior": "standard normal N(0, I)"},
         "likelihood": {"kind": contract.LIKELIHOOD_KIND, "components": 2, "domain": "normalized"},

@@ -133,6 +133,7 @@ const graphFields = (key, required) => [[`graphs.${key}`, OBJECT, required ? "r"
 export const FIELDS = [
   ["format", STRING, "r"], ["format_version", INTEGER, "r"], ["name", STRING, ""], ["precision", STRING, ""],
   ["opset", INTEGER, ""],
+  ["arithmetic", STRING, ""],
   ["image", OBJECT, "r"], ["image.shape", INTEGERS, "r"], ["image.layout", STRING, ""], ["image.dtype", STRING, ""],
   ["image.pixel_range", INTEGERS, ""],
   ["latent", OBJECT, "r"], ["latent.dim", INTEGER, "r"], ["latent.prior", STRING, ""],
