@@ -94,8 +94,10 @@ from edgevae.runtime.container import (
     decode_varint,
     encode_varint,
 )
+from edgevae.runtime import contract, exact
 from edgevae.runtime.contract import MIN_LOG_SCALE, PIXEL_LEVELS, PIXEL_SCALE
 from edgevae.runtime.errors import ContainerError, InputError
+from edgevae.runtime.likelihood import MixtureIndices
 
 if TYPE_CHECKING:
     from edgevae.runtime.likelihood import MixtureParams
@@ -265,6 +267,10 @@ class Tables:
     centers: np.ndarray  # float32 (2**b,)
     group_centers: np.ndarray  # float32 (2**(b//2),): prior medians of the coarse groups
     fingerprint: int  # CRC-32 over every table: seeds the pixel checksum
+    #: The exact table set (integer bundles, runtime/exact.py): edges are the interior int64 edges
+    #: in 2**-20 units, centers and group_centers int32 decoder latent indices, inv_sigma int64,
+    #: phi int64 (2**28 scale); phi_step and edges32 are None.
+    exact: bool = False
 
     @property
     def buckets(self) -> int:
@@ -277,11 +283,18 @@ class Tables:
         return 1 << (self.bucket_bits - self.bucket_bits // 2)
 
 
-@lru_cache(maxsize=4)
-def tables(bucket_bits: int = LATENT_BUCKET_BITS) -> Tables:
-    """The lookup tables for ``bucket_bits`` (cached; about 0.2 s to build)."""
+@lru_cache(maxsize=8)
+def tables(bucket_bits: int = LATENT_BUCKET_BITS, exact_set: bool = False) -> Tables:
+    """The lookup tables for ``bucket_bits`` (cached; about 0.2 s to build): the float set of float
+    bundles, or with ``exact_set`` the exact set of integer bundles (runtime/exact.py)."""
     if not MIN_BUCKET_BITS <= bucket_bits <= MAX_BUCKET_BITS:
         raise ValueError(f"bucket bits must be in {MIN_BUCKET_BITS}..{MAX_BUCKET_BITS}")
+    if exact_set:
+        pixel_cdf = exact.pixel_cdf()
+        padded = np.concatenate([[0], pixel_cdf.reshape(-1), np.zeros(LEVELS)]).astype(np.int32)
+        edges, centers, group_centers = exact.buckets(bucket_bits)
+        return Tables(bucket_bits, pixel_cdf, padded, exact.weight_table(), exact.sigma_inv(), exact.phi_table(),
+                      None, edges, None, centers, group_centers, exact.fingerprint(bucket_bits), True)
     pixel_cdf = _pixel_cdf()
     padded = np.concatenate([[0], pixel_cdf.reshape(-1), np.zeros(LEVELS)]).astype(np.int32)
     weight_of = np.floor(WEIGHT_ONE * np.exp(-np.arange(int(LOGIT_RANGE * LOGIT_STEPS) + 1) / LOGIT_STEPS))
@@ -360,8 +373,28 @@ class _Likelihood:
     G the lookup-table counts (0 at v = 0, 2**24 - 256 at v = 256): every level has mass >= 1.
     """
 
-    def __init__(self, params: MixtureParams, t: Tables, bins: Binning | None = None) -> None:
+    def __init__(self, params: MixtureParams | MixtureIndices, t: Tables, bins: Binning | None = None) -> None:
         self.bins = bins if bins is not None else binning(0)
+        #: The table renormalisation of the table set (float: binary64; exact: integers).
+        self.renorm = exact.renorm if t.exact else _from_cumulative
+        self.categorical = exact.categorical if t.exact else _categorical
+        #: The table set's fingerprint (seeds the checks of single-image near-lossless streams).
+        self.fingerprint = t.fingerprint
+        if isinstance(params, MixtureIndices):  # an integer bundle: the outputs are the grid indices
+            batch, components = params.logit_index.shape[:2]
+            shape = (batch, components, -1)
+            grid = np.clip(params.mean_index.reshape(shape), *contract.index_range("mixture_mean_index")).astype(np.int64)
+            scale = np.clip(params.log_scale_index.reshape(shape),
+                            *contract.index_range("mixture_log_scale_index")).astype(np.int64)
+            steps = np.clip(params.logit_index.reshape(shape), *contract.index_range("mixture_logit_index")).astype(np.int64)
+        else:
+            grid, scale, steps = self._grids(params)
+        self._build(grid, scale, steps, t, params.logits.shape[1] if not isinstance(params, MixtureIndices)
+                    else params.logit_index.shape[1])
+
+    @staticmethod
+    def _grids(params: MixtureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A float bundle's outputs rounded to the grids: mean, log-scale and logit indices (B, K, P)."""
         batch, components = params.logits.shape[:2]
         shape = (batch, components, -1)
         # float32 IEEE arithmetic on the network's float32 outputs; NaN (never from a sane network)
@@ -373,14 +406,17 @@ class _Likelihood:
         lo, hi = LOG_SCALE_RANGE
         log_scales = np.clip(np.nan_to_num(params.log_scales.reshape(shape), copy=True), lo, hi)
         scale = np.rint((log_scales - np.float32(lo)) * np.float32(LOG_SCALE_STEPS)).astype(np.int64)
+        logits = np.clip(np.nan_to_num(params.logits.reshape(shape), copy=True), -1e6, 1e6)
+        steps = np.rint(logits * np.float32(LOGIT_STEPS)).astype(np.int64)
+        return grid, scale, steps
+
+    def _build(self, grid: np.ndarray, scale: np.ndarray, steps: np.ndarray, t: Tables, components: int) -> None:
         # Index in t.padded of G(1): the row of (scale, mean fraction), shifted by the mean's level.
         row = (scale * MEAN_SUBSTEPS + grid % MEAN_SUBSTEPS) * (2 * LEVELS - 1)
         self.first = np.ascontiguousarray((row + (LEVELS - 1) - grid // MEAN_SUBSTEPS + 1).transpose(0, 2, 1))
-        logits = np.clip(np.nan_to_num(params.logits.reshape(shape), copy=True), -1e6, 1e6)
-        steps = np.rint(logits * np.float32(LOGIT_STEPS)).astype(np.int64)
         drop = np.minimum(steps.max(axis=1, keepdims=True) - steps, len(t.weight_of) - 1)
         #: Mixture weight tables, constriction floats (B, P, K).
-        self.weights = _categorical(t.weight_of[drop].transpose(0, 2, 1))
+        self.weights = self.categorical(t.weight_of[drop].transpose(0, 2, 1))
         #: One component: k is always 0 and carries no information, so it is not coded at all
         #: (constriction cannot represent a one-symbol distribution, and it would cost 0 bits).
         self.single = components == 1
@@ -400,7 +436,7 @@ class _Likelihood:
         bottom = np.where(lo == 0, 0, self.padded[self.first + lo - 1])
         # weight mass * bin mass C(hi + 1) - C(lo), with C(v) = G(v) + v
         joint = (self.weights.astype(np.int64) + 1) * (top - bottom + (hi - lo + 1))
-        return _categorical(joint), joint.argmax(axis=2).astype(np.int32)
+        return self.categorical(joint), joint.argmax(axis=2).astype(np.int32)
 
     def chosen(self, component: np.ndarray) -> np.ndarray:
         """Where each pixel's chosen component (B, P) has its G(1)."""
@@ -430,7 +466,7 @@ class _Likelihood:
         levels = bins.edges[index]
         cumulative = self.padded[first[..., None] + levels - 1] + levels
         cumulative = np.where(levels == 0, 0, np.where(levels == LEVELS, TOTAL, cumulative))
-        return _from_cumulative(cumulative)
+        return self.renorm(cumulative)
 
 
     def _mixture_cumulative(self, levels: np.ndarray) -> np.ndarray:
@@ -446,7 +482,7 @@ class _Likelihood:
     def mixture_tables(self, edges: np.ndarray) -> np.ndarray:
         """The whole mixture's table over the runs between level edges (B, P, n + 1), non-decreasing
         from 0 to LEVELS where a run is meant to cover all levels: constriction floats (B, P, n)."""
-        return _from_cumulative(self._mixture_cumulative(edges))
+        return self.renorm(self._mixture_cumulative(edges))
 
 
 class _Posterior:
@@ -486,6 +522,31 @@ class _Posterior:
     def within(self, group: np.ndarray) -> np.ndarray:
         """Stage 2, the bucket within its group (B, D): constriction floats (B, D, 2**(b - b//2))."""
         return _from_cumulative(self._cdf(group[..., None].astype(np.int64) * self.t.fine + np.arange(self.t.fine + 1)))
+
+
+class _ExactPosterior:
+    """Q(z|x) over the buckets from an integer bundle's indices, on the exact table set: integers
+    only (docs/FORMAT.md §7.4). Same interface as :class:`_Posterior`."""
+
+    def __init__(self, t: Tables, mean_index: np.ndarray, logvar_index: np.ndarray) -> None:
+        self.t = t
+        self.mean = np.clip(mean_index, *contract.index_range("mean_index")).astype(np.int64)
+        self.logvar = np.clip(logvar_index, *contract.index_range("logvar_index")).astype(np.int64)
+        # the bucket holding the mean: how many interior edges lie at or below it
+        at = self.mean << (exact.POSITION_BITS - contract.POSTERIOR_MEAN_BITS)
+        self.mode = np.searchsorted(t.edges, at, side="right").astype(np.int32)
+
+    def _cdf(self, index: np.ndarray) -> np.ndarray:
+        return exact.posterior_cdf(index, self.mean, self.logvar, self.t.edges)
+
+    def groups(self) -> np.ndarray:
+        """Stage 1, the bucket's group: constriction floats (B, D, 2**(b//2))."""
+        index = np.arange(0, self.t.buckets + 1, self.t.fine)
+        return exact.renorm(self._cdf(np.broadcast_to(index, self.mean.shape + index.shape)))
+
+    def within(self, group: np.ndarray) -> np.ndarray:
+        """Stage 2, the bucket within its group (B, D): constriction floats (B, D, 2**(b - b//2))."""
+        return exact.renorm(self._cdf(group[..., None].astype(np.int64) * self.t.fine + np.arange(self.t.fine + 1)))
 
 
 # -- payload -----------------------------------------------------------------------------------
@@ -610,6 +671,17 @@ class _Coding:
         #: Decoding only: sees each step's images (see OnDecoded).
         self.on_decoded: OnDecoded | None = None
 
+    def posterior(self, images: np.ndarray) -> _Posterior | _ExactPosterior:
+        """The posterior of a step's images (what the encoder sees) on this job's table set."""
+        if self.t.exact:
+            return _ExactPosterior(self.t, *self.model.encode_indices(images))
+        return _Posterior(self.t, *self.model.encode(images))
+
+    def likelihood(self, z: np.ndarray, first: bool) -> MixtureParams | MixtureIndices:
+        """The decoder's mixture at buckets ``z`` (B, D) (coarse groups for a chain's first image)."""
+        latents = self.t.group_centers[z] if first else self.t.centers[z]
+        return self.model.likelihood_indices(latents) if self.t.exact else self.model.likelihood(latents)
+
     def check_stopped(self) -> None:
         """Called by lanes between steps: end this lane if the job is stopping."""
         if self.stopped.is_set():
@@ -719,19 +791,17 @@ def _encode_lane(job: _Coding, batch: np.ndarray, symbols: np.ndarray, coders: l
         job.check_stopped()
         stacks = [coders[c] for c in lane[: len(images)]]
         x = symbols[images]
-        posterior = _Posterior(t, *job.model.encode(batch[images]))
+        posterior = job.posterior(batch[images])
         if step == 0:
             # Nothing to borrow from yet: no bits back for a chain's first image, which sends only
             # the group of its posterior mean's bucket (b // 2 bits per dimension under the prior).
             z = posterior.mode // t.fine
-            latents = t.group_centers[z]
         else:
             groups = posterior.groups()
             z_group = np.stack([s.decode(family, groups[i]) for i, s in enumerate(stacks)])
             within = posterior.within(z_group)
             z = z_group * t.fine + np.stack([s.decode(family, within[i]) for i, s in enumerate(stacks)])
-            latents = t.centers[z]
-        likelihood = _Likelihood(job.model.likelihood(latents), t, job.bins)
+        likelihood = _Likelihood(job.likelihood(z, step == 0), t, job.bins)
         component_posterior, best = likelihood.component_posterior(x)
         if step == 0 or likelihood.single:
             k = best
@@ -765,7 +835,7 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         available = np.array([s.num_valid_bits() for s in stacks], dtype=np.float64)
         prior = job.group_prior if step == 0 else job.prior
         z = np.stack([s.decode(prior, dim) for s in stacks])
-        params = job.model.likelihood(t.group_centers[z] if step == 0 else t.centers[z])
+        params = job.likelihood(z, step == 0)
         likelihood = _Likelihood(params, t, job.bins)
         x, k, popped = _pop_pixels(stacks, job.family, likelihood)
         popped += dim * math.log2(t.buckets // t.fine if step == 0 else t.buckets)
@@ -784,7 +854,7 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
                 for i, s in enumerate(stacks):
                     s.encode_reverse(k[i], family, component_posterior[i])
             seen = job.bins.representative[x].reshape(len(images), *job.shape)
-            posterior = _Posterior(t, *job.model.encode(seen))
+            posterior = job.posterior(seen)
             z_group = (z // t.fine).astype(np.int32)
             groups, within = posterior.groups(), posterior.within(z_group)
             z_rest = (z % t.fine).astype(np.int32)
@@ -792,6 +862,12 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
                 s.encode_reverse(z_rest[i], family, within[i])
                 s.encode_reverse(z_group[i], family, groups[i])
         job.progress(len(images))
+
+
+def _exact_set(model: EdgeVAE) -> bool:
+    """True if ``model`` codes with the exact table set: an integer bundle (wrappers without the
+    attribute are float models)."""
+    return bool(getattr(model, "integer", False))
 
 
 def _kind(bins: Binning) -> str:
@@ -810,7 +886,7 @@ def encode(model: EdgeVAE, images: np.ndarray, progress: Progress | None = None,
     bins = bins if bins is not None else binning(0)
     batch = model.check_images(images)
     count = len(batch)
-    t = tables(bucket_bits)
+    t = tables(bucket_bits, _exact_set(model))
     chains = chain_count(count, bins.chain_images)
     symbols = bins.of_level[batch.reshape(count, int(np.prod(model.image_shape)))].astype(np.uint8)
     # The posterior sees what the decoder will know before it pushes the bits back: the bins.
@@ -858,7 +934,7 @@ def decode(model: EdgeVAE, payload: bytes, count: int, progress: Progress | None
     bins = bins if bins is not None else binning(0)
     kind = _kind(bins)
     header = read_payload_header(payload, count, bins)
-    t = tables(header.bucket_bits)
+    t = tables(header.bucket_bits, _exact_set(model))
     shape = model.image_shape
     out = np.empty((count, int(np.prod(shape))), dtype=np.uint8)
     if count == 0:
@@ -946,7 +1022,7 @@ def _two_stage(likelihood: _Likelihood, bins: PixelBins) -> tuple[np.ndarray, Ca
     return groups, within
 
 
-def encode_known(params: MixtureParams, images: np.ndarray, max_error: int) -> list[bytes]:
+def encode_known(params: MixtureParams | MixtureIndices, images: np.ndarray, max_error: int) -> list[bytes]:
     """One ANS stream per image of uint8 images (B, C, H, W): each pixel's bin of
     :func:`pixel_bins`, under the decoder's likelihood ``params`` at latents the decoder knows
     (B images), without bits back.
@@ -959,7 +1035,7 @@ def encode_known(params: MixtureParams, images: np.ndarray, max_error: int) -> l
     fingerprint), then the ANS words without the zero high bytes of the top word.
     """
     family = _constriction().stream.model.Categorical(perfect=False)
-    likelihood = _Likelihood(params, tables(LATENT_BUCKET_BITS), binning(0))
+    likelihood = _Likelihood(params, tables(LATENT_BUCKET_BITS, isinstance(params, MixtureIndices)), binning(0))
     bins = pixel_bins(likelihood, max_error)
     symbols = bins.symbols(np.asarray(images).reshape(len(images), -1))
     group = (symbols // bins.group).astype(np.int32)
@@ -986,18 +1062,18 @@ KNOWN_CHECK_BYTES = 2
 
 
 def _known_check(lower: np.ndarray, likelihood: _Likelihood) -> int:
-    crc = zlib.crc32(np.ascontiguousarray(lower, dtype=np.uint8).tobytes(), tables(LATENT_BUCKET_BITS).fingerprint)
+    crc = zlib.crc32(np.ascontiguousarray(lower, dtype=np.uint8).tobytes(), likelihood.fingerprint)
     return crc & ((1 << (8 * KNOWN_CHECK_BYTES)) - 1)
 
 
-def decode_known(params: MixtureParams, streams: list[bytes], max_error: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_known(params: MixtureParams | MixtureIndices, streams: list[bytes], max_error: int) -> tuple[np.ndarray, np.ndarray]:
     """The bins' first and last levels, int64 (B, P) each, of streams made by :func:`encode_known`
     with the same ``params`` and ``max_error``.
 
     ContainerError if a stream does not end exactly where its image does (damaged data).
     """
     family = _constriction().stream.model.Categorical(perfect=False)
-    likelihood = _Likelihood(params, tables(LATENT_BUCKET_BITS), binning(0))
+    likelihood = _Likelihood(params, tables(LATENT_BUCKET_BITS, isinstance(params, MixtureIndices)), binning(0))
     bins = pixel_bins(likelihood, max_error)
     kind = _kind(binning(max_error))
     if any(len(raw) < KNOWN_CHECK_BYTES for raw in streams):

@@ -91,6 +91,11 @@ class Bundle:
         return str(self.manifest.get("precision", "fp32"))
 
     @property
+    def arithmetic(self) -> str:
+        """How the graphs compute (model.json ``arithmetic``): ``float`` (absent) or ``integer``."""
+        return str(self.manifest.get("arithmetic", contract.ARITHMETIC_FLOAT))
+
+    @property
     def name(self) -> str:
         """Human-readable bundle name."""
         return str(self.manifest.get("name", self.path.name))

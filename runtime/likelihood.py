@@ -32,6 +32,24 @@ class MixtureParams:
     log_scales: np.ndarray
 
 
+@dataclass(frozen=True)
+class MixtureIndices:
+    """An integer bundle's decoder outputs (docs/FORMAT.md §7.1), each int32 (N, K, C, H, W): the
+    grid indices themselves. Logit = logit_index / 16, mean level = mean_index / 32, log-scale
+    (normalized domain) = -7 + log_scale_index / 16 (runtime/contract.py)."""
+
+    logit_index: np.ndarray
+    mean_index: np.ndarray
+    log_scale_index: np.ndarray
+
+    def params(self) -> MixtureParams:
+        """The same mixture as float32 parameters (exact: every value is a dyadic grid point)."""
+        logits = self.logit_index.astype(np.float64) / contract.LOGIT_STEPS
+        means = self.mean_index.astype(np.float64) / contract.MEAN_SUBSTEPS / contract.PIXEL_SCALE - 1.0
+        log_scales = contract.LOG_SCALE_RANGE[0] + self.log_scale_index.astype(np.float64) / contract.LOG_SCALE_STEPS
+        return MixtureParams(logits.astype(np.float32), means.astype(np.float32), log_scales.astype(np.float32))
+
+
 def log_likelihood(images: np.ndarray, params: MixtureParams) -> np.ndarray:
     """log p(x|z) in nats per image of uint8 images (N, C, H, W), float64, by the contract's formula."""
     return log_interval_probability(images, images, params).reshape(len(images), -1).sum(axis=1)

@@ -20,7 +20,7 @@ import numpy as np
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import Bundle, read_bundle
 from edgevae.runtime.errors import BundleError, InputError
-from edgevae.runtime.likelihood import MixtureParams
+from edgevae.runtime.likelihood import MixtureIndices, MixtureParams
 
 #: Images or latents per session call; bounds peak memory on huge inputs.
 CHUNK = 1024
@@ -55,7 +55,7 @@ def _array(value: Any, what: str) -> np.ndarray:
 
 
 #: ONNX Runtime's element type names for the contract's dtypes.
-_ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
+_ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)", "int32": "tensor(int32)"}
 
 
 def new_session(graph: bytes | str | os.PathLike[str], where: str | None = None, threads: int | None = None,
@@ -132,16 +132,28 @@ def _run(session: Any, outputs: list[str] | None, feeds: dict[str, np.ndarray], 
 
 
 class EdgeVAE:
-    """A loaded bundle: encode, decode, sample, reconstruct and interpolate images."""
+    """A loaded bundle: encode, decode, sample, reconstruct and interpolate images.
+
+    An integer bundle (model.json ``"arithmetic": "integer"``, contract.INTEGER_ENCODER/DECODER)
+    keeps the same float API: :meth:`encode` returns mean_index / 2**10 and -24 + logvar_index / 64,
+    :meth:`decode` and :meth:`likelihood` take float latents z as the indices floor(z * 256 + 0.5)
+    (binary64, clamped to +-2048) and return the graph's pixels and its indices as floats. The
+    lossless coders use the integers themselves: :meth:`encode_indices`, :meth:`likelihood_indices`.
+    """
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         self.bundle = bundle
         self.image_shape = bundle.image_shape
         self.latent_dim = bundle.latent_dim
+        self.arithmetic = bundle.arithmetic
+        try:
+            self._enc, self._dec = contract.graphs_for(self.arithmetic)
+        except ValueError as e:
+            raise BundleError(f"{bundle.path}: {e}") from None
         self._dims = contract.dims_of(bundle.image_shape, bundle.latent_dim, bundle.components)
-        self._encoder = new_session(bundle.graph_bytes(contract.ENCODER), self._where(contract.ENCODER), threads)
-        self._decoder = new_session(bundle.graph_bytes(contract.DECODER), self._where(contract.DECODER), threads)
-        for spec, session in ((contract.ENCODER, self._encoder), (contract.DECODER, self._decoder)):
+        self._encoder = new_session(bundle.graph_bytes(self._enc), self._where(self._enc), threads)
+        self._decoder = new_session(bundle.graph_bytes(self._dec), self._where(self._dec), threads)
+        for spec, session in ((self._enc, self._encoder), (self._dec, self._decoder)):
             _check_session(session, spec, self._dims, self._where(spec))
         self._threads = threads
         self._prior: Any = None  # the learned prior's session, created on first use
@@ -158,6 +170,12 @@ class EdgeVAE:
             if list(value.shape) != shape:
                 raise BundleError(f"{self._where(spec)}: gave {name} of shape {list(value.shape)}, "
                                   f"its signature says {shape}")
+
+    @property
+    def integer(self) -> bool:
+        """True for an integer bundle: its graphs' outputs are the coders' grid indices, and lossless
+        coding uses the exact table set (docs/FORMAT.md §7)."""
+        return self.arithmetic == contract.ARITHMETIC_INTEGER
 
     def __repr__(self) -> str:
         return f"EdgeVAE({str(self.bundle.path)!r}, image_shape={self.image_shape}, latent_dim={self.latent_dim})"
@@ -197,47 +215,108 @@ class EdgeVAE:
 
     # -- graphs -------------------------------------------------------------------------------
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior q(z|x) of each image: (mean, logvar), float32 (N, D) each."""
+    def _run_encoder(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = self.check_images(images)
         means, logvars = [], []
+        spec = self._enc
         for start in range(0, len(batch), CHUNK):
             chunk = batch[start : start + CHUNK]
-            mean, logvar = _run(self._encoder, None, {contract.ENCODER.inputs[0].name: chunk},
-                                self._where(contract.ENCODER))
-            self._outputs(contract.ENCODER, contract.ENCODER.output_names, [mean, logvar], len(chunk))
+            mean, logvar = _run(self._encoder, None, {spec.inputs[0].name: chunk}, self._where(spec))
+            self._outputs(spec, spec.output_names, [mean, logvar], len(chunk))
             means.append(mean)
             logvars.append(logvar)
         if not means:
-            return np.zeros((0, self.latent_dim), np.float32), np.zeros((0, self.latent_dim), np.float32)
+            dtype = np.int32 if self.integer else np.float32
+            return np.zeros((0, self.latent_dim), dtype), np.zeros((0, self.latent_dim), dtype)
         return np.concatenate(means), np.concatenate(logvars)
 
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior q(z|x) of each image: (mean, logvar), float32 (N, D) each."""
+        if not self.integer:
+            return self._run_encoder(images)
+        mean, logvar = self.encode_indices(images)
+        lo = contract.LOGVAR_RANGE[0]
+        return ((mean.astype(np.float64) / (1 << contract.POSTERIOR_MEAN_BITS)).astype(np.float32),
+                (lo + logvar.astype(np.float64) / (1 << contract.LOGVAR_BITS)).astype(np.float32))
+
+    def encode_indices(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An integer bundle's posterior as its grid indices, int32 (N, D) each: mean_index
+        (mean = i / 2**10) and logvar_index (log-variance = -24 + i / 64), clamped to the contract's
+        ranges (docs/FORMAT.md §7.1). BundleError for a float bundle."""
+        self._require_integer("encode_indices")
+        mean, logvar = self._run_encoder(images)
+        return (np.clip(mean, *contract.index_range("mean_index")).astype(np.int32),
+                np.clip(logvar, *contract.index_range("logvar_index")).astype(np.int32))
+
+    def _require_integer(self, what: str) -> None:
+        if not self.integer:
+            raise BundleError(f"{self.bundle.name}: {what} needs an integer bundle (model.json \"arithmetic\": \"integer\")")
+
+    def latent_indices(self, latents: np.ndarray) -> np.ndarray:
+        """Float latents (N, D) as an integer decoder's input: floor(z * 256 + 0.5) in binary64,
+        clamped to +-2048, int32 (N, D)."""
+        z = self.check_latents(latents).astype(np.float64)
+        index = np.floor(z * (1 << contract.LATENT_INPUT_BITS) + 0.5)
+        return np.clip(index, *contract.index_range("latents")).astype(np.int32)
+
+    def check_latent_indices(self, latents: np.ndarray) -> np.ndarray:
+        """Validate integer latents (N, D) for an integer decoder: int32, clamped to +-2048."""
+        array = _array(latents, "latents")
+        if array.ndim == 1:
+            array = array[None]
+        if array.ndim != 2 or array.shape[1] != self.latent_dim:
+            raise InputError(f"latents must have shape (N, {self.latent_dim}), got {array.shape}")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise InputError(f"latent indices must be integers, got dtype {array.dtype}")
+        return np.ascontiguousarray(np.clip(array, *contract.index_range("latents")), dtype=np.int32)
+
     def _run_decoder(self, latents: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        z = self.check_latents(latents)
+        """Run the decoder on latents already in its input type (float32, or int32 indices)."""
+        z = latents
+        spec = self._dec
         parts: list[list[np.ndarray]] = [[] for _ in outputs]
-        where = self._where(contract.DECODER)
+        where = self._where(spec)
         for start in range(0, len(z), CHUNK):
             chunk = z[start : start + CHUNK]
-            values = _run(self._decoder, outputs, {contract.DECODER.inputs[0].name: chunk}, where)
-            self._outputs(contract.DECODER, outputs, values, len(chunk))
+            values = _run(self._decoder, outputs, {spec.inputs[0].name: chunk}, where)
+            self._outputs(spec, outputs, values, len(chunk))
             for part, value in zip(parts, values):
                 part.append(value)
         if not len(z):
-            empty = np.zeros((1, self.latent_dim), np.float32)
-            values = _run(self._decoder, outputs, {contract.DECODER.inputs[0].name: empty}, where)
-            self._outputs(contract.DECODER, outputs, values, 1)
+            empty = np.zeros((1, self.latent_dim), z.dtype)
+            values = _run(self._decoder, outputs, {spec.inputs[0].name: empty}, where)
+            self._outputs(spec, outputs, values, 1)
             return [value[:0] for value in values]
         return [np.concatenate(part) for part in parts]
 
+    def _decoder_input(self, latents: np.ndarray) -> np.ndarray:
+        return self.latent_indices(latents) if self.integer else self.check_latents(latents)
+
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Images for latents (N, D): the decoder's mean pixels, uint8 (N, C, H, W)."""
-        return self._run_decoder(latents, contract.DECODER.output_names[:1])[0]  # pixels
+        return self._run_decoder(self._decoder_input(latents), self._dec.output_names[:1])[0]  # pixels
+
+    def decode_indices(self, latents: np.ndarray) -> np.ndarray:
+        """An integer decoder's pixels uint8 (N, C, H, W) for int32 latent indices (N, D) (z * 256)."""
+        self._require_integer("decode_indices")
+        return self._run_decoder(self.check_latent_indices(latents), self._dec.output_names[:1])[0]
 
     def likelihood(self, latents: np.ndarray) -> MixtureParams:
         """The decoder's discretized-logistic-mixture parameters for latents (N, D) (normalized domain)."""
+        if self.integer:
+            return self.likelihood_indices(self.latent_indices(latents)).params()
         # mixture_logits, mixture_means, mixture_log_scales: the outputs after pixels
-        logits, means, log_scales = self._run_decoder(latents, contract.DECODER.output_names[1:])
+        logits, means, log_scales = self._run_decoder(self.check_latents(latents), self._dec.output_names[1:])
         return MixtureParams(logits, means, log_scales)
+
+    def likelihood_indices(self, latents: np.ndarray) -> MixtureIndices:
+        """An integer decoder's mixture as grid indices, int32 (N, K, C, H, W) each, clamped to the
+        contract's ranges, for int32 latent indices (N, D) (docs/FORMAT.md §7.1)."""
+        self._require_integer("likelihood_indices")
+        logits, means, log_scales = self._run_decoder(self.check_latent_indices(latents), self._dec.output_names[1:])
+        return MixtureIndices(np.clip(logits, *contract.index_range("mixture_logit_index")).astype(np.int32),
+                              np.clip(means, *contract.index_range("mixture_mean_index")).astype(np.int32),
+                              np.clip(log_scales, *contract.index_range("mixture_log_scale_index")).astype(np.int32))
 
     def _prior_session(self) -> Any:
         """The learned prior's session, checked (sha256, then names and shapes) and created once."""
@@ -258,7 +337,7 @@ class EdgeVAE:
     def sessions(self) -> dict[str, Any]:
         """The ONNX Runtime sessions made so far, by graph key: ``encoder`` and ``decoder``, and
         ``prior`` once the learned prior was first sampled (it is created on first use)."""
-        made = {contract.ENCODER.key: self._encoder, contract.DECODER.key: self._decoder}
+        made = {self._enc.key: self._encoder, self._dec.key: self._decoder}
         return made if self._prior is None else {**made, contract.PRIOR.key: self._prior}
 
     # -- conveniences -------------------------------------------------------------------------
