@@ -279,7 +279,7 @@ def renorm(cumulative: np.ndarray) -> np.ndarray:
         a = a >> shift
         total = total >> shift
     q = (a * (TOTAL - n)) // total
-    return np.diff(q, axis=-1).astype(np.float32)
+    return np.ascontiguousarray(np.diff(q, axis=-1), dtype=np.float32)
 
 
 def categorical(weights: np.ndarray) -> np.ndarray:

@@ -230,8 +230,12 @@ def check_fields(manifest: dict[str, Any], where: Any, fields: tuple[Field, ...]
 
 def _check_tensors(manifest: dict[str, Any], dims: dict[str, int], where: Any) -> None:
     """The manifest's description of each graph's inputs and outputs, if given, must be the
-    contract's for this bundle's dimensions (the graphs themselves are checked when loaded)."""
-    for spec in contract.GRAPHS:
+    contract's for this bundle's dimensions and arithmetic (the graphs themselves are checked when
+    loaded)."""
+    arithmetic = manifest.get("arithmetic", contract.ARITHMETIC_FLOAT)
+    if arithmetic not in contract.ARITHMETICS:
+        raise BundleError(f"{where}: arithmetic must be one of {', '.join(contract.ARITHMETICS)}, not {arithmetic!r}")
+    for spec in contract.graphs_for(arithmetic):
         entry, described = manifest["graphs"][spec.key], spec.describe(dims)
         for side in ("inputs", "outputs"):
             if side in entry and entry[side] != described[side]:
