@@ -154,6 +154,11 @@ class _ContainerCodec:
                 f"this model is {prefix:x}..) or its header is damaged; pass the bundle that made it with --model"
             )
         parsed.verify(self.fingerprint, self.model.image_shape)
+        if header.mode in (fmt.MODE_LOSSLESS, fmt.MODE_NEAR_LOSSLESS) and fmt.exact_tables(header.version) != self.model.integer:
+            # the version names the table set; the bundle that made the file (its fingerprint matched) decides it
+            made_by = "an integer" if fmt.exact_tables(header.version) else "a float"
+            raise ContainerError(f"container is damaged (version {header.version} {header.mode_name} payloads are made by "
+                                 f"{made_by} bundle, {self.model.bundle.name} is not one)")
         if header.mode == fmt.MODE_LOSSLESS:
             if header.quality:
                 raise ContainerError(f"container is damaged (quality index {header.quality} in a lossless container)")
@@ -322,7 +327,7 @@ class LosslessCodec(_ContainerCodec):
 
         batch = self._batch(images)
         payload = bitsback.encode(self.model, batch, progress).payload
-        return fmt.pack_lossless(self.fingerprint, self.model.image_shape, len(batch), payload)
+        return fmt.pack_lossless(self.fingerprint, self.model.image_shape, len(batch), payload, self.model.integer)
 
     def compress_each(self, images: np.ndarray, progress: Progress | None = None) -> list[bytes]:
         """One single-image container per image (what ``edgevae compress --lossless --split`` writes)."""
@@ -365,7 +370,8 @@ class NearLosslessCodec(_ContainerCodec):
         if len(batch) == 1:
             return self.compress_each(batch, progress)[0]
         payload = nearlossless.encode_many(self.model, batch, self.max_error, progress)
-        return fmt.pack_near_lossless(self.fingerprint, self.model.image_shape, len(batch), self.max_error, 0, payload)
+        return fmt.pack_near_lossless(self.fingerprint, self.model.image_shape, len(batch), self.max_error, 0, payload,
+                                      self.model.integer)
 
     def compress_each(self, images: np.ndarray, progress: Progress | None = None) -> list[bytes]:
         """One single-image container per image (what ``edgevae compress --max-error K --split`` writes)."""
@@ -373,7 +379,8 @@ class NearLosslessCodec(_ContainerCodec):
 
         batch = self._batch(images)
         coded = nearlossless.encode_single(self.model, self._single_tables(), batch, self.max_error, progress)
-        return [fmt.pack_near_lossless(self.fingerprint, self.model.image_shape, 1, self.max_error, level, payload)
+        return [fmt.pack_near_lossless(self.fingerprint, self.model.image_shape, 1, self.max_error, level, payload,
+                                       self.model.integer)
                 for level, payload in coded]
 
 

@@ -43,8 +43,16 @@ VERSION = 1
 #: express it, so lossy and lossless files stay readable by every release; a release that knows
 #: only version 1 says "newer than this edgevae supports; upgrade" on a near-lossless file.
 NEAR_LOSSLESS_VERSION = 2
+#: Version of lossless (mode 1) and near-lossless (mode 2) containers made by an *integer* bundle
+#: (model.json "arithmetic": "integer"): their payloads use the exact table set (docs/FORMAT.md
+#: §7.3), which a version-1/2 reader does not know, so it says "newer ...; upgrade". Framing and
+#: payload layout are those of versions 1 (mode 1) and 2 (mode 2); the version alone names the
+#: table set: versions 1 and 2 the float set (float bundles), version 3 the exact set.
+EXACT_VERSION = 3
+#: The newest version this edgevae reads.
+NEWEST_VERSION = EXACT_VERSION
 #: The modes each version may hold (one canonical form per container).
-VERSION_MODES = {VERSION: (0, 1), NEAR_LOSSLESS_VERSION: (2,)}
+VERSION_MODES = {VERSION: (0, 1), NEAR_LOSSLESS_VERSION: (2,), EXACT_VERSION: (1, 2)}
 #: Conventional file suffix.
 SUFFIX = ".evz"
 
@@ -231,12 +239,15 @@ def pack(mode: int, quality: int, fingerprint: bytes, geometry: tuple[int, int, 
     return body + struct.pack(">I", checksum(body, fingerprint, geometry))
 
 
-def pack_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count: int, payload: bytes) -> bytes:
-    """Build a lossless container: the header (quality 0), the count if multi, one payload, the CRC."""
+def pack_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count: int, payload: bytes,
+                  exact: bool = False) -> bytes:
+    """Build a lossless container: the header (quality 0), the count if multi, one payload, the CRC.
+    ``exact``: the payload uses the exact table set (an integer bundle): version 3, else 1."""
     if count < 1 or count > min(MAX_COUNT, MAX_LOSSLESS_IMAGES_PER_BYTE * len(payload)):
         raise ValueError(f"a lossless container cannot hold {count} images in {len(payload)} payload bytes")
     multi = count > 1
-    parts = [bytes([MAGIC, VERSION << VERSION_SHIFT | MODE_LOSSLESS << MODE_SHIFT | (MULTI_BIT if multi else 0),
+    version = EXACT_VERSION if exact else VERSION
+    parts = [bytes([MAGIC, version << VERSION_SHIFT | MODE_LOSSLESS << MODE_SHIFT | (MULTI_BIT if multi else 0),
                     fingerprint_prefix(fingerprint)])]
     if multi:
         parts.append(encode_varint(count))
@@ -246,10 +257,10 @@ def pack_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count: int
 
 
 def pack_near_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count: int, max_error: int,
-                       level: int, payload: bytes) -> bytes:
-    """Build a near-lossless container (version 2): header with quality nibble ``level`` (0: a
-    bits-back payload; q >= 1: single image, latent at lossy level q - 1), the count if multi, K,
-    one payload, the CRC."""
+                       level: int, payload: bytes, exact: bool = False) -> bytes:
+    """Build a near-lossless container (version 2; 3 with ``exact``, the exact table set of an
+    integer bundle): header with quality nibble ``level`` (0: a bits-back payload; q >= 1: single
+    image, latent at lossy level q - 1), the count if multi, K, one payload, the CRC."""
     if not 1 <= max_error <= MAX_ERROR:
         raise ValueError(f"max error {max_error} is outside 1..{MAX_ERROR}")
     if count < 1 or count > min(MAX_COUNT, MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE * max(len(payload), 1)):
@@ -257,13 +268,19 @@ def pack_near_lossless(fingerprint: bytes, geometry: tuple[int, int, int], count
     if not 0 <= level <= MAX_QUALITY_INDEX or (level and count > 1):
         raise ValueError(f"level {level} does not fit a near-lossless container of {count} images")
     multi = count > 1
-    parts = [bytes([MAGIC, NEAR_LOSSLESS_VERSION << VERSION_SHIFT | MODE_NEAR_LOSSLESS << MODE_SHIFT
+    version = EXACT_VERSION if exact else NEAR_LOSSLESS_VERSION
+    parts = [bytes([MAGIC, version << VERSION_SHIFT | MODE_NEAR_LOSSLESS << MODE_SHIFT
                     | (MULTI_BIT if multi else 0), level << QUALITY_SHIFT | fingerprint_prefix(fingerprint)])]
     if multi:
         parts.append(encode_varint(count))
     parts += [bytes([max_error]), payload]
     body = b"".join(parts)
     return body + struct.pack(">I", checksum(body, fingerprint, geometry))
+
+
+def exact_tables(version: int) -> bool:
+    """True if a lossless or near-lossless container of ``version`` uses the exact table set."""
+    return version == EXACT_VERSION
 
 
 def read_header(data: bytes) -> tuple[Header, int]:
@@ -275,9 +292,9 @@ def read_header(data: bytes) -> tuple[Header, int]:
         raise ContainerError("not an edgevae container (.evz): wrong magic byte")
     version = data[1] >> VERSION_SHIFT
     if version not in VERSION_MODES:
-        if version > NEAR_LOSSLESS_VERSION:
+        if version > NEWEST_VERSION:
             raise ContainerError(f"container format version {version} is newer than this edgevae "
-                                 f"supports ({NEAR_LOSSLESS_VERSION}); upgrade edgevae")
+                                 f"supports ({NEWEST_VERSION}); upgrade edgevae")
         raise ContainerError(f"not an edgevae container (unknown format version {version})")
     if len(data) < MIN_BYTES:
         raise ContainerError(f"container is truncated ({len(data)} bytes, at least {MIN_BYTES} needed)")

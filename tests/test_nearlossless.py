@@ -269,7 +269,7 @@ def test_forged_fields_are_container_errors(codecs: dict[int, ev.NearLosslessCod
         codec.decompress(_recrc(forged, codec))
     # A later version than any this edgevae knows.
     with pytest.raises(ContainerError, match="newer than this edgevae"):
-        codec.decompress(body[:1] + bytes([3 << 4 | data[1] & 0x0F]) + data[2:])
+        codec.decompress(body[:1] + bytes([4 << 4 | data[1] & 0x0F]) + data[2:])
 
 
 # -- CLI ----------------------------------------------------------------------------------------------
