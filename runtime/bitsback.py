@@ -958,6 +958,39 @@ def decode(model: EdgeVAE, payload: bytes, count: int, progress: Progress | None
     return out.reshape((count, *shape))
 
 
+# -- near-lossless reconstruction of an integer bundle (exact) -----------------------------------
+
+#: The mixture cumulative M (0 .. 2**48) is shifted right by this before the integer
+#: reconstruction, so every product stays below 2**53 (JavaScript Numbers are exact).
+RECONSTRUCTION_SHIFT = 20
+
+
+def exact_reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, params: MixtureIndices) -> np.ndarray:
+    """Pixels uint8 (B, P) of bins [lower, upper] (integer levels (B, P)) under an integer bundle's
+    mixture: integers only, the same on every machine (docs/FORMAT.md §8.1).
+
+    With m(v) = (M(v + 1) >> 20) - (M(v) >> 20) the mixture's shifted mass of level v (M of
+    :meth:`_Likelihood._mixture_cumulative`, exact table set) and den = sum of m over the bin:
+    the end level (0 if lower == 0, 255 if upper == 255) when den > 0 and 2 m(end) >= den; else
+    lower + floor((2 num + den) / (2 den)) with num = sum (v - lower) m(v) (den > 0), or
+    (lower + upper) // 2 (den == 0); then clamped to [max(upper - K, 0), min(lower + K, 255)].
+    """
+    likelihood = _Likelihood(params, tables(LATENT_BUCKET_BITS, True), binning(0))
+    lo, hi = lower.astype(np.int64), upper.astype(np.int64)
+    width = 2 * max_error + 1
+    offsets = np.arange(width + 1)
+    levels = np.minimum(lo[..., None] + offsets, hi[..., None] + 1)  # past the bin: repeat its end (mass 0)
+    m = np.diff(likelihood._mixture_cumulative(levels) >> RECONSTRUCTION_SHIFT, axis=-1)
+    den = m.sum(axis=-1)
+    num = (m * offsets[:-1]).sum(axis=-1)
+    safe = np.maximum(den, 1)
+    value = np.where(den > 0, lo + (2 * num + den) // (2 * safe), (lo + hi) // 2)
+    end_mass = np.where(lo == 0, m[..., 0], np.take_along_axis(m, (hi - lo)[..., None], axis=-1)[..., 0])
+    at_end = (den > 0) & ((lo == 0) | (hi == LEVELS - 1)) & (2 * end_mass >= den)
+    value = np.where(at_end, np.where(lo == 0, 0, LEVELS - 1), value)
+    return np.clip(value, np.maximum(hi - max_error, 0), np.minimum(lo + max_error, LEVELS - 1)).astype(np.uint8)
+
+
 # -- one image under a known latent (no bits back) ---------------------------------------------
 
 

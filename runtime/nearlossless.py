@@ -39,7 +39,7 @@ from edgevae.runtime import bitsback
 from edgevae.runtime import container as fmt
 from edgevae.runtime.container import decode_varint, encode_varint
 from edgevae.runtime.errors import ContainerError, InputError
-from edgevae.runtime.likelihood import interval_moments
+from edgevae.runtime.likelihood import MixtureIndices, interval_moments
 from edgevae.runtime.rangecode import decode_payloads, encode_payloads
 
 if TYPE_CHECKING:
@@ -60,10 +60,16 @@ def check_max_error(value: object) -> int:
     return int(value)
 
 
-def reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, params: MixtureParams) -> np.ndarray:
+def reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, params: MixtureParams | MixtureIndices) -> np.ndarray:
     """Pixels uint8 (B, C, H, W) of bins [lower, upper] (integer levels, (B, P), at most
     2 max_error + 1 levels each) under the likelihood ``params`` (B images): each pixel within
-    ``max_error`` of every level of its bin (the module docstring says why)."""
+    ``max_error`` of every level of its bin (the module docstring says why). An integer bundle's
+    ``params`` (MixtureIndices) are reconstructed with integers only (bitsback.exact_reconstruct)."""
+    if isinstance(params, MixtureIndices):
+        shape = params.mean_index.shape[:1] + params.mean_index.shape[2:]
+        lo = np.asarray(lower).reshape(shape[0], -1)
+        hi = np.asarray(upper).reshape(shape[0], -1)
+        return bitsback.exact_reconstruct(lo, hi, max_error, params).reshape(shape)
     shape = params.means.shape[:1] + params.means.shape[2:]
     lo, hi = lower.reshape(shape).astype(np.int64), upper.reshape(shape).astype(np.int64)
     k = max_error
@@ -76,6 +82,14 @@ def reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, params: Mi
     # level. Both matter: the estimate of a bin the model gives almost no mass can sit at its
     # edge, 255.5, and near the top lo + k passes 255 (255.5 rounded to 256 was cast to 0).
     return np.rint(np.clip(value, np.maximum(hi - k, 0), np.minimum(lo + k, bitsback.LEVELS - 1))).astype(np.uint8)
+
+
+def _likelihood(model: EdgeVAE, latents: np.ndarray) -> MixtureParams | MixtureIndices:
+    """The decoder's mixture at a lossy level's latents: an integer bundle's indices (the decoder
+    input floor(z * 256 + 0.5), z the exact dequantized latent), else the float parameters."""
+    if getattr(model, "integer", False):
+        return model.likelihood_indices(model.latent_indices(latents))
+    return model.likelihood(latents)
 
 
 def encode_many(model: EdgeVAE, images: np.ndarray, max_error: int, progress: Progress | None = None) -> bytes:
@@ -103,7 +117,7 @@ def encode_single(model: EdgeVAE, tables: CodecTables | None, images: np.ndarray
             for table in usable:
                 latents = table.latents(table.symbols(means)[1])  # exactly what the decoder rebuilds
                 heads = encode_payloads(table, means)
-                tails = bitsback.encode_known(model.likelihood(latents), batch, max_error)
+                tails = bitsback.encode_known(_likelihood(model, latents), batch, max_error)
                 for i, (head, tail) in enumerate(zip(heads, tails)):
                     payload = encode_varint(len(head)) + head + tail
                     if best[i] is None or len(payload) < len(best[i][1]):  # type: ignore[index]
@@ -136,7 +150,7 @@ def decode(model: EdgeVAE, tables: CodecTables | None, header: fmt.Header, paylo
     if pos + length > len(data):
         raise ContainerError("container is damaged or truncated (latent longer than the payload)")
     latents = decode_payloads(table, [data[pos : pos + length]])
-    params = model.likelihood(latents)
+    params = _likelihood(model, latents)
     lower, upper = bitsback.decode_known(params, [data[pos + length :]], header.max_error)
     if progress:
         progress(1)
