@@ -161,7 +161,8 @@ def bundle_text(bundle: Bundle, note_shipped: bool) -> str:
                            f"latents), sample's default; --prior normal for N(0, I)"
                            if bundle.prior_kind else "N(0, I) (no learned prior in this bundle)"),
         f"likelihood  {m['likelihood']['kind']}, {bundle.components} component{'s' if bundle.components != 1 else ''}",
-        f"precision   {bundle.precision}",
+        f"precision   {bundle.precision}" + (", integer arithmetic (lossless files use the exact tables: any engine "
+                                             "decodes them)" if bundle.arithmetic == "integer" else ""),
         f"trained by  {m.get('training', {}).get('command', 'unknown')}",
     ]
     if isinstance(m.get("novelty"), dict) and "threshold" in m["novelty"]:
