@@ -14,6 +14,7 @@ import pytest
 from edgevae.runtime import bitsback
 from edgevae.runtime import exact as E
 from edgevae.runtime.likelihood import MixtureIndices
+from test_exact_bundle import integer_bundle  # noqa: F401 (a fixture)
 
 FORMAT = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 BLOCK = re.compile(r"<!-- exact-example: (\w+) -->\s*```text\n(.*?)```", re.S)
@@ -34,7 +35,7 @@ def masses(floats: np.ndarray) -> list[int]:
 
 
 def test_every_example_block_is_checked() -> None:
-    assert set(blocks()) == {"tables", "renorm", "ans", "pixel", "posterior"}
+    assert set(blocks()) == {"tables", "renorm", "ans", "pixel", "posterior", "container"}
 
 
 def _table_value(key: str) -> object:
@@ -171,3 +172,70 @@ def test_posterior_example() -> None:
         got[f"F({i})"] = int(E.posterior_cdf(np.array([i]), np.array(512), np.array(1536), t.edges)[0])
     for key, value in blocks()["posterior"]:
         assert got[key] == ast.literal_eval(value), key
+
+
+# -- a real one-image container (the wrapped integer bundle of test_exact_bundle.py) -------------
+
+
+def example_image() -> np.ndarray:
+    """The example's image: 28 x 28, black, with a white square at rows and columns 8 .. 19."""
+    image = np.zeros((1, 1, 28, 28), np.uint8)
+    image[:, :, 8:20, 8:20] = 255
+    return image
+
+
+def container_example_lines(model) -> list[str]:
+    """FORMAT.md's container example: the container, its parsed fields, and the first symbols a
+    decoder pops, following §7.2 and §7.5 (tables from runtime/bitsback.py)."""
+    import constriction
+
+    from edgevae.runtime import container as fmt
+    from edgevae.runtime.codec import LosslessCodec
+
+    data = LosslessCodec(model).compress(example_image())
+    header, pos = fmt.read_header(data)
+    payload = data[pos:-4]
+    parsed = bitsback.read_payload_header(payload, 1)
+    t = bitsback.tables(parsed.bucket_bits, True)
+    raw = payload[parsed.data_offset:]
+    words = np.frombuffer(raw + b"\0" * (-len(raw) % 4), dtype="<u4").astype(np.uint32)
+    coder = constriction.stream.stack.AnsCoder(words)
+    family = constriction.stream.model.Categorical(perfect=False)
+    z = coder.decode(constriction.stream.model.Uniform(t.buckets // t.fine), model.latent_dim)
+    mix = model.likelihood_indices(t.group_centers[z][None])
+    likelihood = bitsback._Likelihood(mix, t)
+    k = coder.decode(family, likelihood.weights[0])
+    first = likelihood.chosen(k[None])
+    groups = likelihood.groups(first)
+    group = coder.decode(family, groups[0])
+    within = likelihood.within(first, group[None])
+    place = coder.decode(family, within[0])
+    return [
+        f"container = {data.hex(' ')}",
+        f"bytes = {len(data)}",
+        f"version = {header.version}",
+        f"mode = {header.mode}",
+        f"fingerprint prefix = {header.fingerprint_prefix}",
+        f"bucket bits = {parsed.bucket_bits}",
+        f"chains = {parsed.chains}",
+        f"pixel checksum = {parsed.checksum}",
+        f"chain words = {[int(w) for w in words]}",
+        f"latent groups z = {z.tolist()}",
+        f"decoder input = {t.group_centers[z].tolist()}",
+        f"pixel 0 logit indices = {mix.logit_index[0, :, 0, 0, 0].tolist()}",
+        f"pixel 0 mean indices = {mix.mean_index[0, :, 0, 0, 0].tolist()}",
+        f"pixel 0 log-scale indices = {mix.log_scale_index[0, :, 0, 0, 0].tolist()}",
+        f"pixel 0 weights = {masses(likelihood.weights[0, 0])}",
+        f"components k[0..7] = {k[:8].tolist()}",
+        f"pixel 0 stage 1 = {masses(groups[0, 0])}",
+        f"groups [0..7] = {group[:8].tolist()}",
+        f"places [0..7] = {place[:8].tolist()}",
+        f"empty after the pixels = {coder.is_empty()}",
+    ]
+
+
+def test_container_example(integer_bundle: Path) -> None:  # noqa: F811
+    from edgevae.runtime.model import load
+
+    lines = [f"{key} = {value}" for key, value in blocks()["container"]]
+    assert lines == container_example_lines(load(integer_bundle, threads=1))
