@@ -61,6 +61,13 @@ changes a table, and decoding diverges. That cannot yield silent wrong pixels: t
 stores a CRC-32 of the pixels (seeded with a fingerprint of the lookup tables) and every chain
 must end exactly empty, so a mismatch is a ContainerError.
 
+Integer bundles (model.json ``"arithmetic": "integer"``) code with the *exact table set*
+(runtime/exact.py; docs/FORMAT.md §7.3-§7.4; container version 3): their graphs return the grid
+indices themselves, identical on every engine, and every table is built from them by integer
+arithmetic and specified binary64 operations, so any machine and any implementation (web/)
+rebuilds the same tables, whatever the batching. Everything above about float outputs applies to
+float bundles (the float table set, versions 1 and 2), which keep their tables bit for bit.
+
 Payload layout (inside a lossless ``.evz`` container, which adds its own header and CRC)::
 
     u8        latent bucket bits b (LATENT_BUCKET_BITS; MIN_BUCKET_BITS..MAX_BUCKET_BITS accepted)
