@@ -425,7 +425,9 @@ def integer(source: str, run_dir: str, epochs: int, lr: float, batch_size: int, 
 
     config = IntegerConfig(source=source, epochs=epochs, lr=lr, batch_size=batch_size,
                            calibration_images=calibration_images, seed=seed)
-    metrics = train_integer(config, run_dir, data_dir=data_dir, resume=resume, progress=progress_bar,
+    # a bar on a terminal; a log line every 50 steps into a file (nohup runs are polled)
+    metrics = train_integer(config, run_dir, data_dir=data_dir, resume=resume,
+                            progress=progress_bar if sys.stderr.isatty() else None,
                             log=lambda line: echo(line, err=True))
     echo(f"done: {run_dir}/last.pt after epoch {metrics['epoch']}: negative ELBO {metrics['nelbo_bpd']:.4f} bits/dim "
          f"(test split, one sample per image)")

@@ -32,7 +32,7 @@ from edgevae.runtime.errors import BundleError, InputError, OutputError
 from edgevae.runtime.units import bits_per_dim
 from edgevae.training import likelihood
 from edgevae.training.integer import (IntegerVAE, check_graphs, decoder_graph, dequantize_mixture,
-                                      dequantize_posterior, encoder_graph, round_ste)
+                                      dequantize_posterior, encoder_graph, latent_indices, round_ste)
 from edgevae.training.model import gaussian_kl
 
 CHECKPOINT = "last.pt"
@@ -247,7 +247,8 @@ def graph_nelbo(folder: Path, images: np.ndarray, arithmetic: str, seed: int = E
                 threads: int = 1) -> dict[str, float]:
     """Negative ELBO in bits/dim of a bundle's graphs (ONNX Runtime, ``threads`` threads) on
     ``images``, one seeded posterior sample each (the same noise for a float and an integer
-    bundle), and the seconds the encoder and decoder took."""
+    bundle), the PSNR of ``pixels`` decoded from the posterior mean, and the seconds the encoder and
+    decoder (two calls per image: the sample and the mean) took."""
     from edgevae.runtime.model import new_session
 
     enc = new_session(folder / contract.ENCODER.file, threads=threads)
@@ -255,7 +256,7 @@ def graph_nelbo(folder: Path, images: np.ndarray, arithmetic: str, seed: int = E
     gen = torch.Generator().manual_seed(seed)
     latent = enc.get_outputs()[0].shape[1]
     eps = torch.randn(len(images), latent, generator=gen).numpy().astype(np.float64)
-    total, seconds = 0.0, {"encoder": 0.0, "decoder": 0.0}
+    total, seconds, psnr = 0.0, {"encoder": 0.0, "decoder": 0.0}, []
     for start in range(0, len(images), EVAL_BATCH):
         x = images[start : start + EVAL_BATCH]
         t = time.perf_counter()
@@ -266,8 +267,6 @@ def graph_nelbo(folder: Path, images: np.ndarray, arithmetic: str, seed: int = E
         mean, logvar = mean.astype(np.float64), logvar.astype(np.float64)
         z = mean + np.exp(0.5 * logvar) * eps[start : start + len(x)]
         if arithmetic == contract.ARITHMETIC_INTEGER:
-            from edgevae.training.integer import latent_indices
-
             feed = latent_indices(z).astype(np.int32)
         else:
             feed = z.astype(np.float32)
@@ -278,10 +277,19 @@ def graph_nelbo(folder: Path, images: np.ndarray, arithmetic: str, seed: int = E
             logits, means, scales = dequantize_mixture(logits.astype(np.float64), means.astype(np.float64),
                                                        scales.astype(np.float64))
         params = [torch.from_numpy(np.asarray(p, dtype=np.float64)) for p in (logits, means, scales)]
+        # the decoder's image of the posterior mean, for the PSNR
+        at_mean = latent_indices(mean).astype(np.int32) if arithmetic == contract.ARITHMETIC_INTEGER else \
+            mean.astype(np.float32)
+        t = time.perf_counter()
+        pixels = dec.run(None, {"latents": at_mean})[0]
+        seconds["decoder"] += time.perf_counter() - t
+        mse = ((pixels.astype(np.float64) - x) ** 2).reshape(len(x), -1).mean(1)
+        psnr.append(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10)))
         recon = -likelihood.log_prob(torch.from_numpy(x), *params).flatten(1).sum(1)
         kl = 0.5 * (mean ** 2 + np.exp(logvar) - 1.0 - logvar)
         total += float(recon.sum()) + float(kl.sum())
     return {"nelbo_bpd": bits_per_dim(total / len(images), int(np.prod(images.shape[1:]))),
+            "psnr_db": float(np.concatenate(psnr).mean()),
             "encoder_seconds": round(seconds["encoder"], 3), "decoder_seconds": round(seconds["decoder"], 3)}
 
 
@@ -347,14 +355,13 @@ def export_integer(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | 
         started = time.time()
         ours = graph_nelbo(staging, data.test, contract.ARITHMETIC_INTEGER)
         theirs = graph_nelbo(source.path, data.test, contract.ARITHMETIC_FLOAT)
-        psnr = float(metrics.get("psnr_db", 0.0))
         manifest["evaluation"] = {
             "images": len(data.test), "k": 1, "nelbo_bpd": ours["nelbo_bpd"], "iwae_bpd": ours["nelbo_bpd"],
-            "psnr_db": psnr, "seed": EVAL_SEED, "seconds": round(time.time() - started, 1),
+            "psnr_db": ours["psnr_db"], "seed": EVAL_SEED, "seconds": round(time.time() - started, 1),
             "data": data.name, "split": "test",
             "method": "one posterior sample per image through the exported graphs (ONNX Runtime, 1 thread); "
-                      "k = 1, so iwae_bpd is the negative ELBO; psnr_db: pixels of the sampled latents",
-            "source_nelbo_bpd": theirs["nelbo_bpd"],
+                      "k = 1, so iwae_bpd is the negative ELBO; psnr_db: pixels decoded from the posterior mean",
+            "source_nelbo_bpd": theirs["nelbo_bpd"], "source_psnr_db": theirs["psnr_db"],
             "seconds_one_thread": {"integer": {k: ours[k] for k in ("encoder_seconds", "decoder_seconds")},
                                    "source_float": {k: theirs[k] for k in ("encoder_seconds", "decoder_seconds")}},
         }
@@ -394,3 +401,37 @@ def _write_integer_codec_tables(folder: Path, manifest: dict[str, Any], train: n
     manifest["codec"] = {"file": TABLES_FILE, "sha256": sha256_bytes(content),
                          "qualities": [q["name"] for q in tables["qualities"]],
                          "default_quality": tables["default_quality"]}
+
+
+def time_graphs(folders: dict[str, Path], images: np.ndarray, batch: int = 64, repeats: int = 7,
+                threads: int = 1) -> dict[str, dict[str, float]]:
+    """Milliseconds per image of each bundle's encoder and decoder (ONNX Runtime, ``threads``
+    threads, ``batch`` images per call), the bundles timed in turn ``repeats`` times and the best
+    of each kept, so that a float and an integer bundle see the same machine load. Decoders get
+    the posterior means of ``images`` (int latents for integer bundles)."""
+    import json as _json
+
+    from edgevae.runtime.model import new_session
+
+    sessions, feeds = {}, {}
+    x = images[:batch]
+    for name, folder in folders.items():
+        arithmetic = _json.loads((Path(folder) / contract.MANIFEST_FILE).read_text()).get(
+            "arithmetic", contract.ARITHMETIC_FLOAT)
+        enc = new_session(Path(folder) / contract.ENCODER.file, threads=threads)
+        dec = new_session(Path(folder) / contract.DECODER.file, threads=threads)
+        mean = enc.run(None, {"images": x})[0]
+        if arithmetic == contract.ARITHMETIC_INTEGER:
+            latents = latent_indices(dequantize_posterior(mean.astype(np.float64), 0.0)[0]).astype(np.int32)
+        else:
+            latents = mean.astype(np.float32)
+        sessions[name], feeds[name] = (enc, dec), ({"images": x}, {"latents": latents})
+    best = {name: {"encoder_ms_per_image": math.inf, "decoder_ms_per_image": math.inf} for name in folders}
+    for _ in range(repeats):
+        for name in folders:
+            for session, feed, key in zip(sessions[name], feeds[name], ("encoder_ms_per_image", "decoder_ms_per_image")):
+                session.run(None, feed)  # warm
+                t = time.perf_counter()
+                session.run(None, feed)
+                best[name][key] = min(best[name][key], (time.perf_counter() - t) * 1000 / len(x))
+    return {name: {k: round(v, 4) for k, v in d.items()} for name, d in best.items()}
