@@ -423,8 +423,10 @@ def integer(source: str, run_dir: str, epochs: int, lr: float, batch_size: int, 
     """
     from edgevae.training.integer_run import IntegerConfig, train_integer
 
+    import torch
+
     config = IntegerConfig(source=source, epochs=epochs, lr=lr, batch_size=batch_size,
-                           calibration_images=calibration_images, seed=seed)
+                           calibration_images=calibration_images, seed=seed, threads=torch.get_num_threads())
     # a bar on a terminal; a log line every 50 steps into a file (nohup runs are polled)
     metrics = train_integer(config, run_dir, data_dir=data_dir, resume=resume,
                             progress=progress_bar if sys.stderr.isatty() else None,
