@@ -19,6 +19,7 @@ from edgevae.runtime.codec import LosslessCodec, NearLosslessCodec
 from edgevae.runtime.errors import ContainerError
 from edgevae.runtime.model import load
 from test_exact_bundle import FLOAT_BUNDLE, integer_bundle  # noqa: F401 (a fixture)
+from test_integer_training import float_bundle  # noqa: F401 (a fixture: a tiny trained float bundle)
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "tests" / "fixtures" / "release-0.2.0"
@@ -134,3 +135,38 @@ def test_many_images_round_trip_on_both_lanes(model) -> None:
     assert np.array_equal(codec.decompress(codec.compress(images)), images)
     near = NearLosslessCodec(model, 2)
     assert np.abs(near.decompress(near.compress(images)).astype(int) - images).max() <= 2
+
+
+@pytest.mark.slow
+def test_a_trained_integer_bundle_codes_every_mode(float_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """training/integer.py's export (true integer graphs, with codec.json) through every runtime mode:
+    lossless and near-lossless (multi, and single images on a quantized latent) are version 3, lossy
+    is version 1, and everything decodes."""
+    from click.testing import CliRunner
+
+    from edgevae.runtime.codec import Codec
+    from edgevae.training.cli import main
+
+    run, bundle = tmp_path / "run", tmp_path / "exact"
+    result = CliRunner().invoke(main, ["integer", str(float_bundle), "--epochs", "1", "--batch-size", "32",
+                                       "--calibration-images", "64", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["integer-export", str(run), "-o", str(bundle)])
+    assert result.exit_code == 0, result.output
+    model = load(bundle, threads=1)
+    assert model.integer
+    from conftest import synthetic_images
+
+    images = synthetic_images(40, 7)
+    lossless = LosslessCodec(model)
+    data = lossless.compress(images)
+    assert data[1] >> 4 == fmt.EXACT_VERSION and np.array_equal(lossless.decompress(data), images)
+    near = NearLosslessCodec(model, 3)
+    singles = near.compress_each(images[:3])
+    for data, want in [(near.compress(images), images)] + [(d, images[i : i + 1]) for i, d in enumerate(singles)]:
+        assert data[1] >> 4 == fmt.EXACT_VERSION
+        assert np.abs(near.decompress(data).astype(int) - want).max() <= 3
+    assert any(d[2] >> 4 for d in singles)  # a quantized latent (codec.json)
+    lossy = Codec(model)
+    data = lossy.compress(images[:4])
+    assert data[1] >> 4 == fmt.VERSION and lossy.decompress(data).shape == images[:4].shape
