@@ -578,7 +578,7 @@ def encoder_graph(network: IntegerNetwork, props: dict[str, str] | None = None) 
     *convs, mean_head, logvar_head = network.encoder
     for layer in convs:
         a = g.layer(layer, a)
-    a = g.node("Flatten", [a], "flat", axis=1)
+    a = g.node("Reshape", [a, g.const("flat", np.array([0, -1], np.int64))], "flat")
     for head, out in ((mean_head, spec.outputs[0]), (logvar_head, spec.outputs[1])):
         g.node("Cast", [g.layer(head, a)], outputs=[out.name], to=TensorProto.INT32)
     return g.model([_value_info(t, dims) for t in spec.inputs], [_value_info(t, dims) for t in spec.outputs],
@@ -615,7 +615,7 @@ def decoder_graph(network: IntegerNetwork, props: dict[str, str] | None = None) 
     mean = g.node("GatherElements", [means, heaviest], axis=1)
     half = g.const("half", np.array(contract.MEAN_SUBSTEPS // 2, np.int32))
     level = g.node("Div", [g.node("Add", [mean, half]), g.const("substeps", np.array(contract.MEAN_SUBSTEPS, np.int32))])
-    level = g.node("Squeeze", [level, g.const("axis1", np.array([1], np.int64))])
+    level = g.node("Reshape", [level, g.const("image", np.array([-1, c, h, w], np.int64))])
     g.node("Cast", [level], outputs=[names["pixels"]], to=TensorProto.UINT8)
     return g.model([_value_info(t, dims) for t in spec.inputs], [_value_info(t, dims) for t in spec.outputs],
                    "edgevae integer decoder: see model.json and training/integer.py", props or {})

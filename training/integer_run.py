@@ -333,7 +333,7 @@ def export_integer(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | 
     metrics = checkpoint["metrics"]
     manifest["training"] = {
         "command": config.command(),
-        "then": f"edgevae-train integer-export RUN_DIR -o {target.name}"
+        "then": f"edgevae-train integer-export RUN_DIR -o {Path(bundle_dir).as_posix()}"
                 + (f" --step-factors {','.join(f'{f:g}' for f in step_factors)}" if step_factors else ""),
         "kind": "integer network: post-training quantization of the source's float weights"
                 + (", then quantization-aware fine-tuning" if config.epochs else ""),
