@@ -511,7 +511,7 @@ def damage_container(kind: str, codec: C.Codec, multi: bytes, single: bytes) -> 
     if kind == "bad_magic":
         return b"\xef" + multi[1:], "wrong magic"
     if kind == "future_version":
-        return multi[:1] + bytes([0x30 | multi[1] & 0x0F]) + multi[2:], "version 3 is newer than this edgevae supports (2)"
+        return multi[:1] + bytes([0x40 | multi[1] & 0x0F]) + multi[2:], "version 4 is newer than this edgevae supports (3)"
     if kind == "version_zero":
         return multi[:1] + bytes([multi[1] & 0x0F]) + multi[2:], "unknown format version 0"
     if kind == "too_short":
