@@ -329,8 +329,8 @@ def _layers_of_graph(path: Any) -> tuple[list[IntegerLayer], list[bool], np.ndar
 
 
 def load_network(bundle_dir: Any) -> IntegerNetwork:
-    """The :class:`IntegerNetwork` of an integer bundle, read from its ONNX graphs (numpy and onnx
-    only, no torch): what a C program or a parity benchmark runs :func:`reference_encode` /
+    """The :class:`IntegerNetwork` of an integer bundle, read from its ONNX graphs alone (no run
+    folder or checkpoint): what a C program or a parity benchmark runs :func:`reference_encode` /
     :func:`reference_decode` with."""
     import json
     from pathlib import Path
