@@ -53,6 +53,12 @@ def test_graphs_equal_the_int64_reference_exactly(tmp_path: Path) -> None:
     network = model.network()
     folder = _write_graphs(network, tmp_path / "g")
     record = check_graphs(network, folder, synthetic_images(20, 1, SHAPE), model=model)
+    import onnx
+
+    graph = onnx.load(str(folder / "decoder.onnx")).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    bounds = [shapes[name] for node in graph.node if node.op_type == "Clip" for name in node.input[1:]]
+    assert bounds and all(shape == [] for shape in bounds)  # Clip's bounds must be scalars (the ONNX spec)
     assert record["max_abs_diff"] == 0 and record["torch_checked"] and record["worst_partial_sum"] < 2 ** 24
     # the edges, spelled out: all-0 and all-255 images, extreme latents
     images = np.stack([np.zeros(SHAPE, np.uint8), np.full(SHAPE, 255, np.uint8)])
@@ -145,6 +151,14 @@ def test_end_to_end_run_and_export(float_bundle: Path, tmp_path: Path) -> None:
     assert manifest["training"]["command"].startswith(f"edgevae-train integer {float_bundle}")
     assert "codec" in manifest and (bundle / "codec.json").is_file()
     network = load_run(run)[-1].network()
+    from edgevae.training.integer import load_network
+
+    read = load_network(bundle)  # the same network, read back from the graphs alone
+    assert read.upsample_before == network.upsample_before and np.array_equal(read.table, network.table)
+    for a, b in zip(read.layers(), network.layers(), strict=True):
+        assert (a.name, a.op, a.low, a.high, a.max_input, a.stride, a.padding) == \
+            (b.name, b.op, b.low, b.high, b.max_input, b.stride, b.padding)
+        assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("weight", "bias", "shift"))
     images = synthetic_images(5, 3)
     got = new_session(bundle / "encoder.onnx").run(None, {"images": images})
     assert all(np.array_equal(g, w) for g, w in zip(got, reference_encode(network, images)))

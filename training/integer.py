@@ -288,6 +288,66 @@ def reference_decode(network: IntegerNetwork, latents: np.ndarray) -> dict[str, 
             "mixture_log_scale_index": scales}
 
 
+def _layers_of_graph(path: Any) -> tuple[list[IntegerLayer], list[bool], np.ndarray | None]:
+    """The integer layers of one graph built by :func:`encoder_graph` / :func:`decoder_graph`, in
+    order, whether a Resize came before each, and the mean table if the graph has one."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    produced = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def constant(name: str) -> np.ndarray:
+        node = produced.get(name)
+        return inits[node.input[0] if node is not None and node.op_type == "Cast" else name]
+
+    layers, resized, pending, table = [], [], False, None
+    for node in graph.node:
+        if node.op_type == "Resize":
+            pending = True
+        elif node.op_type == "Gather":
+            table = constant(node.input[0]).astype(np.int64)
+        elif node.op_type in ("Conv", "Gemm"):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            mul = consumers[node.output[0]][0]
+            clip = consumers[mul.output[0]][0]
+            weight = constant(node.input[1]).astype(np.int64)
+            shift = -np.log2(inits[mul.input[1]].astype(np.float64).reshape(-1))
+            layers.append(IntegerLayer(
+                name=produced[node.input[1]].input[0].rsplit(".weight", 1)[0], op=node.op_type.lower(),
+                weight=weight, bias=constant(node.input[2]).astype(np.int64), shift=np.rint(shift).astype(np.int64),
+                low=int(inits[clip.input[1]].item()), high=int(inits[clip.input[2]].item()), max_input=ACTIVATION_MAX,
+                stride=int(attrs.get("strides", [1])[0]), padding=int(attrs.get("pads", [0])[0])))
+            resized.append(pending)
+            pending = False
+    return layers, resized, table
+
+
+def load_network(bundle_dir: Any) -> IntegerNetwork:
+    """The :class:`IntegerNetwork` of an integer bundle, read from its ONNX graphs alone (no run
+    folder or checkpoint): what a C program or a parity benchmark runs :func:`reference_encode` /
+    :func:`reference_decode` with."""
+    import json
+    from pathlib import Path
+
+    folder = Path(bundle_dir)
+    manifest = json.loads((folder / contract.MANIFEST_FILE).read_text())
+    if manifest.get("arithmetic") != contract.ARITHMETIC_INTEGER:
+        raise InputError(f"{folder}: not an integer bundle (model.json arithmetic)")
+    config = ModelConfig.from_dict(manifest["training"]["model_config"])
+    encoder, _, _ = _layers_of_graph(folder / contract.INTEGER_ENCODER.file)
+    decoder, resized, table = _layers_of_graph(folder / contract.INTEGER_DECODER.file)
+    encoder[0].max_input, decoder[0].max_input = IMAGE_MAX, LATENT_MAX
+    if table is None or len(encoder) < 3 or len(decoder) < 4:
+        raise InputError(f"{folder}: graphs are not integer graphs of training/integer.py")
+    return IntegerNetwork(config, encoder, decoder, resized[1:-3], table)
+
+
 # -- the torch form, for calibration and quantization-aware training ----------------------------
 
 def check_supported(config: ModelConfig) -> None:
@@ -505,7 +565,8 @@ class _Graph:
         from onnx import numpy_helper
 
         name = self.name(stem)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # np.array, not np.ascontiguousarray: that makes a 0-d scalar 1-d, and Clip wants scalar bounds
+        self.inits.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def node(self, op: str, inputs: list[str], stem: str | None = None, outputs: list[str] | None = None,
