@@ -128,18 +128,29 @@ export class Likelihood {
         for (let k = 0; k < components; k++) {
           const g = (b * components + k) * pixels + p;
           this.first[at + k] = exact.firstIndex(T, out.mean[g], out.logScale[g]);
-          const logit = out.logit[g];
+          const logit = exact.logitIndex(out.logit[g]);
           if (logit > top) {
             top = logit;
             heaviest = k;
           }
         }
-        for (let k = 0; k < components; k++) weights[k] = exact.weightOf(T, top - out.logit[(b * components + k) * pixels + p]);
+        for (let k = 0; k < components; k++) {
+          weights[k] = exact.weightOf(T, top - exact.logitIndex(out.logit[(b * components + k) * pixels + p]));
+        }
         exact.categorical(weights, components, masses);
         this.weightMass.set(masses, at);
-        this.prediction[b * pixels + p] = (out.mean[(b * components + heaviest) * pixels + p] + 16) >> 5;
+        const grid = Math.min(Math.max(out.mean[(b * components + heaviest) * pixels + p], 0), exact.MIXTURE_MEAN_RANGE[1]);
+        this.prediction[b * pixels + p] = (grid + 16) >> 5;
       }
     }
+  }
+
+  /** The mixture's cumulative M(v) = sum_k weight mass_k * C_k(v) of pixel `pixel` (b * P + p),
+   * v = 0 .. 256: 0 .. 2**48, exact. */
+  mixtureCdf(pixel, v) {
+    let m = 0;
+    for (let k = 0; k < this.K; k++) m += this.weightMass[pixel * this.K + k] * this.cdf(this.first[pixel * this.K + k], v);
+    return m;
   }
 
   /** C_k(v) for the component table at `first` (v = 0 .. 256). */
@@ -432,8 +443,8 @@ export function readPayloadHeader(payload, count, bins) {
 
 /**
  * The bins (Uint8Array count * P; the exact pixels when lossless) of a payload made by `encode`
- * with this model and maxError. `onDecoded(images, symbols, out)` sees each step's images and the
- * decoder's outputs at their latents (near-lossless reconstruction). ContainerError on damage.
+ * with this model and maxError. `onDecoded(images, symbols, L)` sees each step's images, their
+ * bins and the Likelihood at their latents (near-lossless reconstruction). ContainerError on damage.
  */
 export async function decode(model, payload, count, { maxError = 0, progress, onDecoded } = {}) {
   const bins = binning(maxError);
@@ -460,7 +471,7 @@ export async function decode(model, payload, count, { maxError = 0, progress, on
       const zs = stacks.map((coder) => Int32Array.from({ length: D }, () => coder.popUniform(n)));
       const latentIndex = new Int32Array(members.length * D);
       zs.forEach((z, j) => latentIndex.set(step === 0 ? T.groupLatents(z) : T.latents(z), j * D));
-      const { L, out: params } = await likelihoodOf(model, T, latentIndex, members.length, bins);
+      const { L } = await likelihoodOf(model, T, latentIndex, members.length, bins);
       const decoded = stacks.map((coder, j) => popPixels(coder, L, j));
       const symbolCount = D + P * (L.single ? 1 : 3);
       decoded.forEach(({ popped }, j) => {
@@ -472,7 +483,7 @@ export async function decode(model, payload, count, { maxError = 0, progress, on
         throw new ContainerError(`${kind} payload is damaged (its data ends long before its images do)`);
       }
       members.forEach((i, j) => out.set(decoded[j].symbols, i * P));
-      if (onDecoded) onDecoded(members, decoded.map((d) => d.symbols), params);
+      if (onDecoded) onDecoded(members, decoded.map((d) => d.symbols), L);
       if (step > 0) {
         const cum = new Float64Array(L.K + 1);
         if (!L.single) {

@@ -11,5 +11,6 @@ export { EdgeVAEError, InputError, BundleError, ContainerError } from "./errors.
 export { load, EdgeVAE, gaussian, defaultOrt } from "./model.js";
 export { readBundle, readManifest, shippedBundleFor, shippedBundleNames, Bundle } from "./bundle.js";
 export { Codec, parseTables, lookupQuality } from "./codec.js";
+export { ExactCodec } from "./lossless.js";
 export * as container from "./container.js";
 export * as rangecoder from "./rangecoder.js";

@@ -105,7 +105,7 @@ export class ExactCodec {
       table.latents(u, latents, 0);
       const head = table.encode(u);
       const out = await this.model.decodeIndices(latentIndices(latents));
-      const tail = encodeKnown(this.model, out, image, this.maxError);
+      const tail = encodeKnown(likelihoodOf(this.model, out), image, this.maxError);
       const payload = concat([Uint8Array.from(container.encodeVarint(head.length)), head, tail]);
       if (best === null || payload.length < best[1].length) best = [table.index + 1, payload];
     }
@@ -123,6 +123,20 @@ export class ExactCodec {
     }
     parsed.verify(this.fingerprint, this.model.imageShape);
     return parsed;
+  }
+
+  /** What a container says about itself, checked against this model (without decoding). */
+  describe(bytes) {
+    const parsed = container.parse(bytes);
+    const { header } = parsed;
+    const matches = header.fingerprintPrefix === container.fingerprintPrefix(this.fingerprint);
+    if (matches) parsed.verify(this.fingerprint, this.model.imageShape);
+    return {
+      bytes: parsed.data.length, version: header.version, mode: header.modeName, qualityIndex: header.quality,
+      quality: null, maxError: header.maxError || null,
+      count: header.count, payloadBytes: parsed.data.length - parsed.overheadBytes, overheadBytes: parsed.overheadBytes,
+      fingerprintPrefix: header.fingerprintPrefix.toString(16), modelMatches: matches,
+    };
   }
 
   /** The images (Uint8Array N*C*H*W) of a lossless or near-lossless container of this model. */
@@ -145,11 +159,11 @@ export class ExactCodec {
       pixels = new Uint8Array(header.count * size);
       await bitsback.decode(this.model, payload, header.count, {
         maxError: header.maxError, progress,
-        onDecoded: (members, symbols, out) => {
+        onDecoded: (members, symbols, L) => {
           members.forEach((i, j) => {
             const lower = Int32Array.from(symbols[j], (s) => bins.starts[s]);
             const upper = Int32Array.from(symbols[j], (s) => bins.ends[s]);
-            pixels.set(reconstruct(this.model, out, j, lower, upper, header.maxError), i * size);
+            pixels.set(exact.reconstructFrom(L, j, lower, upper, header.maxError), i * size);
           });
         },
       });
@@ -174,8 +188,9 @@ export class ExactCodec {
     if (pos + length > payload.length) throw new ContainerError("container is damaged or truncated (latent longer than the payload)");
     const latents = decodePayloads(table, [payload.subarray(pos, pos + length)]);
     const out = await this.model.decodeIndices(latentIndices(latents));
-    const [lower, upper] = decodeKnown(this.model, out, payload.subarray(pos + length), header.maxError);
-    return reconstruct(this.model, out, 0, lower, upper, header.maxError);
+    const L = likelihoodOf(this.model, out);
+    const [lower, upper] = decodeKnown(L, payload.subarray(pos + length), header.maxError);
+    return exact.reconstructFrom(L, 0, lower, upper, header.maxError);
   }
 }
 
@@ -212,15 +227,16 @@ export function pixelBins(prediction, maxError) {
   return { maxError, width, centre, firstBin, edges, bins: count, group: isqrt + 1 };
 }
 
+/** One image's Likelihood (lossless binning: the components' full tables) from decoder outputs. */
+function likelihoodOf(model, out) {
+  const T = exact.tables(bitsback.LATENT_BUCKET_BITS);
+  return new bitsback.Likelihood(T, out, 1, model.imageSize, model.components, bitsback.binning(0));
+}
+
 /** The whole mixture's table over runs between level edges: cumulative (n + 1) into `cum`. */
 function mixtureTable(L, pixel, levels, n, cum) {
   const raw = new Float64Array(n + 1);
-  for (let j = 0; j <= n; j++) {
-    const v = levels[j];
-    let m = 0;
-    for (let k = 0; k < L.K; k++) m += L.weightMass[pixel * L.K + k] * L.cdf(L.first[pixel * L.K + k], v);
-    raw[j] = m;
-  }
+  for (let j = 0; j <= n; j++) raw[j] = L.mixtureCdf(pixel, levels[j]);
   exact.fromCumulative(raw, n, cum);
 }
 
@@ -242,11 +258,10 @@ function twoStage(L, bins, p) {
 }
 
 /** One image's stream: the 16-bit check, then its bins under the mixture (two stages). */
-export function encodeKnown(model, out, image, maxError) {
-  const T = exact.tables(bitsback.LATENT_BUCKET_BITS);
-  const L = new bitsback.Likelihood(T, out, 1, model.imageSize, model.components, bitsback.binning(0));
+export function encodeKnown(L, image, maxError) {
+  const T = L.T;
   const bins = pixelBins(L.prediction, maxError);
-  const P = model.imageSize;
+  const P = L.P;
   const symbols = new Int32Array(P);
   const lower = new Uint8Array(P);
   for (let p = 0; p < P; p++) {
@@ -261,14 +276,13 @@ export function encodeKnown(model, out, image, maxError) {
   return concat([Uint8Array.of(check & 0xff, check >> 8), bitsback.wordsToBytes(coder.getCompressed(), true)]);
 }
 
-/** [lower, upper] levels (Int32Array P each) of a stream made by encodeKnown with the same outputs. */
-export function decodeKnown(model, out, stream, maxError) {
+/** [lower, upper] levels (Int32Array P each) of a stream made by encodeKnown under the same Likelihood. */
+export function decodeKnown(L, stream, maxError) {
   const kind = "near-lossless";
-  const T = exact.tables(bitsback.LATENT_BUCKET_BITS);
+  const T = L.T;
   if (stream.length < bitsback.KNOWN_CHECK_BYTES) throw new ContainerError(`${kind} payload is truncated (inside its check)`);
-  const L = new bitsback.Likelihood(T, out, 1, model.imageSize, model.components, bitsback.binning(0));
   const bins = pixelBins(L.prediction, maxError);
-  const P = model.imageSize;
+  const P = L.P;
   const coder = bitsback.stackOf(stream.subarray(bitsback.KNOWN_CHECK_BYTES), kind);
   const stages = Array.from({ length: P }, (_, p) => twoStage(L, bins, p));
   const group = Int32Array.from(stages, (s) => coder.popCumulative(s.stage1, 0, s.groups));
@@ -287,9 +301,4 @@ export function decodeKnown(model, out, stream, maxError) {
       "on a machine whose model arithmetic differs from this one's (see docs/FORMAT.md)");
   }
   return [lower, upper];
-}
-
-/** Pixels (Uint8Array P) of image b's bins [lower, upper] under the decoder outputs `out`. */
-export function reconstruct(model, out, b, lower, upper, maxError) {
-  return exact.reconstruct(model, out, b, lower, upper, maxError);
 }
