@@ -23,7 +23,7 @@ from edgevae.runtime import container as fmt
 from edgevae.runtime import contract
 from edgevae.runtime import load
 from edgevae.runtime.bundle import read_manifest, shipped_bundles
-from edgevae.runtime.codec import Codec, LosslessCodec
+from edgevae.runtime.codec import Codec, LosslessCodec, NearLosslessCodec
 from edgevae.runtime.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, 
     cases = [
         ("empty", b"", codec), ("one byte", b"\xee", codec), ("wrong magic", b"\x00" + multi[1:], codec),
         ("text", b"hello world, not a container", codec),
-        ("newer version", bytes([0xEE, 0x30]) + multi[2:], codec),
+        ("newer version", bytes([0xEE, 0x40]) + multi[2:], codec),
         ("old version", bytes([0xEE, 0x00]) + multi[2:], codec),
         ("truncated header", multi[:5], codec), ("truncated", multi[:-9], codec),
         ("reserved mode", _recrc(bytes([0xEE, multi[1] | 0x0C]) + body[2:], fp), codec),
@@ -309,6 +309,130 @@ def test_damaged_containers_give_the_same_errors(name: str, images: np.ndarray, 
     assert any("AssertionError" in k or "out of range" in k for k in kinds), kinds
 
 
+# -- lossless and near-lossless containers of an integer bundle (exact tables) --------------------
+
+#: The shipped integer bundle (model.json "arithmetic": "integer"), when it exists.
+EXACT_BUNDLE = ROOT / "exported" / "fashion-mnist-exact"
+#: Maximum errors of the near-lossless parity containers.
+EXACT_MAX_ERRORS = (1, 4, 32)
+
+
+@pytest.fixture(scope="module")
+def integer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped integer bundle; until it ships, the float fashion-mnist's graphs wrapped in the
+    integer contract (tests/test_exact_bundle.py): the same coders and tables, float inside."""
+    if (EXACT_BUNDLE / "model.json").is_file():
+        return EXACT_BUNDLE
+    from test_exact_bundle import wrap_integer_bundle
+
+    return wrap_integer_bundle(ROOT / "exported" / "fashion-mnist", tmp_path_factory.mktemp("integer") / "fashion-mnist-exact")
+
+
+def _exact_cases(model, images: np.ndarray) -> list[dict]:
+    """Python's lossless and near-lossless containers of an integer bundle: every image in one file,
+    one image alone, and single-image files (compress_each) of three images."""
+    cases = [{"label": "lossless", "codec": LosslessCodec(model), "images": images},
+             {"label": "lossless one", "codec": LosslessCodec(model), "images": images[:1]}]
+    for k in EXACT_MAX_ERRORS:
+        codec = NearLosslessCodec(model, max_error=k)
+        cases.append({"label": f"near-lossless K={k}", "codec": codec, "images": images, "max_error": k})
+    codec = NearLosslessCodec(model, max_error=4)
+    cases.append({"label": "near-lossless K=4 split", "codec": codec, "images": images[:3], "max_error": 4, "split": True})
+    for case in cases:
+        codec, batch = case["codec"], case["images"]
+        case["python"] = codec.compress_each(batch) if case.get("split") else [codec.compress(batch)]
+        case["pixels"] = [codec.decompress(data) for data in case["python"]]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def exact_parity(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Node decodes Python's lossless / near-lossless containers of the integer bundle and writes
+    its own from the same images; returns both sides."""
+    work = tmp_path_factory.mktemp("exact")
+    cases = _exact_cases(load(integer_bundle, threads=1), images)
+    jobs = []
+    for n, case in enumerate(cases):
+        np.save(work / f"{n}.npy", case["images"])
+        case["js_pixels"], case["js_containers"] = [], []
+        for j, data in enumerate(case["python"]):
+            (work / f"{n}-{j}.evz").write_bytes(data)
+            jobs.append({"op": "decode", "bundle": str(integer_bundle), "container": str(work / f"{n}-{j}.evz"),
+                         "out": str(work / f"{n}-{j}.js.npy")})
+            case["js_pixels"].append(work / f"{n}-{j}.js.npy")
+        split = bool(case.get("split"))
+        jobs.append({"op": "encode", "bundle": str(integer_bundle), "images": str(work / f"{n}.npy"), "quality": None,
+                     "lossless": "max_error" not in case, "max_error": case.get("max_error"), "split": split,
+                     "out": str(work / f"{n}.js.evz")})
+        case["js_containers"] = ([work / f"{n}.js.evz.{j}" for j in range(len(case["python"]))] if split
+                                 else [work / f"{n}.js.evz"])
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", work / "jobs.json", work / "results.json", timeout=900)
+    results = json.loads((work / "results.json").read_text())
+    assert all(r["error"] is None for r in results), [r for r in results if r["error"]]
+    return {"cases": cases, "bundle": integer_bundle}
+
+
+def test_node_decodes_python_lossless_and_near_lossless_of_an_integer_bundle(exact_parity: dict) -> None:
+    """0 pixels differ between Node's and Python's decoding; lossless gives the input back, and
+    near-lossless keeps every pixel within its K."""
+    for case in exact_parity["cases"]:
+        batch = case["images"]
+        for j, (want, got_path) in enumerate(zip(case["pixels"], case["js_pixels"])):
+            got = np.load(got_path)
+            assert got.shape == want.shape and int((got != want).sum()) == 0, f"{case['label']} #{j}: pixels differ"
+            original = batch[j : j + 1] if case.get("split") else batch
+            error = int(np.abs(got.astype(int) - original.astype(int)).max())
+            assert error <= case.get("max_error", 0), f"{case['label']}: max error {error}"
+
+
+def test_node_writes_python_bytes_for_an_integer_bundle(exact_parity: dict) -> None:
+    """Node's lossless and near-lossless containers of the same images are byte-identical to Python's."""
+    for case in exact_parity["cases"]:
+        for want, got_path in zip(case["python"], case["js_containers"]):
+            assert got_path.read_bytes() == want, f"{case['label']}: Node's container differs from Python's"
+
+
+def test_float_bundles_lossless_files_stay_python_only(images: np.ndarray, tmp_path: Path) -> None:
+    """A float bundle's lossless (version 1) and near-lossless (version 2) files are refused by name;
+    so is writing them in JavaScript."""
+    model = load(shipped_bundles()["fashion-mnist"], threads=1)
+    files = {"lossless containers (mode 1) are decoded by Python edgevae only": LosslessCodec(model).compress(images[:2]),
+             "near-lossless containers (mode 2) are decoded by Python edgevae only":
+                 NearLosslessCodec(model, max_error=4).compress(images[:2])}
+    jobs = []
+    for i, data in enumerate(files.values()):
+        (tmp_path / f"{i}.evz").write_bytes(data)
+        jobs.append({"op": "decode", "bundle": str(shipped_bundles()["fashion-mnist"]), "container": str(tmp_path / f"{i}.evz"),
+                     "out": str(tmp_path / f"{i}.npy")})
+    np.save(tmp_path / "two.npy", images[:2])
+    jobs.append({"op": "encode", "bundle": str(shipped_bundles()["fashion-mnist"]), "images": str(tmp_path / "two.npy"),
+                 "quality": None, "lossless": True, "out": str(tmp_path / "x.evz")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json")
+    results = json.loads((tmp_path / "results.json").read_text())
+    for message, result in zip(files, results):
+        assert result["error"] and message in result["error"], result
+    assert "computes in floating point" in results[-1]["error"] and "integer bundle" in results[-1]["error"]
+
+
+def test_javascript_exact_tables_and_ans_coder_match_python() -> None:
+    """web/test/exact.test.mjs and ans.test.mjs: the exact table set (vectors made by the reference,
+    runtime/exact.py) and the ANS coder (vectors made by constriction) in JavaScript."""
+    result = run_node("--test", WEB / "test" / "exact.test.mjs", WEB / "test" / "ans.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
+def test_exact_vectors_are_the_references_own() -> None:
+    """The committed vectors are what runtime/exact.py makes today (a change there must update them)."""
+    from edgevae.runtime import exact
+
+    vectors = json.loads((WEB / "test" / "exact-vectors.json").read_text())
+    assert vectors["fingerprints"]["16"] == exact.fingerprint(16)
+    assert vectors["table_crcs"] == exact.table_crcs(16)
+
+
 # -- the Node command line ----------------------------------------------------------------------
 
 
@@ -387,6 +511,34 @@ def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarra
     assert not list(tmp_path.glob("*.partial-*"))
     help_text = evz("--help")
     assert help_text.returncode == 0 and "compress IN.npy OUT.evz" in help_text.stdout and "decompress IN.evz" in help_text.stdout
+
+
+def test_cli_lossless_and_near_lossless_of_an_integer_bundle(images: np.ndarray, integer_bundle: Path, tmp_path: Path) -> None:
+    """evz compress --lossless / --max-error K with an integer bundle writes Python's bytes; decompress
+    gives Python's pixels; options that do not go together, and a float bundle, are one-line errors."""
+    np.save(tmp_path / "in.npy", images[:40])
+    model = load(integer_bundle, threads=1)
+    for flags, codec in ((["--lossless"], LosslessCodec(model)), (["--max-error", "4"], NearLosslessCodec(model, max_error=4))):
+        out = tmp_path / f"{flags[0][2:]}.evz"
+        result = evz("compress", tmp_path / "in.npy", out, "--bundle", integer_bundle, *flags)
+        assert result.returncode == 0, result.stderr
+        data = codec.compress(images[:40])
+        assert out.read_bytes() == data
+        result = evz("decompress", out, tmp_path / f"{flags[0][2:]}.npy", "--bundle", integer_bundle)
+        assert result.returncode == 0, result.stderr
+        assert np.array_equal(np.load(tmp_path / f"{flags[0][2:]}.npy"), codec.decompress(data))
+    for args, message in (
+        (["--lossless", "--quality", "high"], "--quality does not apply to --lossless"),
+        (["--max-error", "4", "--lossless"], "--max-error does not combine with --lossless"),
+        (["--max-error", "0"], "max error must be an integer from 1 to 32"),
+        (["--max-error", "x"], "max error must be an integer from 1 to 32"),
+    ):
+        result = evz("compress", tmp_path / "in.npy", tmp_path / "bad.evz", "--bundle", integer_bundle, *args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert not (tmp_path / "bad.evz").exists()
+    result = evz("compress", tmp_path / "in.npy", tmp_path / "bad.evz", "--bundle", "fashion-mnist", "--lossless")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "computes in floating point" in result.stderr
+    assert "--lossless" in evz("--help").stdout and "--max-error K" in evz("--help").stdout
 
 
 def test_format_md_worked_examples_in_javascript() -> None:

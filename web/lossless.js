@@ -8,7 +8,7 @@ import * as bitsback from "./bitsback.js";
 import * as exact from "./exact.js";
 import { AnsCoder } from "./ans.js";
 import { ContainerError, InputError } from "./errors.js";
-import { decodePayloads, lookupQuality } from "./codec.js";
+import { checkTableSet, decodePayloads } from "./codec.js";
 import { latentIndices } from "./model.js";
 
 const { LEVELS } = bitsback;
@@ -143,9 +143,10 @@ export class ExactCodec {
   async decompress(bytes, { indices, progress } = {}) {
     const parsed = this.open(bytes);
     const { header } = parsed;
-    if (header.version !== container.EXACT_VERSION || header.mode === container.MODE_LOSSY) {
-      throw new ContainerError(`not a lossless or near-lossless container of an integer bundle (version ${header.version}, ${header.modeName})`);
+    if (header.mode === container.MODE_LOSSY) {
+      throw new InputError("a lossy container: decode it with the lossy codec (Codec), not ExactCodec");
     }
+    checkTableSet(header, this.model);
     if (header.mode === container.MODE_LOSSLESS && header.quality !== 0) {
       throw new ContainerError(`container is damaged (quality index ${header.quality} in a lossless container)`);
     }
