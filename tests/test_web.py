@@ -319,8 +319,11 @@ EXACT_MAX_ERRORS = (1, 4, 32)
 
 @pytest.fixture(scope="module")
 def integer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped integer bundle; until it ships, the float fashion-mnist's graphs wrapped in the
-    integer contract (tests/test_exact_bundle.py): the same coders and tables, float inside."""
+    """$EDGEVAE_TEST_INTEGER_BUNDLE, else the shipped integer bundle; until it ships, the float
+    fashion-mnist's graphs wrapped in the integer contract (tests/test_exact_bundle.py): the same
+    coders and tables, float inside."""
+    if os.environ.get("EDGEVAE_TEST_INTEGER_BUNDLE"):
+        return Path(os.environ["EDGEVAE_TEST_INTEGER_BUNDLE"])
     if (EXACT_BUNDLE / "model.json").is_file():
         return EXACT_BUNDLE
     from test_exact_bundle import wrap_integer_bundle

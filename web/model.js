@@ -84,7 +84,7 @@ export class EdgeVAE {
   async encode(pixels) {
     if (this.integer) {
       const { meanIndex, logvarIndex } = await this.encodeIndices(pixels);
-      return { mean: meanIndex.map((i) => i / 1024), logvar: logvarIndex.map((i) => -24 + i / 64) };
+      return { mean: Float32Array.from(meanIndex, (i) => i / 1024), logvar: Float32Array.from(logvarIndex, (i) => -24 + i / 64) };
     }
     const { data, count } = this.checkImages(pixels);
     if (count === 0) return { mean: new Float32Array(0), logvar: new Float32Array(0) };
@@ -93,7 +93,8 @@ export class EdgeVAE {
     return { mean: Float32Array.from(out.mean.data), logvar: Float32Array.from(out.logvar.data) };
   }
 
-  /** An integer bundle's encoder outputs: {meanIndex, logvarIndex}, Int32Array N*D each. */
+  /** An integer bundle's encoder outputs: {meanIndex, logvarIndex}, Int32Array N*D each, clamped to
+   * the contract's ranges (as Python's encode_indices). */
   async encodeIndices(pixels) {
     if (!this.integer) throw new InputError(`${this.bundle.name} is not an integer bundle`);
     const { data, count } = this.checkImages(pixels);
@@ -101,20 +102,20 @@ export class EdgeVAE {
     if (count === 0) return { meanIndex: new Int32Array(0), logvarIndex: new Int32Array(0) };
     const images = new this.ort.Tensor("uint8", data, [count, ...this.imageShape]);
     const out = await this.encoder.run({ images });
-    return { meanIndex: Int32Array.from(out.mean_index.data), logvarIndex: Int32Array.from(out.logvar_index.data), count, dim };
+    return { meanIndex: clamped(out.mean_index.data, -8192, 8192), logvarIndex: clamped(out.logvar_index.data, 0, 2048), count, dim };
   }
 
   /** An integer bundle's decoder outputs for latent indices (N*D int32, z = i / 2**8):
    * {pixels Uint8Array N*C*H*W, logit, mean, logScale: Int32Array N*K*C*H*W grid indices}. */
   async decodeIndices(latentIndex) {
     if (!this.integer) throw new InputError(`${this.bundle.name} is not an integer bundle`);
-    const z = Int32Array.from(latentIndex);
+    const z = clamped(latentIndex, -2048, 2048);
     if (z.length % this.latentDim !== 0) throw new InputError(`latents must be N x ${this.latentDim} values, got ${z.length}`);
     const tensor = new this.ort.Tensor("int32", z, [z.length / this.latentDim, this.latentDim]);
     const out = await this.decoder.run({ latents: tensor });
     return {
-      pixels: Uint8Array.from(out.pixels.data), logit: Int32Array.from(out.mixture_logit_index.data),
-      mean: Int32Array.from(out.mixture_mean_index.data), logScale: Int32Array.from(out.mixture_log_scale_index.data),
+      pixels: Uint8Array.from(out.pixels.data), logit: clamped(out.mixture_logit_index.data, -512, 512),
+      mean: clamped(out.mixture_mean_index.data, 0, 8160), logScale: clamped(out.mixture_log_scale_index.data, 0, 128),
     };
   }
 
@@ -189,6 +190,9 @@ export class EdgeVAE {
     return this.decode(await this.interpolationLatents(a, b, steps));
   }
 }
+
+/** Int32Array of integer values clamped to [lo, hi] (the integer contract's ranges, runtime/contract.py). */
+const clamped = (values, lo, hi) => Int32Array.from(values, (v) => Math.min(Math.max(v, lo), hi));
 
 /** An integer decoder's input for latents z (float): floor(z * 2**8 + 0.5) clamped to +-2048, in
  * binary64 (the lossy rule of the integer contract; z = k * step is exact, so k * step * 256 is too). */
