@@ -602,11 +602,38 @@ def _translucent_images(folder: Path) -> tuple[Path, Path]:
     return same, other
 
 
+def _page_exact_jobs(integer_bundle: Path, images: np.ndarray, work: Path) -> tuple[dict, list[dict]]:
+    """Spec entries and Python's results for the page's integer-bundle checks: lossless and
+    near-lossless files decoded and written in the page, one opened through its file input (the
+    bundle is served as ../exported/fashion-mnist-exact/ if it is not there already)."""
+    model = load(integer_bundle, threads=1)
+    url = "/exported/fashion-mnist-exact/"
+    mounts = {} if integer_bundle.resolve() == EXACT_BUNDLE.resolve() else {url: str(integer_bundle)}
+    batch = images[:64]
+    batch.tofile(work / "exact-images.raw")
+    images[:1].tofile(work / "exact-one.raw")
+    jobs, expected = [], []
+    for label, codec, data_images, raw, k in (
+        ("lossless", LosslessCodec(model), batch, "exact-images.raw", None),
+        ("near-lossless K=4", NearLosslessCodec(model, max_error=4), batch, "exact-images.raw", 4),
+        ("near-lossless K=4 one image", NearLosslessCodec(model, max_error=4), images[:1], "exact-one.raw", 4),
+    ):
+        data = codec.compress(data_images)
+        path = work / f"exact-{len(jobs)}.evz"
+        path.write_bytes(data)
+        jobs.append({"bundle": url, "container": str(path), "images": str(work / raw), "max_error": k})
+        expected.append({"label": label, "container": data, "pixels": codec.decompress(data)})
+    spec = {"mounts": mounts, "exact": jobs, "opened_exact": [jobs[0]["container"]]}
+    return spec, expected
+
+
 @pytest.fixture(scope="module")
-def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def page_run(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Load the page in headless Chromium, use every panel, and decode/compress in it the images
-    every codec bundle's default quality codes here (the WASM parity figures)."""
+    every codec bundle's default quality codes here (the WASM parity figures), and an integer
+    bundle's lossless and near-lossless files."""
     work = tmp_path_factory.mktemp("page")
+    exact_spec, exact_expected = _page_exact_jobs(integer_bundle, images, work)
     codecs = {name: Codec(load(shipped_bundles()[name], threads=1)) for name in CODEC_BUNDLES}
     opened = codecs["fashion-mnist-codec"].compress(images[:40], quality="high")
     (work / "opened.evz").write_bytes(opened)
@@ -621,11 +648,18 @@ def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> di
     screenshot = ROOT / "docs" / "img" / "web.png" if os.environ.get("EDGEVAE_UPDATE_SCREENSHOT") else work / "web.png"
     spec = {"chromium": chromium_bin(), "image": str(ROOT / "examples" / "sneaker.png"),
             "container": str(work / "opened.evz"), "bulk": bulk, "screenshot": str(screenshot),
-            "translucent": [str(p) for p in _translucent_images(work)]}
+            "translucent": [str(p) for p in _translucent_images(work)], **exact_spec}
     (work / "spec.json").write_text(json.dumps(spec))
     run_node(WEB / "test" / "page.mjs", work / "spec.json", work / "result.json", timeout=600)
     result = json.loads((work / "result.json").read_text())
-    return {"result": result, "expected": expected, "opened": opened, "codecs": codecs, "screenshot": screenshot}
+    return {"result": result, "expected": expected, "opened": opened, "codecs": codecs, "screenshot": screenshot,
+            "exact_expected": exact_expected, "stand_in": _is_stand_in(integer_bundle)}
+
+
+def _is_stand_in(bundle: Path) -> bool:
+    """True for the wrapped float bundle (float arithmetic inside: WASM may round an output the other
+    way, and then a file must fail its checks, never decode to other pixels)."""
+    return not os.environ.get("EDGEVAE_TEST_INTEGER_BUNDLE") and bundle.resolve() != EXACT_BUNDLE.resolve()
 
 
 def _pixel_differences(got: np.ndarray, want: np.ndarray) -> tuple[int, int]:
@@ -669,6 +703,33 @@ def test_page_round_trip_gives_python_bytes_and_pixels(page_run: dict) -> None:
     differing, largest = _pixel_differences(opened, want)
     assert result["open"]["bundle"] == "fashion-mnist-codec" and len(opened) == len(want)
     assert largest <= WASM_MAX_PIXEL_DIFFERENCE and differing <= WASM_MAX_DIFFERING_FRACTION * len(want) + 2
+
+
+@pytest.mark.slow
+def test_page_decodes_and_writes_integer_bundle_lossless_files_exactly(page_run: dict, capsys: pytest.CaptureFixture) -> None:
+    """Chromium (onnxruntime-web, WASM) against Python on an integer bundle's lossless and
+    near-lossless files: 0 pixels differ and the page writes Python's bytes; the page's file input
+    opens such a file. (The float stand-in bundle may instead fail a file's checks, never differ.)"""
+    result = page_run["result"]
+    lines = []
+    for got, want in zip(result["exact"], page_run["exact_expected"]):
+        if got["error"] is not None:
+            assert page_run["stand_in"], f"{want['label']}: {got['error']}"
+            assert "checksum" in got["error"] or "check:" in got["error"] or "did not end" in got["error"], got["error"]
+            lines.append(f"{want['label']}: refused by its checks (float stand-in bundle): {got['error']}")
+            continue
+        pixels = np.array(got["pixels"], np.uint8)
+        differing, _ = _pixel_differences(pixels, want["pixels"].ravel())
+        same = bytes(got["container"]) == want["container"]
+        lines.append(f"{want['label']}: {differing} of {pixels.size} pixels differ, container byte-identical: {same}")
+        assert differing == 0, lines[-1]
+        assert same or page_run["stand_in"], lines[-1]
+    opened = result["openedExact"][0]
+    want = page_run["exact_expected"][0]
+    assert opened["mode"] == "lossless" and "lossless" in opened["summary"], opened["summary"]
+    assert np.array_equal(np.array(opened["pixels"], np.uint8), want["pixels"].ravel()) or page_run["stand_in"]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
 
 
 @pytest.mark.slow
