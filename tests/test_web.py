@@ -427,6 +427,14 @@ def test_javascript_exact_tables_and_ans_coder_match_python() -> None:
     assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
 
 
+def test_format_md_exact_examples_in_javascript() -> None:
+    """FORMAT.md §7.8's worked examples (tables, renorm, the ANS walk, one pixel, one latent
+    dimension) recomputed by web/: the spec alone is enough to build the exact set."""
+    result = run_node("--test", WEB / "test" / "format-exact.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
 def test_exact_vectors_are_the_references_own() -> None:
     """The committed vectors are what runtime/exact.py makes today (a change there must update them)."""
     from edgevae.runtime import exact

@@ -172,6 +172,11 @@ function int64Bytes(values) {
   return out;
 }
 
+/** CRC-32 (initial value 0) of a table's canonical little-endian bytes (`width` 4: int32, 8: int64). */
+export function tableCrc(values, width = 4) {
+  return crc32(width === 8 ? int64Bytes(values) : int32Bytes(values));
+}
+
 const cache = new Map();
 let shared = null;
 
