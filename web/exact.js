@@ -322,15 +322,38 @@ export class Posterior {
     return out;
   }
 
+  /** The cumulative F at edges first, first + step, ... (n + 1 of them) of latent j into raw. */
+  _fill(j, first, step, n) {
+    const { edges, phi, buckets } = this.T;
+    const mu = this.mu[j];
+    const s = this.s[j];
+    const raw = this.raw;
+    const bottom = phi[0];
+    const top = phi[PHI_CELLS];
+    for (let t = 0; t <= n; t++) {
+      const i = first + t * step;
+      if (i <= 0) raw[t] = bottom;
+      else if (i >= buckets) raw[t] = top;
+      else {
+        let x = Math.floor(((edges[i - 1] - mu) * s) / 1048576) + POSITION_ORIGIN;
+        if (x <= 0) raw[t] = bottom;
+        else if (x >= POSITION_END) raw[t] = top;
+        else {
+          const c = x >>> 8; // x < 2**25: c <= PHI_CELLS - 1
+          const a = phi[c];
+          raw[t] = a + Math.floor(((phi[c + 1] - a) * (x - (c << 8))) / 256);
+        }
+      }
+    }
+  }
+
   groupTable(b, d, cum) {
-    const j = b * this.D + d;
-    for (let g = 0; g <= this.groups; g++) this.raw[g] = this.cdf(j, g * this.fine);
+    this._fill(b * this.D + d, 0, this.fine, this.groups);
     fromCumulative(this.raw, this.groups, cum);
   }
 
   withinTable(b, d, group, cum) {
-    const j = b * this.D + d;
-    for (let i = 0; i <= this.fine; i++) this.raw[i] = this.cdf(j, group * this.fine + i);
+    this._fill(b * this.D + d, group * this.fine, 1, this.fine);
     fromCumulative(this.raw, this.fine, cum);
   }
 }

@@ -192,7 +192,14 @@ export class EdgeVAE {
 }
 
 /** Int32Array of integer values clamped to [lo, hi] (the integer contract's ranges, runtime/contract.py). */
-const clamped = (values, lo, hi) => Int32Array.from(values, (v) => Math.min(Math.max(v, lo), hi));
+function clamped(values, lo, hi) {
+  const out = new Int32Array(values.length);
+  for (let i = 0; i < out.length; i++) {
+    const v = values[i];
+    out[i] = v < lo ? lo : v > hi ? hi : v;
+  }
+  return out;
+}
 
 /** An integer decoder's input for latents z (float): floor(z * 2**8 + 0.5) clamped to +-2048, in
  * binary64 (the lossy rule of the integer contract; z = k * step is exact, so k * step * 256 is too). */
