@@ -96,10 +96,18 @@ try {
   }
   result.openedExact = [];
   for (const file of spec.opened_exact ?? []) {
+    const before = await page.textContent("#status");
     await page.setInputFiles("#open-file", file);
     const name = file.split("/").pop();
-    await page.waitForFunction((n) => window.edgevaePage.last.open?.name === n, name, { timeout: 120000 });
-    result.openedExact.push({ ...(await grab("open")), summary: await page.textContent("#open-summary") });
+    // decoded (its name shows up), or refused (the status changes to an error)
+    await page.waitForFunction(({ n, b }) => window.edgevaePage.last.open?.name === n ||
+      (document.getElementById("status").classList.contains("error") && document.getElementById("status").textContent !== b),
+    { n: name, b: before }, { timeout: 120000 });
+    if (await page.evaluate((n) => window.edgevaePage.last.open?.name === n, name)) {
+      result.openedExact.push({ ...(await grab("open")), summary: await page.textContent("#open-summary"), error: null });
+    } else {
+      result.openedExact.push({ error: await page.textContent("#status") });
+    }
   }
   if (spec.screenshot) {
     await page.evaluate(() => window.scrollTo(0, 0));
