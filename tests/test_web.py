@@ -396,6 +396,66 @@ def test_node_writes_python_bytes_for_an_integer_bundle(exact_parity: dict) -> N
             assert got_path.read_bytes() == want, f"{case['label']}: Node's container differs from Python's"
 
 
+def _damaged_exact(model, images: np.ndarray) -> list[tuple[str, bytes]]:
+    """Named damaged lossless / near-lossless containers of an integer bundle (valid CRC unless named)."""
+    fp = model.bundle.fingerprint
+    recrc = lambda body: body + fmt.checksum(body, fp, model.image_shape).to_bytes(4, "big")  # noqa: E731
+    lossless = LosslessCodec(model).compress(images[:40])
+    near = NearLosslessCodec(model, max_error=4).compress(images[:40])
+    one = NearLosslessCodec(model, max_error=4).compress(images[:1])
+    body = lossless[:-4]
+    # header: ee, flags, nibble|prefix, count varint (40 = 1 byte), then the payload: b, C, checksum, chain
+    cases = [
+        ("float version", recrc(bytes([0xEE, 0x16]) + body[2:])),
+        ("quality in lossless", recrc(body[:2] + bytes([0x50 | body[2] & 0x0F]) + body[3:])),
+        ("bucket bits 5", recrc(body[:4] + b"\x05" + body[5:])),
+        ("bucket bits 17", recrc(body[:4] + b"\x11" + body[5:])),
+        ("bucket bits 12", recrc(body[:4] + b"\x0c" + body[5:])),
+        ("two chains", recrc(body[:5] + b"\x02" + body[6:])),
+        ("forged count", recrc(body[:3] + bytes([0x7F]) + body[4:])),
+        ("truncated payload", recrc(body[:12])),
+        ("checksum", recrc(body[:6] + bytes([body[6] ^ 1]) + body[7:])),
+        ("zero top word", recrc(body + b"\0\0\0\0")),
+        ("chopped chain", recrc(body[: len(body) - 40])),
+        ("near-lossless K=0", recrc(near[:4] + b"\x00" + near[5:-4])),
+        ("near-lossless latent level in multi", recrc(near[:2] + bytes([0x10 | near[2] & 0x0F]) + near[3:-4])),
+    ]
+    rng = np.random.default_rng(21)
+    for trial in range(30):
+        data = bytearray(body if trial % 2 else one[:-4])
+        for _ in range(int(rng.integers(1, 3))):
+            pos = int(rng.integers(10, len(data)))
+            data[pos] = int(rng.integers(0, 256))
+        cases.append((f"payload damage {trial}", recrc(bytes(data))))
+    return cases
+
+
+def test_damaged_exact_containers_give_the_same_errors(integer_bundle: Path, images: np.ndarray, tmp_path: Path) -> None:
+    """Forged headers and damaged payloads of an integer bundle's lossless and near-lossless files:
+    Node stops with Python's message (or, rarely, both decode the same pixels)."""
+    model = load(integer_bundle, threads=1)
+    cases = _damaged_exact(model, images)
+    jobs, expected = [], []
+    for i, (label, data) in enumerate(cases):
+        (tmp_path / f"{i}.evz").write_bytes(data)
+        jobs.append({"op": "decode", "bundle": str(integer_bundle), "container": str(tmp_path / f"{i}.evz"),
+                     "out": str(tmp_path / f"{i}.npy")})
+        codec = NearLosslessCodec(model, max_error=4) if data[1] >> 2 & 3 == 2 else LosslessCodec(model)
+        try:
+            expected.append(("pixels", codec.decompress(data)))
+        except InputError as e:
+            expected.append(("error", str(e)))
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json", timeout=600)
+    results = json.loads((tmp_path / "results.json").read_text())
+    for i, ((label, _), (kind, value), result) in enumerate(zip(cases, expected, results)):
+        if kind == "error":
+            assert result["error"] == value, f"{label}: Python says {value!r}, JavaScript {result['error']!r}"
+        else:
+            assert result["error"] is None, f"{label}: Python decodes it, JavaScript says {result['error']!r}"
+            assert np.array_equal(np.load(tmp_path / f"{i}.npy"), value), label
+
+
 def test_float_bundles_lossless_files_stay_python_only(images: np.ndarray, tmp_path: Path) -> None:
     """A float bundle's lossless (version 1) and near-lossless (version 2) files are refused by name;
     so is writing them in JavaScript."""

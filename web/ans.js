@@ -39,7 +39,7 @@ export class AnsCoder {
     this.words.set(words);
     this.size = n;
     const first = this._take();
-    if (first === 0) throw new AnsError("an ANS stream cannot end in a zero word");
+    if (first === 0) throw new AnsError("Invalid compressed data: ANS compressed data never ends in a zero word."); // constriction's text
     // read_initial_state: the top word, then one more if there is one (then s >= 2**32).
     let s = first;
     if (this.size > 0) {
