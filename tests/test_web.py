@@ -341,8 +341,16 @@ def _exact_cases(model, images: np.ndarray) -> list[dict]:
         cases.append({"label": f"near-lossless K={k}", "codec": codec, "images": images, "max_error": k})
     codec = NearLosslessCodec(model, max_error=4)
     cases.append({"label": "near-lossless K=4 split", "codec": codec, "images": images[:3], "max_error": 4, "split": True})
+    if model.bundle.codec_path is not None:  # its lossy codec: the decoder on integer latents
+        codec = Codec(model)
+        cases += [{"label": f"lossy quality {q}", "codec": codec, "images": images, "quality": q, "lossy": True}
+                  for q in range(len(codec.lossy_qualities))]
     for case in cases:
         codec, batch = case["codec"], case["images"]
+        if case.get("lossy"):
+            case["python"] = [codec.compress(batch, quality=case["quality"])]
+            case["pixels"] = [codec.decompress(case["python"][0])]
+            continue
         case["python"] = codec.compress_each(batch) if case.get("split") else [codec.compress(batch)]
         case["pixels"] = [codec.decompress(data) for data in case["python"]]
     return cases
@@ -353,7 +361,8 @@ def exact_parity(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pyt
     """Node decodes Python's lossless / near-lossless containers of the integer bundle and writes
     its own from the same images; returns both sides."""
     work = tmp_path_factory.mktemp("exact")
-    cases = _exact_cases(load(integer_bundle, threads=1), images)
+    model = load(integer_bundle, threads=1)
+    cases = _exact_cases(model, images)
     jobs = []
     for n, case in enumerate(cases):
         np.save(work / f"{n}.npy", case["images"])
@@ -364,9 +373,9 @@ def exact_parity(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pyt
                          "out": str(work / f"{n}-{j}.js.npy")})
             case["js_pixels"].append(work / f"{n}-{j}.js.npy")
         split = bool(case.get("split"))
-        jobs.append({"op": "encode", "bundle": str(integer_bundle), "images": str(work / f"{n}.npy"), "quality": None,
-                     "lossless": "max_error" not in case, "max_error": case.get("max_error"), "split": split,
-                     "out": str(work / f"{n}.js.evz")})
+        jobs.append({"op": "encode", "bundle": str(integer_bundle), "images": str(work / f"{n}.npy"),
+                     "quality": case.get("quality"), "lossless": "max_error" not in case and not case.get("lossy"),
+                     "max_error": case.get("max_error"), "split": split, "out": str(work / f"{n}.js.evz")})
         case["js_containers"] = ([work / f"{n}.js.evz.{j}" for j in range(len(case["python"]))] if split
                                  else [work / f"{n}.js.evz"])
     (work / "jobs.json").write_text(json.dumps(jobs))
@@ -378,12 +387,15 @@ def exact_parity(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pyt
 
 def test_node_decodes_python_lossless_and_near_lossless_of_an_integer_bundle(exact_parity: dict) -> None:
     """0 pixels differ between Node's and Python's decoding; lossless gives the input back, and
-    near-lossless keeps every pixel within its K."""
+    near-lossless keeps every pixel within its K (and the bundle's lossy levels, if it has codec.json,
+    decode to Python's pixels too)."""
     for case in exact_parity["cases"]:
         batch = case["images"]
         for j, (want, got_path) in enumerate(zip(case["pixels"], case["js_pixels"])):
             got = np.load(got_path)
             assert got.shape == want.shape and int((got != want).sum()) == 0, f"{case['label']} #{j}: pixels differ"
+            if case.get("lossy"):
+                continue
             original = batch[j : j + 1] if case.get("split") else batch
             error = int(np.abs(got.astype(int) - original.astype(int)).max())
             assert error <= case.get("max_error", 0), f"{case['label']}: max error {error}"
@@ -691,6 +703,14 @@ def _page_exact_jobs(integer_bundle: Path, images: np.ndarray, work: Path) -> tu
         path.write_bytes(data)
         jobs.append({"bundle": url, "container": str(path), "images": str(work / raw), "max_error": k})
         expected.append({"label": label, "container": data, "pixels": codec.decompress(data)})
+    if model.bundle.codec_path is not None:  # the integer bundle's lossy codec too: integer latents in
+        codec = Codec(model)
+        for q in range(len(codec.lossy_qualities)):
+            data = codec.compress(batch, quality=q)
+            path = work / f"exact-{len(jobs)}.evz"
+            path.write_bytes(data)
+            jobs.append({"bundle": url, "container": str(path), "images": str(work / "exact-images.raw"), "quality": q})
+            expected.append({"label": f"lossy quality {q}", "container": data, "pixels": codec.decompress(data)})
     spec = {"mounts": mounts, "exact": jobs, "opened_exact": [jobs[0]["container"]]}
     return spec, expected
 

@@ -8,8 +8,9 @@
 //        compressed in the page for the WASM parity figures), screenshot (optional PNG path),
 //        translucent: [PNG paths] (images with transparent pixels, picked in turn after the rest),
 //        mounts: {URL prefix: folder} (extra folders the server serves, e.g. a test's integer bundle),
-//        exact: [{bundle (URL path), container, images?, lossless?, max_error?}] (lossless and
-//        near-lossless containers of an integer bundle decoded, and the images compressed, in the page),
+//        exact: [{bundle (URL path), container, images?, max_error?, quality?}] (lossless and
+//        near-lossless containers of an integer bundle decoded, and the images compressed, in the
+//        page; with quality: a lossy container of that bundle),
 //        opened_exact: [.evz paths] (opened through the page's file input, like a user)}
 // RESULT: what the page showed, as JSON (bytes and pixels as arrays).
 
@@ -81,13 +82,14 @@ try {
   for (const job of spec.exact ?? []) {
     const container = Array.from(await readFile(job.container));
     const images = job.images ? Array.from(await readFile(job.images)) : null;
-    result.exact.push(await page.evaluate(async ({ bundle, container, images, max_error }) => {
+    result.exact.push(await page.evaluate(async ({ bundle, container, images, max_error, quality }) => {
       const { api, ort } = window.edgevaePage;
       const model = await api.load(new URL(bundle, location.href), { ort });
-      const codec = await api.ExactCodec.create(model, { maxError: max_error ?? 0 });
+      // quality: a lossy container of the integer bundle (its decoder runs on integer latents too)
+      const codec = quality !== undefined ? await api.Codec.create(model) : await api.ExactCodec.create(model, { maxError: max_error ?? 0 });
       try {
         const pixels = await codec.decompress(Uint8Array.from(container));
-        const made = images ? await codec.compress(Uint8Array.from(images)) : null;
+        const made = images ? await codec.compress(Uint8Array.from(images), quality !== undefined ? { quality } : {}) : null;
         return { pixels: Array.from(pixels), container: made && Array.from(made), error: null };
       } catch (e) {
         return { error: String(e.message) };
