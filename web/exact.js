@@ -210,7 +210,11 @@ export function tables(bucketBits) {
   crc = crc32(int32Bytes(edges), crc);
   crc = crc32(int32Bytes(centres), crc);
   crc = crc32(int32Bytes(groupCentres), crc);
+  const fine = 2 ** (bucketBits - half);
+  // the interior edges at the groups' boundaries, E[g * fine], g = 0 .. groups (ends unused)
+  const groupEdges = Float64Array.from({ length: 2 ** half + 1 }, (_, g) => (g > 0 && g < 2 ** half ? edges[g * fine - 1] : 0));
   const T = {
+    groupEdges,
     bucketBits, padded: shared.padded, weight: shared.weight, sigmaInv: shared.sigma, phi, edges, centres, groupCentres,
     buckets: n, fine: 2 ** (bucketBits - half), groups: 2 ** half, fingerprint: crc,
     latents: (z) => Int32Array.from(z, (i) => centres[i]),
@@ -322,9 +326,12 @@ export class Posterior {
     return out;
   }
 
-  /** The cumulative F at edges first, first + step, ... (n + 1 of them) of latent j into raw. */
+  /** The cumulative F at edges first, first + step, ... (n + 1 of them) of latent j into raw
+   * (step = fine reads the groups' boundary edges from a compact copy: T.groupEdges). */
   _fill(j, first, step, n) {
-    const { edges, phi, buckets } = this.T;
+    const { phi, buckets } = this.T;
+    const edges = step === 1 ? this.T.edges : this.T.groupEdges;
+    const offset = step === 1 ? -1 : 0;
     const mu = this.mu[j];
     const s = this.s[j];
     const raw = this.raw;
@@ -335,7 +342,7 @@ export class Posterior {
       if (i <= 0) raw[t] = bottom;
       else if (i >= buckets) raw[t] = top;
       else {
-        let x = Math.floor(((edges[i - 1] - mu) * s) / 1048576) + POSITION_ORIGIN;
+        const x = Math.floor(((edges[step === 1 ? i + offset : t] - mu) * s) / 1048576) + POSITION_ORIGIN;
         if (x <= 0) raw[t] = bottom;
         else if (x >= POSITION_END) raw[t] = top;
         else {
