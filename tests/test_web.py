@@ -341,6 +341,7 @@ def _exact_cases(model, images: np.ndarray) -> list[dict]:
         cases.append({"label": f"near-lossless K={k}", "codec": codec, "images": images, "max_error": k})
     codec = NearLosslessCodec(model, max_error=4)
     cases.append({"label": "near-lossless K=4 split", "codec": codec, "images": images[:3], "max_error": 4, "split": True})
+    cases.append({"label": "lossless split", "codec": LosslessCodec(model), "images": images[:3], "split": True})
     if model.bundle.codec_path is not None:  # its lossy codec: the decoder on integer latents
         codec = Codec(model)
         cases += [{"label": f"lossy quality {q}", "codec": codec, "images": images, "quality": q, "lossy": True}
