@@ -6,6 +6,9 @@
 //     const codec = await Codec.create(model);
 //     const bytes = await codec.compress(pixels, { quality: "balanced" });
 //     const images = await codec.decompress(bytes);
+//
+//     // lossless / near-lossless, integer bundles (model.json "arithmetic": "integer"):
+//     const exact = await ExactCodec.create(await load("exported/fashion-mnist-exact"), { maxError: 0 });
 
 export { EdgeVAEError, InputError, BundleError, ContainerError } from "./errors.js";
 export { load, EdgeVAE, gaussian, defaultOrt } from "./model.js";
