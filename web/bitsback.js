@@ -33,7 +33,6 @@ export const KNOWN_CHECK_BYTES = 2;
 export const MAX_DRY_STEPS = 4;
 const POP_SLACK_BITS = 64;
 const POP_SLACK_PER_SYMBOL = 0.01;
-const GROUP_BITS_OF = (b) => b >> 1; // a chain's first image sends the group: floor(b / 2) bits
 
 const isqrt = (n) => {
   let r = Math.floor(Math.sqrt(n));
@@ -163,7 +162,8 @@ export class Likelihood {
 
 // -- coding of pixels ------------------------------------------------------------------------
 
-const scratch = { cum: new Float64Array(1 << 17), joint: new Float64Array(64), masses: new Float64Array(64) };
+// Reused buffers: components are at most bundle.js's MAX_COMPONENTS, a stage at most 2**8 + 1 entries.
+const scratch = { cum: new Float64Array(1 << 9), joint: new Float64Array(257), masses: new Float64Array(257) };
 
 /** Q(k|bin, z) of pixel (b, p) as cumulative masses into `cum` (K + 1 entries); returns argmax k. */
 function componentPosterior(L, b, p, symbol, cum) {
