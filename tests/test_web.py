@@ -23,7 +23,7 @@ from edgevae.runtime import container as fmt
 from edgevae.runtime import contract
 from edgevae.runtime import load
 from edgevae.runtime.bundle import read_manifest, shipped_bundles
-from edgevae.runtime.codec import Codec, LosslessCodec
+from edgevae.runtime.codec import Codec, LosslessCodec, NearLosslessCodec
 from edgevae.runtime.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def _damaged(codec: Codec, other: Codec, images: np.ndarray) -> list[tuple[str, 
     cases = [
         ("empty", b"", codec), ("one byte", b"\xee", codec), ("wrong magic", b"\x00" + multi[1:], codec),
         ("text", b"hello world, not a container", codec),
-        ("newer version", bytes([0xEE, 0x30]) + multi[2:], codec),
+        ("newer version", bytes([0xEE, 0x40]) + multi[2:], codec),
         ("old version", bytes([0xEE, 0x00]) + multi[2:], codec),
         ("truncated header", multi[:5], codec), ("truncated", multi[:-9], codec),
         ("reserved mode", _recrc(bytes([0xEE, multi[1] | 0x0C]) + body[2:], fp), codec),
@@ -309,6 +309,214 @@ def test_damaged_containers_give_the_same_errors(name: str, images: np.ndarray, 
     assert any("AssertionError" in k or "out of range" in k for k in kinds), kinds
 
 
+# -- lossless and near-lossless containers of an integer bundle (exact tables) --------------------
+
+#: The shipped integer bundle (model.json "arithmetic": "integer"), when it exists.
+EXACT_BUNDLE = ROOT / "exported" / "fashion-mnist-exact"
+#: Maximum errors of the near-lossless parity containers.
+EXACT_MAX_ERRORS = (1, 4, 32)
+
+
+@pytest.fixture(scope="module")
+def integer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """$EDGEVAE_TEST_INTEGER_BUNDLE, else the shipped integer bundle; until it ships, the float
+    fashion-mnist's graphs wrapped in the integer contract (tests/test_exact_bundle.py): the same
+    coders and tables, float inside."""
+    if os.environ.get("EDGEVAE_TEST_INTEGER_BUNDLE"):
+        return Path(os.environ["EDGEVAE_TEST_INTEGER_BUNDLE"])
+    if (EXACT_BUNDLE / "model.json").is_file():
+        return EXACT_BUNDLE
+    from test_exact_bundle import wrap_integer_bundle
+
+    return wrap_integer_bundle(ROOT / "exported" / "fashion-mnist", tmp_path_factory.mktemp("integer") / "fashion-mnist-exact")
+
+
+def _exact_cases(model, images: np.ndarray) -> list[dict]:
+    """Python's lossless and near-lossless containers of an integer bundle: every image in one file,
+    one image alone, and single-image files (compress_each) of three images."""
+    cases = [{"label": "lossless", "codec": LosslessCodec(model), "images": images},
+             {"label": "lossless one", "codec": LosslessCodec(model), "images": images[:1]}]
+    for k in EXACT_MAX_ERRORS:
+        codec = NearLosslessCodec(model, max_error=k)
+        cases.append({"label": f"near-lossless K={k}", "codec": codec, "images": images, "max_error": k})
+    codec = NearLosslessCodec(model, max_error=4)
+    cases.append({"label": "near-lossless K=4 split", "codec": codec, "images": images[:3], "max_error": 4, "split": True})
+    cases.append({"label": "lossless split", "codec": LosslessCodec(model), "images": images[:3], "split": True})
+    if model.bundle.codec_path is not None:  # its lossy codec: the decoder on integer latents
+        codec = Codec(model)
+        cases += [{"label": f"lossy quality {q}", "codec": codec, "images": images, "quality": q, "lossy": True}
+                  for q in range(len(codec.lossy_qualities))]
+    for case in cases:
+        codec, batch = case["codec"], case["images"]
+        if case.get("lossy"):
+            case["python"] = [codec.compress(batch, quality=case["quality"])]
+            case["pixels"] = [codec.decompress(case["python"][0])]
+            continue
+        case["python"] = codec.compress_each(batch) if case.get("split") else [codec.compress(batch)]
+        case["pixels"] = [codec.decompress(data) for data in case["python"]]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def exact_parity(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Node decodes Python's lossless / near-lossless containers of the integer bundle and writes
+    its own from the same images; returns both sides."""
+    work = tmp_path_factory.mktemp("exact")
+    model = load(integer_bundle, threads=1)
+    cases = _exact_cases(model, images)
+    jobs = []
+    for n, case in enumerate(cases):
+        np.save(work / f"{n}.npy", case["images"])
+        case["js_pixels"], case["js_containers"] = [], []
+        for j, data in enumerate(case["python"]):
+            (work / f"{n}-{j}.evz").write_bytes(data)
+            jobs.append({"op": "decode", "bundle": str(integer_bundle), "container": str(work / f"{n}-{j}.evz"),
+                         "out": str(work / f"{n}-{j}.js.npy")})
+            case["js_pixels"].append(work / f"{n}-{j}.js.npy")
+        split = bool(case.get("split"))
+        jobs.append({"op": "encode", "bundle": str(integer_bundle), "images": str(work / f"{n}.npy"),
+                     "quality": case.get("quality"), "lossless": "max_error" not in case and not case.get("lossy"),
+                     "max_error": case.get("max_error"), "split": split, "out": str(work / f"{n}.js.evz")})
+        case["js_containers"] = ([work / f"{n}.js.evz.{j}" for j in range(len(case["python"]))] if split
+                                 else [work / f"{n}.js.evz"])
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", work / "jobs.json", work / "results.json", timeout=900)
+    results = json.loads((work / "results.json").read_text())
+    assert all(r["error"] is None for r in results), [r for r in results if r["error"]]
+    return {"cases": cases, "bundle": integer_bundle}
+
+
+def test_node_decodes_python_lossless_and_near_lossless_of_an_integer_bundle(exact_parity: dict) -> None:
+    """0 pixels differ between Node's and Python's decoding; lossless gives the input back, and
+    near-lossless keeps every pixel within its K (and the bundle's lossy levels, if it has codec.json,
+    decode to Python's pixels too)."""
+    for case in exact_parity["cases"]:
+        batch = case["images"]
+        for j, (want, got_path) in enumerate(zip(case["pixels"], case["js_pixels"])):
+            got = np.load(got_path)
+            assert got.shape == want.shape and int((got != want).sum()) == 0, f"{case['label']} #{j}: pixels differ"
+            if case.get("lossy"):
+                continue
+            original = batch[j : j + 1] if case.get("split") else batch
+            error = int(np.abs(got.astype(int) - original.astype(int)).max())
+            assert error <= case.get("max_error", 0), f"{case['label']}: max error {error}"
+
+
+def test_node_writes_python_bytes_for_an_integer_bundle(exact_parity: dict) -> None:
+    """Node's lossless and near-lossless containers of the same images are byte-identical to Python's."""
+    for case in exact_parity["cases"]:
+        for want, got_path in zip(case["python"], case["js_containers"]):
+            assert got_path.read_bytes() == want, f"{case['label']}: Node's container differs from Python's"
+
+
+def _damaged_exact(model, images: np.ndarray) -> list[tuple[str, bytes]]:
+    """Named damaged lossless / near-lossless containers of an integer bundle (valid CRC unless named)."""
+    fp = model.bundle.fingerprint
+    recrc = lambda body: body + fmt.checksum(body, fp, model.image_shape).to_bytes(4, "big")  # noqa: E731
+    lossless = LosslessCodec(model).compress(images[:40])
+    near = NearLosslessCodec(model, max_error=4).compress(images[:40])
+    one = NearLosslessCodec(model, max_error=4).compress(images[:1])
+    body = lossless[:-4]
+    # header: ee, flags, nibble|prefix, count varint (40 = 1 byte), then the payload: b, C, checksum, chain
+    cases = [
+        ("float version", recrc(bytes([0xEE, 0x16]) + body[2:])),
+        ("quality in lossless", recrc(body[:2] + bytes([0x50 | body[2] & 0x0F]) + body[3:])),
+        ("bucket bits 5", recrc(body[:4] + b"\x05" + body[5:])),
+        ("bucket bits 17", recrc(body[:4] + b"\x11" + body[5:])),
+        ("bucket bits 12", recrc(body[:4] + b"\x0c" + body[5:])),
+        ("two chains", recrc(body[:5] + b"\x02" + body[6:])),
+        ("forged count", recrc(body[:3] + bytes([0x7F]) + body[4:])),
+        ("truncated payload", recrc(body[:12])),
+        ("checksum", recrc(body[:6] + bytes([body[6] ^ 1]) + body[7:])),
+        ("zero top word", recrc(body + b"\0\0\0\0")),
+        ("chopped chain", recrc(body[: len(body) - 40])),
+        ("near-lossless K=0", recrc(near[:4] + b"\x00" + near[5:-4])),
+        ("near-lossless latent level in multi", recrc(near[:2] + bytes([0x10 | near[2] & 0x0F]) + near[3:-4])),
+    ]
+    rng = np.random.default_rng(21)
+    for trial in range(30):
+        data = bytearray(body if trial % 2 else one[:-4])
+        for _ in range(int(rng.integers(1, 3))):
+            pos = int(rng.integers(10, len(data)))
+            data[pos] = int(rng.integers(0, 256))
+        cases.append((f"payload damage {trial}", recrc(bytes(data))))
+    return cases
+
+
+def test_damaged_exact_containers_give_the_same_errors(integer_bundle: Path, images: np.ndarray, tmp_path: Path) -> None:
+    """Forged headers and damaged payloads of an integer bundle's lossless and near-lossless files:
+    Node stops with Python's message (or, rarely, both decode the same pixels)."""
+    model = load(integer_bundle, threads=1)
+    cases = _damaged_exact(model, images)
+    jobs, expected = [], []
+    for i, (label, data) in enumerate(cases):
+        (tmp_path / f"{i}.evz").write_bytes(data)
+        jobs.append({"op": "decode", "bundle": str(integer_bundle), "container": str(tmp_path / f"{i}.evz"),
+                     "out": str(tmp_path / f"{i}.npy")})
+        codec = NearLosslessCodec(model, max_error=4) if data[1] >> 2 & 3 == 2 else LosslessCodec(model)
+        try:
+            expected.append(("pixels", codec.decompress(data)))
+        except InputError as e:
+            expected.append(("error", str(e)))
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json", timeout=600)
+    results = json.loads((tmp_path / "results.json").read_text())
+    for i, ((label, _), (kind, value), result) in enumerate(zip(cases, expected, results)):
+        if kind == "error":
+            assert result["error"] == value, f"{label}: Python says {value!r}, JavaScript {result['error']!r}"
+        else:
+            assert result["error"] is None, f"{label}: Python decodes it, JavaScript says {result['error']!r}"
+            assert np.array_equal(np.load(tmp_path / f"{i}.npy"), value), label
+
+
+def test_float_bundles_lossless_files_stay_python_only(images: np.ndarray, tmp_path: Path) -> None:
+    """A float bundle's lossless (version 1) and near-lossless (version 2) files are refused by name;
+    so is writing them in JavaScript."""
+    model = load(shipped_bundles()["fashion-mnist"], threads=1)
+    files = {"lossless containers (mode 1) are decoded by Python edgevae only": LosslessCodec(model).compress(images[:2]),
+             "near-lossless containers (mode 2) are decoded by Python edgevae only":
+                 NearLosslessCodec(model, max_error=4).compress(images[:2])}
+    jobs = []
+    for i, data in enumerate(files.values()):
+        (tmp_path / f"{i}.evz").write_bytes(data)
+        jobs.append({"op": "decode", "bundle": str(shipped_bundles()["fashion-mnist"]), "container": str(tmp_path / f"{i}.evz"),
+                     "out": str(tmp_path / f"{i}.npy")})
+    np.save(tmp_path / "two.npy", images[:2])
+    jobs.append({"op": "encode", "bundle": str(shipped_bundles()["fashion-mnist"]), "images": str(tmp_path / "two.npy"),
+                 "quality": None, "lossless": True, "out": str(tmp_path / "x.evz")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json")
+    results = json.loads((tmp_path / "results.json").read_text())
+    for message, result in zip(files, results):
+        assert result["error"] and message in result["error"], result
+    assert "computes in floating point" in results[-1]["error"] and "integer bundle" in results[-1]["error"]
+
+
+def test_javascript_exact_tables_and_ans_coder_match_python() -> None:
+    """web/test/exact.test.mjs and ans.test.mjs: the exact table set (vectors made by the reference,
+    runtime/exact.py) and the ANS coder (vectors made by constriction) in JavaScript."""
+    result = run_node("--test", WEB / "test" / "exact.test.mjs", WEB / "test" / "ans.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
+def test_format_md_exact_examples_in_javascript() -> None:
+    """FORMAT.md §7.8's worked examples (tables, renorm, the ANS walk, one pixel, one latent
+    dimension) recomputed by web/: the spec alone is enough to build the exact set."""
+    result = run_node("--test", WEB / "test" / "format-exact.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
+def test_exact_vectors_are_the_references_own() -> None:
+    """The committed vectors are what runtime/exact.py makes today (a change there must update them)."""
+    from edgevae.runtime import exact
+
+    vectors = json.loads((WEB / "test" / "exact-vectors.json").read_text())
+    assert vectors["fingerprints"]["16"] == exact.fingerprint(16)
+    assert vectors["table_crcs"] == exact.table_crcs(16)
+
+
 # -- the Node command line ----------------------------------------------------------------------
 
 
@@ -389,6 +597,34 @@ def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarra
     assert help_text.returncode == 0 and "compress IN.npy OUT.evz" in help_text.stdout and "decompress IN.evz" in help_text.stdout
 
 
+def test_cli_lossless_and_near_lossless_of_an_integer_bundle(images: np.ndarray, integer_bundle: Path, tmp_path: Path) -> None:
+    """evz compress --lossless / --max-error K with an integer bundle writes Python's bytes; decompress
+    gives Python's pixels; options that do not go together, and a float bundle, are one-line errors."""
+    np.save(tmp_path / "in.npy", images[:40])
+    model = load(integer_bundle, threads=1)
+    for flags, codec in ((["--lossless"], LosslessCodec(model)), (["--max-error", "4"], NearLosslessCodec(model, max_error=4))):
+        out = tmp_path / f"{flags[0][2:]}.evz"
+        result = evz("compress", tmp_path / "in.npy", out, "--bundle", integer_bundle, *flags)
+        assert result.returncode == 0, result.stderr
+        data = codec.compress(images[:40])
+        assert out.read_bytes() == data
+        result = evz("decompress", out, tmp_path / f"{flags[0][2:]}.npy", "--bundle", integer_bundle)
+        assert result.returncode == 0, result.stderr
+        assert np.array_equal(np.load(tmp_path / f"{flags[0][2:]}.npy"), codec.decompress(data))
+    for args, message in (
+        (["--lossless", "--quality", "high"], "--quality does not apply to --lossless"),
+        (["--max-error", "4", "--lossless"], "--max-error does not combine with --lossless"),
+        (["--max-error", "0"], "max error must be an integer from 1 to 32"),
+        (["--max-error", "x"], "max error must be an integer from 1 to 32"),
+    ):
+        result = evz("compress", tmp_path / "in.npy", tmp_path / "bad.evz", "--bundle", integer_bundle, *args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert not (tmp_path / "bad.evz").exists()
+    result = evz("compress", tmp_path / "in.npy", tmp_path / "bad.evz", "--bundle", "fashion-mnist", "--lossless")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "computes in floating point" in result.stderr
+    assert "--lossless" in evz("--help").stdout and "--max-error K" in evz("--help").stdout
+
+
 def test_format_md_worked_examples_in_javascript() -> None:
     """FORMAT.md §3.5's examples (toy coder states, the real container byte by byte) hold for web/."""
     result = run_node("--test", WEB / "test" / "format.test.mjs", check=False)
@@ -447,11 +683,46 @@ def _translucent_images(folder: Path) -> tuple[Path, Path]:
     return same, other
 
 
+def _page_exact_jobs(integer_bundle: Path, images: np.ndarray, work: Path) -> tuple[dict, list[dict]]:
+    """Spec entries and Python's results for the page's integer-bundle checks: lossless and
+    near-lossless files decoded and written in the page, one opened through its file input (the
+    bundle is served as ../exported/fashion-mnist-exact/ if it is not there already)."""
+    model = load(integer_bundle, threads=1)
+    url = "/exported/fashion-mnist-exact/"
+    mounts = {} if integer_bundle.resolve() == EXACT_BUNDLE.resolve() else {url: str(integer_bundle)}
+    batch = images[:64]
+    batch.tofile(work / "exact-images.raw")
+    images[:1].tofile(work / "exact-one.raw")
+    jobs, expected = [], []
+    for label, codec, data_images, raw, k in (
+        ("lossless", LosslessCodec(model), batch, "exact-images.raw", None),
+        ("near-lossless K=4", NearLosslessCodec(model, max_error=4), batch, "exact-images.raw", 4),
+        ("near-lossless K=4 one image", NearLosslessCodec(model, max_error=4), images[:1], "exact-one.raw", 4),
+    ):
+        data = codec.compress(data_images)
+        path = work / f"exact-{len(jobs)}.evz"
+        path.write_bytes(data)
+        jobs.append({"bundle": url, "container": str(path), "images": str(work / raw), "max_error": k})
+        expected.append({"label": label, "container": data, "pixels": codec.decompress(data)})
+    if model.bundle.codec_path is not None:  # the integer bundle's lossy codec too: integer latents in
+        codec = Codec(model)
+        for q in range(len(codec.lossy_qualities)):
+            data = codec.compress(batch, quality=q)
+            path = work / f"exact-{len(jobs)}.evz"
+            path.write_bytes(data)
+            jobs.append({"bundle": url, "container": str(path), "images": str(work / "exact-images.raw"), "quality": q})
+            expected.append({"label": f"lossy quality {q}", "container": data, "pixels": codec.decompress(data)})
+    spec = {"mounts": mounts, "exact": jobs, "opened_exact": [jobs[0]["container"], jobs[2]["container"]]}
+    return spec, expected
+
+
 @pytest.fixture(scope="module")
-def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def page_run(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Load the page in headless Chromium, use every panel, and decode/compress in it the images
-    every codec bundle's default quality codes here (the WASM parity figures)."""
+    every codec bundle's default quality codes here (the WASM parity figures), and an integer
+    bundle's lossless and near-lossless files."""
     work = tmp_path_factory.mktemp("page")
+    exact_spec, exact_expected = _page_exact_jobs(integer_bundle, images, work)
     codecs = {name: Codec(load(shipped_bundles()[name], threads=1)) for name in CODEC_BUNDLES}
     opened = codecs["fashion-mnist-codec"].compress(images[:40], quality="high")
     (work / "opened.evz").write_bytes(opened)
@@ -466,11 +737,18 @@ def page_run(images: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> di
     screenshot = ROOT / "docs" / "img" / "web.png" if os.environ.get("EDGEVAE_UPDATE_SCREENSHOT") else work / "web.png"
     spec = {"chromium": chromium_bin(), "image": str(ROOT / "examples" / "sneaker.png"),
             "container": str(work / "opened.evz"), "bulk": bulk, "screenshot": str(screenshot),
-            "translucent": [str(p) for p in _translucent_images(work)]}
+            "translucent": [str(p) for p in _translucent_images(work)], **exact_spec}
     (work / "spec.json").write_text(json.dumps(spec))
     run_node(WEB / "test" / "page.mjs", work / "spec.json", work / "result.json", timeout=600)
     result = json.loads((work / "result.json").read_text())
-    return {"result": result, "expected": expected, "opened": opened, "codecs": codecs, "screenshot": screenshot}
+    return {"result": result, "expected": expected, "opened": opened, "codecs": codecs, "screenshot": screenshot,
+            "exact_expected": exact_expected, "stand_in": _is_stand_in(integer_bundle)}
+
+
+def _is_stand_in(bundle: Path) -> bool:
+    """True for the wrapped float bundle (float arithmetic inside: WASM may round an output the other
+    way, and then a file must fail its checks, never decode to other pixels)."""
+    return not os.environ.get("EDGEVAE_TEST_INTEGER_BUNDLE") and bundle.resolve() != EXACT_BUNDLE.resolve()
 
 
 def _pixel_differences(got: np.ndarray, want: np.ndarray) -> tuple[int, int]:
@@ -514,6 +792,35 @@ def test_page_round_trip_gives_python_bytes_and_pixels(page_run: dict) -> None:
     differing, largest = _pixel_differences(opened, want)
     assert result["open"]["bundle"] == "fashion-mnist-codec" and len(opened) == len(want)
     assert largest <= WASM_MAX_PIXEL_DIFFERENCE and differing <= WASM_MAX_DIFFERING_FRACTION * len(want) + 2
+
+
+@pytest.mark.slow
+def test_page_decodes_and_writes_integer_bundle_lossless_files_exactly(page_run: dict, capsys: pytest.CaptureFixture) -> None:
+    """Chromium (onnxruntime-web, WASM) against Python on an integer bundle's lossless and
+    near-lossless files: 0 pixels differ and the page writes Python's bytes; the page's file input
+    opens such a file. (The float stand-in bundle may instead fail a file's checks, never differ.)"""
+    result = page_run["result"]
+    lines = []
+    for got, want in zip(result["exact"], page_run["exact_expected"]):
+        if got["error"] is not None:
+            assert page_run["stand_in"], f"{want['label']}: {got['error']}"
+            assert "checksum" in got["error"] or "check:" in got["error"] or "did not end" in got["error"], got["error"]
+            lines.append(f"{want['label']}: refused by its checks (float stand-in bundle): {got['error']}")
+            continue
+        pixels = np.array(got["pixels"], np.uint8)
+        differing, _ = _pixel_differences(pixels, want["pixels"].ravel())
+        same = bytes(got["container"]) == want["container"]
+        lines.append(f"{want['label']}: {differing} of {pixels.size} pixels differ, container byte-identical: {same}")
+        assert differing == 0, lines[-1]
+        assert same or page_run["stand_in"], lines[-1]
+    for opened, want, mode in zip(result["openedExact"], page_run["exact_expected"][::2], ("lossless", "near-lossless")):
+        if opened["error"] is not None:
+            assert page_run["stand_in"] and any(t in opened["error"] for t in ("checksum", "did not end")), opened["error"]
+            continue
+        assert opened["mode"] == mode and mode in opened["summary"], opened["summary"]
+        assert np.array_equal(np.array(opened["pixels"], np.uint8), want["pixels"].ravel())
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
 
 
 @pytest.mark.slow

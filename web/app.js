@@ -3,11 +3,14 @@
 // models and the last results for the headless-browser test (tests/test_web.py).
 
 import * as ort from "onnxruntime-web";
-import { load, Codec, container, readManifest, EdgeVAEError } from "./index.js";
+import { load, Codec, ExactCodec, container, readManifest, EdgeVAEError } from "./index.js";
 
 // The bundles next to this page (served from the repository: ../exported/NAME/).
 const SAMPLE_BUNDLE = "fashion-mnist";
 const CODEC_BUNDLES = ["fashion-mnist-codec", "fashion-mnist-codec-hq", "fashion-mnist", "fashion-mnist-int8"];
+/** Integer bundles (model.json "arithmetic": "integer") whose lossless and near-lossless files the page
+ * opens too, when they are next to it (a missing one is skipped). */
+const INTEGER_BUNDLES = ["fashion-mnist-exact", "fashion-mnist-codec-exact"];
 const EXAMPLES = ["sneaker", "ankle-boot", "bag", "coat", "dress", "pullover", "sandal", "shirt", "trouser", "tshirt"];
 const bundleUrl = (name) => new URL(`../exported/${name}/`, import.meta.url);
 const exampleUrl = (name) => new URL(`../examples/${name}.png`, import.meta.url);
@@ -16,7 +19,7 @@ ort.env.wasm.numThreads = 1; // a plain static server gives no cross-origin isol
 ort.env.logLevel = "error";
 
 const $ = (id) => document.getElementById(id);
-const page = { ort, last: {}, models: {}, codecs: {} };
+const page = { ort, last: {}, models: {}, codecs: {}, exactCodecs: {} };
 window.edgevaePage = page;
 
 function status(text, error = false) {
@@ -209,22 +212,47 @@ function clearCompressed() {
 
 // -- open a .evz -----------------------------------------------------------------------------
 
+/** The model of a bundle next to the page (loaded once). */
+async function model(name) {
+  page.models[name] ??= await load(bundleUrl(name), { ort });
+  return page.models[name];
+}
+
+/** The codec that reads `header`'s container with bundle `name`: an integer bundle's lossless and
+ * near-lossless files need ExactCodec, everything else the lossy Codec (which refuses float
+ * bundles' lossless files by name). */
+async function readerFor(name, header) {
+  const m = await model(name);
+  if (m.integer && header.mode !== container.MODE_LOSSY) {
+    page.exactCodecs[name] ??= await ExactCodec.create(m);
+    return page.exactCodecs[name];
+  }
+  return codec(name);
+}
+
 /** The codec of the listed bundle whose fingerprint made the container (prefix, then CRC). */
 async function codecForContainer(bytes) {
   const parsed = container.parse(bytes);
   let candidate = null;
-  for (const name of CODEC_BUNDLES) {
-    const { manifest, fingerprint } = await readManifest(bundleUrl(name));
+  for (const name of [...CODEC_BUNDLES, ...INTEGER_BUNDLES]) {
+    let found;
+    try {
+      found = await readManifest(bundleUrl(name));
+    } catch (e) {
+      if (INTEGER_BUNDLES.includes(name)) continue; // not next to this page
+      throw e;
+    }
+    const { manifest, fingerprint } = found;
     if (container.fingerprintPrefix(fingerprint) !== parsed.header.fingerprintPrefix) continue;
     candidate ??= name;
     try {
       parsed.verify(fingerprint, manifest.image.shape);
-      return [name, await codec(name)];
-    } catch {
-      // same prefix, another model: keep looking
+      return [name, await readerFor(name, parsed.header)];
+    } catch (e) {
+      if (!(e instanceof EdgeVAEError)) throw e; // same prefix, another model: keep looking
     }
   }
-  if (candidate) return [candidate, await codec(candidate)]; // reports the checksum mismatch
+  if (candidate) return [candidate, await readerFor(candidate, parsed.header)]; // reports the checksum mismatch
   throw new EdgeVAEError(`this .evz was made by a model this page does not have (fingerprint ${parsed.header.fingerprintPrefix.toString(16)}..)`);
 }
 
@@ -236,8 +264,9 @@ async function openContainer(file) {
   const count = pixels.length / c.model.imageSize;
   drawGrid($("open-grid"), pixels, c.model.imageShape, Math.min(count, Math.max(1, Math.ceil(Math.sqrt(count)))));
   $("open-grid").hidden = false;
-  $("open-summary").textContent = `${file.name}: ${bytes.length} bytes, ${count} image(s), quality ${info.quality}, bundle ${name}`;
-  page.last.open = { name: file.name, bundle: name, pixels };
+  const kind = info.mode === "lossy" ? `quality ${info.quality}` : info.mode === "lossless" ? "lossless" : `near-lossless, max error ${info.maxError}`;
+  $("open-summary").textContent = `${file.name}: ${bytes.length} bytes, ${count} image(s), ${kind}, bundle ${name}`;
+  page.last.open = { name: file.name, bundle: name, mode: info.mode, pixels };
   status(`decoded ${count} image(s) from ${file.name}`);
 }
 
@@ -284,4 +313,4 @@ async function main() {
 }
 
 page.ready = main().then(() => true, (e) => { report(e); throw e; });
-page.api = { load, Codec, container };
+page.api = { load, Codec, ExactCodec, container };

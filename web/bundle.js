@@ -14,6 +14,22 @@ export const GRAPHS = [
   { key: "encoder", inputs: ["images"], outputs: ["mean", "logvar"] },
   { key: "decoder", inputs: ["latents"], outputs: ["pixels", "mixture_logits", "mixture_means", "mixture_log_scales"] },
 ];
+/** How a bundle's graphs compute (model.json "arithmetic", absent = "float"; runtime/contract.py). */
+export const ARITHMETIC_FLOAT = "float";
+export const ARITHMETIC_INTEGER = "integer";
+/** The graphs of an integer bundle (runtime/contract.py INTEGER_ENCODER / INTEGER_DECODER): int32
+ * grid indices out of the encoder, int32 latent indices into the decoder, int32 grid indices out. */
+export const INTEGER_GRAPHS = [
+  { key: "encoder", inputs: ["images"], outputs: ["mean_index", "logvar_index"] },
+  { key: "decoder", inputs: ["latents"],
+    outputs: ["pixels", "mixture_logit_index", "mixture_mean_index", "mixture_log_scale_index"] },
+];
+/** The (encoder, decoder) contract of a manifest's arithmetic; BundleError for an unknown one. */
+export function graphsFor(arithmetic = ARITHMETIC_FLOAT) {
+  if (arithmetic === ARITHMETIC_INTEGER) return INTEGER_GRAPHS;
+  if (arithmetic === ARITHMETIC_FLOAT) return GRAPHS;
+  throw new BundleError(`arithmetic must be one of ${ARITHMETIC_FLOAT}, ${ARITHMETIC_INTEGER}, got '${arithmetic}'`);
+}
 
 const isNode = typeof process !== "undefined" && !!process.versions?.node;
 
@@ -264,6 +280,16 @@ export class Bundle {
 
   get latentDim() {
     return Number(this.manifest.latent.dim);
+  }
+
+  /** Mixture components of the decoder's likelihood. */
+  get components() {
+    return Number(this.manifest.likelihood.components);
+  }
+
+  /** "float" or "integer" (model.json "arithmetic"): integer graphs output the coders' grid indices. */
+  get arithmetic() {
+    return this.manifest.arithmetic ?? ARITHMETIC_FLOAT;
   }
 
   /** Kind of the bundle's learned sampling prior (prior.onnx), or null: sampling uses N(0, I). */

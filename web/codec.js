@@ -169,6 +169,20 @@ export function decodePayloads(table, payloads, labels) {
 }
 
 /**
+ * The table-set rule of lossless and near-lossless containers (FORMAT.md §6): version 3 payloads
+ * are made by integer bundles (exact tables), versions 1 and 2 by float bundles; the bundle that
+ * made the file (its fingerprint matched) decides which, so a mismatch is damage. Python's message.
+ */
+export function checkTableSet(header, model) {
+  if (header.mode === container.MODE_LOSSY) return;
+  const exact = header.version === container.EXACT_VERSION;
+  if (exact !== Boolean(model.integer)) {
+    throw new ContainerError(`container is damaged (version ${header.version} ${header.modeName} payloads are made by ` +
+      `${exact ? "an integer" : "a float"} bundle, ${model.bundle.name} is not one)`);
+  }
+}
+
+/**
  * Compress and decompress images with a loaded model (model.js) and its bundle's codec tables.
  *
  *     const codec = await Codec.create(model);
@@ -247,6 +261,7 @@ export class Codec {
         `this model is ${prefix.toString(16)}..) or its header is damaged; pass the bundle that made it with --model`);
     }
     parsed.verify(this.fingerprint, this.model.imageShape);
+    checkTableSet(header, this.model);
     if (header.mode === container.MODE_NEAR_LOSSLESS) {
       throw new ContainerError("near-lossless containers (mode 2) are decoded by Python edgevae only: their probability " +
         "tables depend on float results that differ between ONNX engines (see docs/FORMAT.md §8)");

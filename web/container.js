@@ -26,7 +26,14 @@ export const MODE_NAMES = { [MODE_LOSSY]: "lossy", [MODE_LOSSLESS]: "lossless", 
 export const NEAR_LOSSLESS_VERSION = 2;
 /** Largest maximum error K of a near-lossless container. */
 export const MAX_ERROR = 32;
-export const VERSION_MODES = { [VERSION]: [MODE_LOSSY, MODE_LOSSLESS], [NEAR_LOSSLESS_VERSION]: [MODE_NEAR_LOSSLESS] };
+/** Version 3 ("exact tables") holds lossless and near-lossless containers of integer bundles (FORMAT.md §7). */
+export const EXACT_VERSION = 3;
+/** The newest version this reader knows. */
+export const NEWEST_VERSION = EXACT_VERSION;
+export const VERSION_MODES = {
+  [VERSION]: [MODE_LOSSY, MODE_LOSSLESS], [NEAR_LOSSLESS_VERSION]: [MODE_NEAR_LOSSLESS],
+  [EXACT_VERSION]: [MODE_LOSSLESS, MODE_NEAR_LOSSLESS],
+};
 export const MAX_LOSSLESS_IMAGES_PER_BYTE = 8;
 export const MAX_NEAR_LOSSLESS_IMAGES_PER_BYTE = 1;
 export const MAX_VARINT_BYTES = 5;
@@ -139,8 +146,8 @@ export function readHeader(data) {
   if (data.length < 2 || data[0] !== MAGIC) throw new ContainerError("not an edgevae container (.evz): wrong magic byte");
   const version = data[1] >> VERSION_SHIFT;
   if (!(version in VERSION_MODES)) {
-    if (version > NEAR_LOSSLESS_VERSION) {
-      throw new ContainerError(`container format version ${version} is newer than this edgevae supports (${NEAR_LOSSLESS_VERSION}); upgrade edgevae`);
+    if (version > NEWEST_VERSION) {
+      throw new ContainerError(`container format version ${version} is newer than this edgevae supports (${NEWEST_VERSION}); upgrade edgevae`);
     }
     throw new ContainerError(`not an edgevae container (unknown format version ${version})`);
   }

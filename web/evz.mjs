@@ -4,25 +4,34 @@
 
 import { parseArgs } from "node:util";
 import { readFile, writeFile, rename, unlink, stat } from "node:fs/promises";
-import { load, Codec, container, shippedBundleFor, shippedBundleNames, EdgeVAEError, InputError, ContainerError } from "./index.js";
+import { load, Codec, ExactCodec, container, shippedBundleFor, shippedBundleNames, EdgeVAEError, InputError, ContainerError } from "./index.js";
 import { readNpy, writeNpy } from "./npy.js";
 
 const HELP = `usage: node web/evz.mjs COMMAND ...
 
-Read and write edgevae .evz containers (lossy) exactly as Python edgevae does.
+Read and write edgevae .evz containers exactly as Python edgevae does: byte-identical
+files, identical pixels.
 
 commands:
-  compress IN.npy OUT.evz --bundle B [--quality Q] [--split] [--force]
+  compress IN.npy OUT.evz --bundle B [--quality Q | --lossless | --max-error K] [--split] [--force]
       Compress uint8 images (N, C, H, W) (or one (C, H, W)) from a .npy file into one
       container (--split: OUT.evz names a folder that gets one container per image,
-      0.evz, 1.evz ...). Q is a quality name of the bundle's codec.json or its index
-      (default: the bundle's default quality, 'balanced' for the shipped bundles).
+      0.evz, 1.evz ...).
+        --quality Q     lossy (the default): Q is a quality name of the bundle's codec.json
+                        or its index (default: the bundle's default quality).
+        --lossless      every pixel comes back exactly (bits-back coding, FORMAT.md §7).
+        --max-error K   near-lossless: every pixel comes back within K levels, K = 1..32
+                        (FORMAT.md §8).
+      --lossless and --max-error need an INTEGER bundle (model.json "arithmetic":
+      "integer", e.g. fashion-mnist-exact): its graphs compute with integers only, so
+      JavaScript, browsers and Python build the same probability tables.
   decompress IN.evz OUT.npy [--bundle B] [--index I]... [--force]
-      Decode a container to uint8 images (N, C, H, W) in a .npy file. Without --bundle
-      the shipped bundle that made the container is found by its fingerprint.
-      --index I (repeatable) decodes only image I (random access).
+      Decode a container (lossy, or lossless / near-lossless of an integer bundle) to uint8
+      images (N, C, H, W) in a .npy file. Without --bundle the shipped bundle that made the
+      container is found by its fingerprint. --index I (repeatable) keeps only image I
+      (lossless and near-lossless files decode whole, their images are chained).
   info IN.evz [--bundle B]
-      Describe a container (count, quality, sizes) and check it against a bundle.
+      Describe a container (count, mode, quality, sizes) and check it against a bundle.
 
 options:
   --bundle B     a bundle folder, URL, or the name of a shipped bundle (fashion-mnist-codec ...)
@@ -30,8 +39,14 @@ options:
   --force        overwrite OUT if it exists
   -h, --help     this help
 
-Lossless containers (mode 1) are decoded by Python edgevae only (docs/FORMAT.md §7).
-Errors print one line and exit with status 2.`;
+examples:
+  node web/evz.mjs compress shirts.npy shirts.evz --bundle fashion-mnist-codec --quality sharp
+  node web/evz.mjs compress scans.npy scans.evz --bundle fashion-mnist-exact --lossless
+  node web/evz.mjs compress scans.npy scans.evz --bundle fashion-mnist-exact --max-error 2
+  node web/evz.mjs decompress scans.evz scans.npy
+
+Lossless and near-lossless containers of float bundles (format versions 1 and 2) are decoded
+by Python edgevae only (docs/FORMAT.md §7). Errors print one line and exit with status 2.`;
 
 class UsageError extends InputError {}
 
@@ -64,14 +79,41 @@ async function codecFor(bundle, threads) {
   return Codec.create(await load(bundle, { threads }));
 }
 
+/** The codec that reads a container: ExactCodec for lossless/near-lossless of an integer bundle. */
+async function readerFor(bytes, bundle, threads) {
+  const model = await load(bundle, { threads });
+  const { header } = container.parse(bytes);
+  if (model.integer && header.mode !== container.MODE_LOSSY) return ExactCodec.create(model);
+  return Codec.create(model);
+}
+
+/** The mode compress's options ask for, with Python's messages for options that do not go together. */
+function compressMode(opts) {
+  if (opts.lossless && opts.quality !== undefined) throw new UsageError("--quality does not apply to --lossless (lossless keeps every pixel)");
+  if (opts["max-error"] !== undefined && (opts.lossless || opts.quality !== undefined)) {
+    throw new UsageError(`--max-error does not combine with ${opts.lossless ? "--lossless" : "--quality"}: ` +
+      "choose one of --quality, --max-error K, --lossless");
+  }
+  if (opts["max-error"] !== undefined) {
+    const k = opts["max-error"];
+    if (!/^\d+$/.test(k) || !(Number(k) >= 1 && Number(k) <= container.MAX_ERROR)) {
+      throw new UsageError(`max error must be an integer from 1 to ${container.MAX_ERROR} (pixel levels), got ${k}`);
+    }
+    return { mode: "near-lossless", maxError: Number(k) };
+  }
+  return { mode: opts.lossless ? "lossless" : "lossy", maxError: 0 };
+}
+
 async function compress(args, opts) {
   if (args.length !== 2) throw new UsageError("compress takes IN.npy and OUT.evz");
   const [input, output] = args;
   if (!opts.bundle) {
     throw new UsageError(`compress needs --bundle (a folder, or a shipped bundle's name: ${(await shippedBundleNames()).join(", ")})`);
   }
+  const { mode, maxError } = compressMode(opts);
   const { data, shape } = readNpy(await readInput(input), input);
-  const codec = await codecFor(opts.bundle, opts.threads);
+  const codec = mode === "lossy" ? await codecFor(opts.bundle, opts.threads)
+    : await ExactCodec.create(await load(opts.bundle, { threads: opts.threads }), { maxError });
   const [c, h, w] = codec.model.imageShape;
   const batched = shape.length === 3 ? [1, ...shape] : shape;
   if (batched.length !== 4 || batched[1] !== c || batched[2] !== h || batched[3] !== w) {
@@ -109,7 +151,7 @@ async function decompress(args, opts) {
     if (!/^-?\d+$/.test(i)) throw new UsageError(`--index takes an integer, got '${i}'`);
     return Number(i);
   });
-  const codec = await codecFor(await bundleForContainer(bytes, opts.bundle), opts.threads);
+  const codec = await readerFor(bytes, await bundleForContainer(bytes, opts.bundle), opts.threads);
   const pixels = await codec.decompress(bytes, { indices });
   const count = pixels.length / codec.model.imageSize;
   await writeOutput(output, writeNpy(pixels, [count, ...codec.model.imageShape]), opts.force);
@@ -119,7 +161,7 @@ async function decompress(args, opts) {
 async function info(args, opts) {
   if (args.length !== 1) throw new UsageError("info takes IN.evz");
   const bytes = await readInput(args[0]);
-  const codec = await codecFor(await bundleForContainer(bytes, opts.bundle), opts.threads);
+  const codec = await readerFor(bytes, await bundleForContainer(bytes, opts.bundle), opts.threads);
   console.log(JSON.stringify({ ...codec.describe(bytes), bundle: codec.model.bundle.location }, null, 2));
 }
 
@@ -133,7 +175,7 @@ async function main(argv) {
       allowPositionals: true,
       options: {
         bundle: { type: "string" }, quality: { type: "string" }, index: { type: "string", multiple: true },
-        threads: { type: "string" }, split: { type: "boolean" }, force: { type: "boolean" }, help: { type: "boolean", short: "h" },
+        threads: { type: "string" }, split: { type: "boolean" }, lossless: { type: "boolean" }, "max-error": { type: "string" }, force: { type: "boolean" }, help: { type: "boolean", short: "h" },
       },
     });
   } catch (e) {

@@ -2,7 +2,7 @@
 // behind a small API mirroring Python's EdgeVAE: encode, decode, sample, reconstruct, interpolate.
 
 import { BundleError, InputError } from "./errors.js";
-import { GRAPHS, readBundle } from "./bundle.js";
+import { ARITHMETIC_INTEGER, graphsFor, readBundle } from "./bundle.js";
 
 const isNode = typeof process !== "undefined" && !!process.versions?.node;
 
@@ -52,6 +52,9 @@ export class EdgeVAE {
     this.imageShape = bundle.imageShape;
     this.imageSize = this.imageShape.reduce((a, b) => a * b, 1);
     this.latentDim = bundle.latentDim;
+    this.components = bundle.components;
+    /** True for an integer bundle: its graphs return the coders' grid indices (runtime/contract.py). */
+    this.integer = bundle.arithmetic === ARITHMETIC_INTEGER;
     this.encoder = encoder;
     this.decoder = decoder;
   }
@@ -76,13 +79,44 @@ export class EdgeVAE {
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), count: data.length / this.imageSize };
   }
 
-  /** Posterior means and log-variances (Float32Array N*D each) of uint8 images. */
+  /** Posterior means and log-variances (Float32Array N*D each) of uint8 images. An integer
+   * bundle's are its grid values: mean_index / 2**10 and -24 + logvar_index / 64. */
   async encode(pixels) {
+    if (this.integer) {
+      const { meanIndex, logvarIndex } = await this.encodeIndices(pixels);
+      return { mean: Float32Array.from(meanIndex, (i) => i / 1024), logvar: Float32Array.from(logvarIndex, (i) => -24 + i / 64) };
+    }
     const { data, count } = this.checkImages(pixels);
     if (count === 0) return { mean: new Float32Array(0), logvar: new Float32Array(0) };
     const images = new this.ort.Tensor("uint8", data, [count, ...this.imageShape]);
     const out = await this.encoder.run({ images });
     return { mean: Float32Array.from(out.mean.data), logvar: Float32Array.from(out.logvar.data) };
+  }
+
+  /** An integer bundle's encoder outputs: {meanIndex, logvarIndex}, Int32Array N*D each, clamped to
+   * the contract's ranges (as Python's encode_indices). */
+  async encodeIndices(pixels) {
+    if (!this.integer) throw new InputError(`${this.bundle.name} is not an integer bundle`);
+    const { data, count } = this.checkImages(pixels);
+    const dim = this.latentDim;
+    if (count === 0) return { meanIndex: new Int32Array(0), logvarIndex: new Int32Array(0) };
+    const images = new this.ort.Tensor("uint8", data, [count, ...this.imageShape]);
+    const out = await this.encoder.run({ images });
+    return { meanIndex: clamped(out.mean_index.data, -8192, 8192), logvarIndex: clamped(out.logvar_index.data, 0, 2048), count, dim };
+  }
+
+  /** An integer bundle's decoder outputs for latent indices (N*D int32, z = i / 2**8):
+   * {pixels Uint8Array N*C*H*W, logit, mean, logScale: Int32Array N*K*C*H*W grid indices}. */
+  async decodeIndices(latentIndex) {
+    if (!this.integer) throw new InputError(`${this.bundle.name} is not an integer bundle`);
+    const z = clamped(latentIndex, -2048, 2048);
+    if (z.length % this.latentDim !== 0) throw new InputError(`latents must be N x ${this.latentDim} values, got ${z.length}`);
+    const tensor = new this.ort.Tensor("int32", z, [z.length / this.latentDim, this.latentDim]);
+    const out = await this.decoder.run({ latents: tensor });
+    return {
+      pixels: Uint8Array.from(out.pixels.data), logit: clamped(out.mixture_logit_index.data, -512, 512),
+      mean: clamped(out.mixture_mean_index.data, 0, 8160), logScale: clamped(out.mixture_log_scale_index.data, 0, 128),
+    };
   }
 
   /** Mean pixels (Uint8Array N*C*H*W) of latents (N*D float32 values, finite). */
@@ -91,6 +125,7 @@ export class EdgeVAE {
     if (z.length % this.latentDim !== 0) throw new InputError(`latents must be N x ${this.latentDim} values, got ${z.length}`);
     if (!z.every(Number.isFinite)) throw new InputError("latents contain NaN or Inf");
     if (z.length === 0) return new Uint8Array(0);
+    if (this.integer) return (await this.decodeIndices(latentIndices(z))).pixels;
     const tensor = new this.ort.Tensor("float32", z, [z.length / this.latentDim, this.latentDim]);
     const out = await this.decoder.run({ latents: tensor }, ["pixels"]);
     return Uint8Array.from(out.pixels.data);
@@ -156,6 +191,22 @@ export class EdgeVAE {
   }
 }
 
+/** Int32Array of integer values clamped to [lo, hi] (the integer contract's ranges, runtime/contract.py). */
+function clamped(values, lo, hi) {
+  const out = new Int32Array(values.length);
+  for (let i = 0; i < out.length; i++) {
+    const v = values[i];
+    out[i] = v < lo ? lo : v > hi ? hi : v;
+  }
+  return out;
+}
+
+/** An integer decoder's input for latents z (float): floor(z * 2**8 + 0.5) clamped to +-2048, in
+ * binary64 (the lossy rule of the integer contract; z = k * step is exact, so k * step * 256 is too). */
+export function latentIndices(z) {
+  return Int32Array.from(z, (v) => Math.min(Math.max(Math.floor(v * 256 + 0.5), -2048), 2048));
+}
+
 async function session(ort, bytes, key, threads) {
   const options = { graphOptimizationLevel: "all", logSeverityLevel: 3 };
   if (threads) options.intraOpNumThreads = threads;
@@ -174,7 +225,7 @@ export async function load(location, { ort, threads } = {}) {
   const bundle = await readBundle(location);
   ort ??= await defaultOrt();
   const sessions = [];
-  for (const graph of GRAPHS) {
+  for (const graph of graphsFor(bundle.arithmetic)) {
     const s = await session(ort, bundle.files[graph.key], graph.key, threads);
     const names = [Array.from(s.inputNames), Array.from(s.outputNames)];
     if (JSON.stringify(names) !== JSON.stringify([graph.inputs, graph.outputs])) {

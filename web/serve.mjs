@@ -16,12 +16,21 @@ const TYPES = {
   ".evz": "application/octet-stream", ".svg": "image/svg+xml",
 };
 
-/** An http.Server serving `root` read-only (GET/HEAD; no paths outside it). */
-export function staticServer(root = ROOT) {
+/** An http.Server serving `root` read-only (GET/HEAD; no paths outside it). `mounts` maps URL
+ * prefixes ("/extra/bundle/") to other folders served the same way (tests mount a bundle there). */
+export function staticServer(root = ROOT, mounts = {}) {
   return createServer(async (request, response) => {
     const path = decodeURIComponent(new URL(request.url, "http://x").pathname);
-    let file = normalize(join(root, path));
-    if (!file.startsWith(root) || !["GET", "HEAD"].includes(request.method)) {
+    let base = root;
+    let rest = path;
+    for (const [prefix, folder] of Object.entries(mounts)) {
+      if (path.startsWith(prefix)) {
+        base = resolve(folder);
+        rest = path.slice(prefix.length - 1);
+      }
+    }
+    let file = normalize(join(base, rest));
+    if (!file.startsWith(base) || !["GET", "HEAD"].includes(request.method)) {
       response.writeHead(403).end();
       return;
     }

@@ -6,7 +6,12 @@
 // SPEC: {chromium, image (a PNG to compress through the page's file input), container (a .evz
 //        to open through the page), bulk: [{bundle, container, images?, quality}] (decoded and
 //        compressed in the page for the WASM parity figures), screenshot (optional PNG path),
-//        translucent: [PNG paths] (images with transparent pixels, picked in turn after the rest)}
+//        translucent: [PNG paths] (images with transparent pixels, picked in turn after the rest),
+//        mounts: {URL prefix: folder} (extra folders the server serves, e.g. a test's integer bundle),
+//        exact: [{bundle (URL path), container, images?, max_error?, quality?}] (lossless and
+//        near-lossless containers of an integer bundle decoded, and the images compressed, in the
+//        page; with quality: a lossy container of that bundle),
+//        opened_exact: [.evz paths] (opened through the page's file input, like a user)}
 // RESULT: what the page showed, as JSON (bytes and pixels as arrays).
 
 import { readFile, writeFile } from "node:fs/promises";
@@ -15,7 +20,7 @@ import { staticServer } from "../serve.mjs";
 
 const [specPath, resultPath] = process.argv.slice(2);
 const spec = JSON.parse(await readFile(specPath, "utf-8"));
-const server = staticServer();
+const server = staticServer(undefined, spec.mounts ?? {});
 await new Promise((done) => server.listen(0, "127.0.0.1", done));
 const origin = `http://127.0.0.1:${server.address().port}`;
 const browser = await chromium.launch({
@@ -71,6 +76,40 @@ try {
       const made = images ? await codec.compress(Uint8Array.from(images), { quality }) : null;
       return { pixels: Array.from(pixels), container: made && Array.from(made) };
     }, { ...job, container, images }));
+  }
+  // Lossless and near-lossless containers of an integer bundle, decoded and written in the page.
+  result.exact = [];
+  for (const job of spec.exact ?? []) {
+    const container = Array.from(await readFile(job.container));
+    const images = job.images ? Array.from(await readFile(job.images)) : null;
+    result.exact.push(await page.evaluate(async ({ bundle, container, images, max_error, quality }) => {
+      const { api, ort } = window.edgevaePage;
+      const model = await api.load(new URL(bundle, location.href), { ort });
+      // quality: a lossy container of the integer bundle (its decoder runs on integer latents too)
+      const codec = quality !== undefined ? await api.Codec.create(model) : await api.ExactCodec.create(model, { maxError: max_error ?? 0 });
+      try {
+        const pixels = await codec.decompress(Uint8Array.from(container));
+        const made = images ? await codec.compress(Uint8Array.from(images), quality !== undefined ? { quality } : {}) : null;
+        return { pixels: Array.from(pixels), container: made && Array.from(made), error: null };
+      } catch (e) {
+        return { error: String(e.message) };
+      }
+    }, { ...job, container, images }));
+  }
+  result.openedExact = [];
+  for (const file of spec.opened_exact ?? []) {
+    const before = await page.textContent("#status");
+    await page.setInputFiles("#open-file", file);
+    const name = file.split("/").pop();
+    // decoded (its name shows up), or refused (the status changes to an error)
+    await page.waitForFunction(({ n, b }) => window.edgevaePage.last.open?.name === n ||
+      (document.getElementById("status").classList.contains("error") && document.getElementById("status").textContent !== b),
+    { n: name, b: before }, { timeout: 120000 });
+    if (await page.evaluate((n) => window.edgevaePage.last.open?.name === n, name)) {
+      result.openedExact.push({ ...(await grab("open")), summary: await page.textContent("#open-summary"), error: null });
+    } else {
+      result.openedExact.push({ error: await page.textContent("#status") });
+    }
   }
   if (spec.screenshot) {
     await page.evaluate(() => window.scrollTo(0, 0));
