@@ -86,6 +86,39 @@ def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def float_bundle(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A float bundle of a tiny nearest-upsampling model trained one epoch on ``image_folder``: a
+    source that `edgevae-train integer` accepts (the integer graphs need nearest resizing)."""
+    from edgevae.training.data import load_dataset
+    from edgevae.training.export import export_run
+    from edgevae.training.model import ModelConfig
+    from edgevae.training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("float-run") / "run"
+    data = load_dataset(str(image_folder), (1, 28, 28))
+    train(data, ModelConfig(latent_dim=4, channels=(4, 8, 8), mixture_components=2, upsample="nearest"),
+          TrainConfig(dataset=str(image_folder), epochs=1, batch_size=32, warmup_steps=2, seed=0), run,
+          log=lambda _: None)
+    bundle = tmp_path_factory.mktemp("float-bundle") / "tiny"
+    export_run(run, bundle)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def integer_run(float_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`edgevae-train integer` of ``float_bundle``, post-training quantization only (epoch 0)."""
+    from click.testing import CliRunner
+
+    from edgevae.training.cli import main
+
+    run = tmp_path_factory.mktemp("integer-run") / "run"
+    result = CliRunner().invoke(main, ["integer", str(float_bundle), "--epochs", "0", "--calibration-images", "32",
+                                       "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_bundle: Path):
     """The runtime model of ``tiny_bundle``."""
     from edgevae.runtime import load

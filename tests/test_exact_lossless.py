@@ -19,7 +19,6 @@ from edgevae.runtime.codec import LosslessCodec, NearLosslessCodec
 from edgevae.runtime.errors import ContainerError
 from edgevae.runtime.model import load
 from test_exact_bundle import FLOAT_BUNDLE, integer_bundle  # noqa: F401 (a fixture)
-from test_integer_training import float_bundle  # noqa: F401 (a fixture: a tiny trained float bundle)
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "tests" / "fixtures" / "release-0.2.0"
@@ -138,7 +137,7 @@ def test_many_images_round_trip_on_both_lanes(model) -> None:
 
 
 @pytest.mark.slow
-def test_a_trained_integer_bundle_codes_every_mode(float_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_trained_integer_bundle_codes_every_mode(float_bundle: Path, tmp_path: Path) -> None:
     """training/integer.py's export (true integer graphs, with codec.json) through every runtime mode:
     lossless and near-lossless (multi, and single images on a quantized latent) are version 3, lossy
     is version 1, and everything decodes."""

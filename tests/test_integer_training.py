@@ -112,24 +112,6 @@ def test_help_teaches_the_two_commands() -> None:
         assert result.exit_code == 0 and phrase in result.output
 
 
-@pytest.fixture(scope="module")
-def float_bundle(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A float bundle of a tiny nearest-upsampling model trained one epoch on ``image_folder``."""
-    from edgevae.training.data import load_dataset
-    from edgevae.training.export import export_run
-    from edgevae.training.model import ModelConfig
-    from edgevae.training.train import TrainConfig, train
-
-    run = tmp_path_factory.mktemp("float-run") / "run"
-    data = load_dataset(str(image_folder), (1, 28, 28))
-    train(data, ModelConfig(latent_dim=4, channels=(4, 8, 8), mixture_components=2, upsample="nearest"),
-          TrainConfig(dataset=str(image_folder), epochs=1, batch_size=32, warmup_steps=2, seed=0), run,
-          log=lambda _: None)
-    bundle = tmp_path_factory.mktemp("float-bundle") / "tiny"
-    export_run(run, bundle)
-    return bundle
-
-
 @pytest.mark.slow
 def test_end_to_end_run_and_export(float_bundle: Path, tmp_path: Path) -> None:
     from edgevae.runtime import manifest as schema

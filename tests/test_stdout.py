@@ -40,7 +40,7 @@ RUNTIME_CASES: dict[str, list[list[str]]] = {
 
 #: edgevae-train command -> its cheapest real invocation on the tiny data of conftest.py ({images}:
 #: a folder data set, {run} a copy of a trained run, {bundle} a copy of its bundle, {denoise_run} a
-#: denoise-train run), or None for a command that writes nothing to stdout (its progress goes to
+#: denoise-train run, {float_bundle} a nearest-upsampling bundle, {integer_run} its `integer` run), or None for a command that writes nothing to stdout (its progress goes to
 #: stderr): that one must then succeed with stdout unusable.
 TRAINING_CASES: dict[str, list[str] | None] = {
     "train": ["train", "--dataset", "{images}", "--epochs", "1", "--latent-dim", "4", "--widths", "4,8",
@@ -52,6 +52,8 @@ TRAINING_CASES: dict[str, list[str] | None] = {
     "denoise-train": None,
     "denoise-export": ["denoise-export", "{denoise_run}", "{out}/denoise-bundle"],
     "novelty-threshold": ["novelty-threshold", "{bundle}", "--images", "10", "--samples", "1"],
+    "integer": ["integer", "{float_bundle}", "--epochs", "0", "--calibration-images", "32", "--out", "{out}/int-run"],
+    "integer-export": ["integer-export", "{integer_run}", "-o", "{out}/exact"],
 }
 
 
@@ -169,8 +171,9 @@ def test_edgevae_train_command_with_unwritable_stdout(command: str, sink: str, i
         code, stderr = run_with_stdout(argv, sink, tmp_path)
         assert code == 0 and "Traceback" not in stderr and "Exception ignored" not in stderr, (argv, stderr)
         return
-    if "{denoise_run}" in case:
-        places["denoise_run"] = request.getfixturevalue("denoise_run")
+    for fixture in ("denoise_run", "float_bundle", "integer_run"):  # built only for the commands that need them
+        if "{%s}" % fixture in case:
+            places[fixture] = request.getfixturevalue(fixture)
     argv = ["edgevae.training", *(arg.format(**places) for arg in case)]
     code, stderr = run_with_stdout(argv, sink, tmp_path)
     assert_one_line_stdout_error(code, stderr, argv, progress=True)
