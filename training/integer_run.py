@@ -190,10 +190,9 @@ def train_integer(config: IntegerConfig, run_dir: str | Path, data_dir: str | Pa
         metrics = checkpoint["metrics"]
     start_epoch = metrics["epoch"]
     started = time.time() - metrics["seconds"]
+    done = start_epoch * steps_per_epoch  # the scheduler is rebuilt, not saved: same step, same LR
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    for _ in range(start_epoch * steps_per_epoch):
-        schedule.step()  # the scheduler is rebuilt, not saved: same step, same LR
+        optimizer, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s + done) / total))))
     dims = model.config.pixels
     for epoch in range(start_epoch, config.epochs):
         model.train()
