@@ -188,3 +188,28 @@ def test_an_interrupted_run_resumes_to_the_same_weights(float_bundle: Path, tmp_
     assert resumed["epoch"] == whole["epoch"] == 2 and resumed["nelbo_bpd"] == whole["nelbo_bpd"]
     a, b = (torch.load(tmp_path / run / CHECKPOINT, weights_only=False)["model"] for run in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fashion-mnist-exact", "fashion-mnist-codec-exact"])
+def test_shipped_integer_bundles_are_exact_and_within_1_percent_of_their_source(name: str) -> None:
+    from edgevae.exported import BUNDLES
+    from edgevae.runtime import manifest as schema
+    from edgevae.runtime.model import new_session
+    from edgevae.training.data import load_fashion_mnist
+    from edgevae.training.integer import check_bounds, load_network, reference_decode, reference_encode
+
+    bundle = BUNDLES / name
+    manifest = schema.validate(json.loads((bundle / "model.json").read_text()))
+    evaluation = manifest["evaluation"]
+    assert manifest["arithmetic"] == "integer" and evaluation["images"] == 10_000
+    assert evaluation["nelbo_bpd"] <= 1.01 * evaluation["source_nelbo_bpd"]
+    network = load_network(bundle)
+    check_bounds(network)
+    images = load_fashion_mnist().test[:50]
+    got = new_session(bundle / "encoder.onnx", threads=1).run(None, {"images": images})
+    assert all(np.array_equal(g, w) for g, w in zip(got, reference_encode(network, images)))
+    latents = np.rint(got[0] / 4).astype(np.int32)
+    got = new_session(bundle / "decoder.onnx", threads=1).run(None, {"latents": latents})
+    want = reference_decode(network, latents)
+    assert all(np.array_equal(g, want[s.name]) for s, g in zip(contract.INTEGER_DECODER.outputs, got))
