@@ -26,6 +26,7 @@ _LAZY = {
     "load": "edgevae.runtime.model",
     "EdgeVAE": "edgevae.runtime.model",
     "MixtureParams": "edgevae.runtime.likelihood",
+    "MixtureIndices": "edgevae.runtime.likelihood",
     "Codec": "edgevae.runtime.codec",
     "LosslessCodec": "edgevae.runtime.codec",
     "NearLosslessCodec": "edgevae.runtime.codec",

@@ -543,17 +543,25 @@ class _ExactPosterior:
         at = self.mean << (exact.POSITION_BITS - contract.POSTERIOR_MEAN_BITS)
         self.mode = np.searchsorted(t.edges, at, side="right").astype(np.int32)
 
-    def _cdf(self, index: np.ndarray) -> np.ndarray:
-        return exact.posterior_cdf(index, self.mean, self.logvar, self.t.edges)
+    def _cdf(self, edges: np.ndarray, low_end: np.ndarray | bool, high_end: np.ndarray | bool) -> np.ndarray:
+        """exact.posterior_cdf at edges (B, D, n) or (n,) given as positions (the end columns' values
+        are ignored: ``low_end`` / ``high_end`` (B, D) say where they are the edges -inf / +inf)."""
+        mu = (self.mean << (exact.POSITION_BITS - contract.POSTERIOR_MEAN_BITS))[..., None]
+        x = (((edges - mu) * exact.sigma_inv()[self.logvar][..., None]) >> exact.SIGMA_BITS) + exact.POSITION_ORIGIN
+        x[..., 0] = np.where(low_end, 0, x[..., 0])
+        x[..., -1] = np.where(high_end, exact.POSITION_END, x[..., -1])
+        return exact.phi_lin(x)
 
     def groups(self) -> np.ndarray:
         """Stage 1, the bucket's group: constriction floats (B, D, 2**(b//2))."""
-        index = np.arange(0, self.t.buckets + 1, self.t.fine)
-        return exact.renorm(self._cdf(np.broadcast_to(index, self.mean.shape + index.shape)))
+        boundaries = self.t.edges[np.clip(np.arange(0, self.t.buckets + 1, self.t.fine) - 1, 0, len(self.t.edges) - 1)]
+        return exact.renorm(self._cdf(boundaries, True, True))
 
     def within(self, group: np.ndarray) -> np.ndarray:
         """Stage 2, the bucket within its group (B, D): constriction floats (B, D, 2**(b - b//2))."""
-        return exact.renorm(self._cdf(group[..., None].astype(np.int64) * self.t.fine + np.arange(self.t.fine + 1)))
+        g = group.astype(np.int64)
+        index = np.clip(g[..., None] * self.t.fine + (np.arange(self.t.fine + 1) - 1), 0, len(self.t.edges) - 1)
+        return exact.renorm(self._cdf(self.t.edges[index], g == 0, g == self.t.buckets // self.t.fine - 1))
 
 
 # -- payload -----------------------------------------------------------------------------------

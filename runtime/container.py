@@ -1,7 +1,8 @@
 """The ``.evz`` container: every constant of the compressed format, and its reader and writer.
 
 docs/FORMAT.md specifies the format field by field; this module is its single source of
-numbers. Layout (version 1; version 2 is the same with mode 2, near-lossless), bit by bit::
+numbers. Layout (version 1; version 2 is the same with mode 2, near-lossless; version 3 holds
+modes 1 and 2 of integer bundles, whose payloads use the exact table set), bit by bit::
 
     offset  size  field
     0       1     MAGIC 0xEE

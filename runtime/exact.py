@@ -289,8 +289,13 @@ def renorm(cumulative: np.ndarray) -> np.ndarray:
     # floor(a * (2**24 - n) / T) in binary64 (faster than int64 division in numpy): the product is
     # an exact integer below 2**53, and a correctly rounded quotient below 2**24 with T < 2**29 is
     # never rounded up to the next integer, so this is the integer floor (test_exact_tables checks).
-    q = np.floor(a.astype(np.float64) * float(TOTAL - n) / total.astype(np.float64))
-    return np.ascontiguousarray(np.diff(q, axis=-1), dtype=np.float32)
+    q = a.astype(np.float64)
+    q *= float(TOTAL - n)
+    q /= total
+    np.floor(q, out=q)
+    out = np.empty(q.shape[:-1] + (n,), dtype=np.float32)
+    np.subtract(q[..., 1:], q[..., :-1], out=out, casting="same_kind")
+    return out
 
 
 def categorical(weights: np.ndarray) -> np.ndarray:

@@ -170,3 +170,11 @@ def test_a_trained_integer_bundle_codes_every_mode(float_bundle: Path, tmp_path:
     lossy = Codec(model)
     data = lossy.compress(images[:4])
     assert data[1] >> 4 == fmt.VERSION and lossy.decompress(data).shape == images[:4].shape
+    # the float API on integer graphs: sampling (no prior.onnx: N(0, I)), reconstruction, scores, info
+    from edgevae.runtime.novelty import score
+    from edgevae.runtime.reports import bundle_text
+
+    assert model.prior == "normal" and model.sample(3, seed=0).shape == (3, 1, 28, 28)
+    assert model.reconstruct(images[:2]).dtype == np.uint8
+    assert np.isfinite(score(model, images[:2]).bits_per_dim).all()
+    assert "integer arithmetic" in bundle_text(model.bundle, False)

@@ -173,3 +173,21 @@ def test_posterior_cdf_fits_javascript() -> None:
 def test_canonical_bytes_are_little_endian() -> None:
     assert zlib.crc32(np.ascontiguousarray(E.sigma_inv(), dtype="<i8").tobytes()) == CRCS["sigma_inv"]
     assert zlib.crc32(np.ascontiguousarray(E.phi_table(), dtype="<i4").tobytes()) == CRCS["phi"]
+
+
+def test_the_coders_posterior_tables_are_posterior_cdf() -> None:
+    """bitsback's fast posterior stages equal renorm of exact.posterior_cdf (the spec's F) at the edges."""
+    from edgevae.runtime import bitsback
+
+    t = bitsback.tables(16, True)
+    rng = np.random.default_rng(4)
+    mean = rng.integers(-8192, 8193, (3, 32))
+    logvar = rng.integers(0, 2049, (3, 32))
+    mean[0, :4], logvar[0, :4] = [-8192, 8192, 0, 512], [0, 2048, 1536, 700]
+    posterior = bitsback._ExactPosterior(t, mean, logvar)
+    index = np.broadcast_to(np.arange(0, 65537, 256), (3, 32, 257))
+    assert np.array_equal(posterior.groups(), E.renorm(E.posterior_cdf(index, mean, logvar, t.edges)))
+    group = rng.integers(0, 256, (3, 32))
+    group[0, :3] = [0, 255, 128]
+    index = group[..., None] * 256 + np.arange(257)
+    assert np.array_equal(posterior.within(group), E.renorm(E.posterior_cdf(index, mean, logvar, t.edges)))
