@@ -148,3 +148,50 @@ def test_end_to_end_run_and_export(float_bundle: Path, tmp_path: Path) -> None:
     got = new_session(bundle / "decoder.onnx").run(None, {"latents": latents})
     want = reference_decode(network, latents)
     assert all(np.array_equal(g, want[s.name]) for s, g in zip(contract.INTEGER_DECODER.outputs, got))
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_weights(float_bundle: Path, tmp_path: Path) -> None:
+    from edgevae.training.integer_run import CHECKPOINT, IntegerConfig, train_integer
+
+    config = IntegerConfig(source=str(float_bundle), epochs=2, batch_size=32, calibration_images=64)
+    whole = train_integer(config, tmp_path / "whole", log=lambda _: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1:"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_integer(config, tmp_path / "cut", log=stop_after_epoch_1)
+    resumed = train_integer(config, tmp_path / "cut", resume=True, log=lambda _: None)
+    assert resumed["epoch"] == whole["epoch"] == 2 and resumed["nelbo_bpd"] == whole["nelbo_bpd"]
+    a, b = (torch.load(tmp_path / run / CHECKPOINT, weights_only=False)["model"] for run in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fashion-mnist-exact", "fashion-mnist-codec-exact"])
+def test_shipped_integer_bundles_are_exact_and_within_1_percent_of_their_source(name: str) -> None:
+    from edgevae.exported import BUNDLES
+    from edgevae.runtime import manifest as schema
+    from edgevae.runtime.model import new_session
+    from edgevae.training.data import load_fashion_mnist
+    from edgevae.training.integer import check_bounds, load_network, reference_decode, reference_encode
+
+    bundle = BUNDLES / name
+    manifest = schema.validate(json.loads((bundle / "model.json").read_text()))
+    evaluation = manifest["evaluation"]
+    assert manifest["arithmetic"] == "integer" and evaluation["images"] == 10_000
+    assert evaluation["nelbo_bpd"] <= 1.01 * evaluation["source_nelbo_bpd"]
+    network = load_network(bundle)
+    check_bounds(network)
+    images = load_fashion_mnist().test[:50]
+    got = new_session(bundle / "encoder.onnx", threads=1).run(None, {"images": images})
+    assert all(np.array_equal(g, w) for g, w in zip(got, reference_encode(network, images)))
+    latents = np.rint(got[0] / 4).astype(np.int32)
+    got = new_session(bundle / "decoder.onnx", threads=1).run(None, {"latents": latents})
+    want = reference_decode(network, latents)
+    assert all(np.array_equal(g, want[s.name]) for s, g in zip(contract.INTEGER_DECODER.outputs, got))

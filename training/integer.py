@@ -48,7 +48,6 @@ Supported models: ``res_blocks == 0`` and ``upsample == "nearest"`` (every shipp
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -680,11 +679,6 @@ def decoder_graph(network: IntegerNetwork, props: dict[str, str] | None = None) 
     g.node("Cast", [level], outputs=[names["pixels"]], to=TensorProto.UINT8)
     return g.model([_value_info(t, dims) for t in spec.inputs], [_value_info(t, dims) for t in spec.outputs],
                    "edgevae integer decoder: see model.json and training/integer.py", props or {})
-
-
-def graph_props(network: IntegerNetwork) -> dict[str, str]:
-    """Minimal metadata for graphs built outside an export (tests); export stamps the manifest's."""
-    return {"edgevae.arithmetic": contract.ARITHMETIC_INTEGER}
 
 
 # -- validation ------------------------------------------------------------------------------
