@@ -528,21 +528,20 @@ class _Likelihood:
         index = np.minimum(start[..., None] + np.arange(bins.group + 1), bins.bins)
         return self.renorm(self._cumulative(first, 0, bins.edges[index].astype(np.int32)))
 
-    def _mixture_cumulative(self, levels: np.ndarray) -> np.ndarray:
-        """The mixture's cumulative M(v) = sum_k weight mass_k * C_k(v) at levels (B, P, n):
-        int64 (B, P, n), from 0 at v = 0 to exactly 2**48 at v = 256 (weight masses sum to
-        2**24), so below 2**53 and exact in float64."""
-        v = levels[:, :, None, :]
-        first = self.first_of.transpose(0, 2, 1)[..., None]
-        inner = self.padded[first + np.clip(v, 1, LEVELS - 1) - 1] + v
-        component = np.where(v == 0, 0, np.where(v == LEVELS, TOTAL, inner))
-        weight = self.weights.astype(np.int64)[..., None] + 1
-        return (weight * component).sum(axis=2)
+    def _mixture_cumulative(self, start: np.ndarray | int, offsets: np.ndarray) -> np.ndarray:
+        """The mixture's cumulative M(v) = sum_k weight mass_k * C_k(v) at levels v = start +
+        offsets (as :meth:`_cumulative`): int64 (B, P, n), from 0 at v = 0 to exactly 2**48 at
+        v = 256 (weight masses sum to 2**24), so below 2**53 and exact in float64 (where it is
+        summed). Levels past 256 read other table entries: callers drop them."""
+        total = np.zeros(np.shape(np.asarray(start)[..., None] + offsets), dtype=np.float64)
+        for k in range(self.first_of.shape[1]):
+            total += self._cumulative(self.first_of[:, k], start, offsets) * self._weight_mass[:, k, :, None]
+        return total.astype(np.int64)
 
     def mixture_tables(self, edges: np.ndarray) -> np.ndarray:
         """The whole mixture's table over the runs between level edges (B, P, n + 1), non-decreasing
         from 0 to LEVELS where a run is meant to cover all levels: constriction floats (B, P, n)."""
-        return self.renorm(self._mixture_cumulative(edges))
+        return self.renorm(self._mixture_cumulative(0, np.asarray(edges, dtype=np.int32)))
 
 
 class _Posterior:
@@ -1045,11 +1044,14 @@ def exact_reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, para
     (lower + upper) // 2 (den == 0); then clamped to [max(upper - K, 0), min(lower + K, 255)].
     """
     likelihood = _Likelihood(params, tables(LATENT_BUCKET_BITS, True), binning(0))
-    lo, hi = lower.astype(np.int64), upper.astype(np.int64)
+    lo, hi = lower.astype(np.int32), upper.astype(np.int32)
     width = 2 * max_error + 1
-    offsets = np.arange(width + 1)
-    levels = np.minimum(lo[..., None] + offsets, hi[..., None] + 1)  # past the bin: repeat its end (mass 0)
-    m = np.diff(likelihood._mixture_cumulative(levels) >> RECONSTRUCTION_SHIFT, axis=-1)
+    offsets = np.arange(width + 1, dtype=np.int32)
+    # M at lo .. lo + width (consecutive levels: one window row per component); the masses past
+    # the bin are 0, as if its end level were repeated
+    m = np.diff(likelihood._mixture_cumulative(lo, offsets) >> RECONSTRUCTION_SHIFT, axis=-1)
+    m[offsets[:-1] > (hi - lo)[..., None]] = 0
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64)
     den = m.sum(axis=-1)
     num = (m * offsets[:-1]).sum(axis=-1)
     safe = np.maximum(den, 1)

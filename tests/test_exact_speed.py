@@ -184,3 +184,28 @@ def test_window_rows_equal_fancy_indexing() -> None:
     start = RNG.integers(0, 4000, size=(7, 9))
     for offsets in (np.arange(17), np.arange(1, 16) * 16, np.array([3]), np.array([0, 5, 9, 20])):
         assert np.array_equal(bitsback._rows(table, start, offsets), table[start[..., None] + offsets])
+
+
+@pytest.mark.parametrize("max_error", [1, 4, 32])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_exact_reconstruction_equals_the_integer_reference(max_error: int, extreme: bool) -> None:
+    """§8.1 with M gathered level by level (bins repeat their end level past it), in int64."""
+    b, k, p = 2, 5, 400
+    params = random_indices(b, k, p, extreme)
+    bins = bitsback.binning(max_error)
+    symbols = RNG.integers(0, bins.bins, size=(b, p))
+    symbols[:, :2] = [0, bins.bins - 1]
+    lo, hi = bins.starts[symbols], bins.ends[symbols]
+    likelihood = bitsback._Likelihood(params, bitsback.tables(16, True))
+    mass = likelihood.weights.astype(np.int64) + 1  # (B, P, K)
+    offsets = np.arange(2 * max_error + 2)
+    levels = np.minimum(lo[..., None] + offsets, hi[..., None] + 1)
+    mixture = sum(mass[..., c, None] * ref_pixel_cumulative(params, levels, np.full((b, p), c)) for c in range(k))
+    m = np.diff(mixture >> bitsback.RECONSTRUCTION_SHIFT, axis=-1)
+    den, num = m.sum(-1), (m * offsets[:-1]).sum(-1)
+    value = np.where(den > 0, lo + (2 * num + den) // (2 * np.maximum(den, 1)), (lo + hi) // 2)
+    end_mass = np.where(lo == 0, m[..., 0], np.take_along_axis(m, (hi - lo)[..., None], -1)[..., 0])
+    at_end = (den > 0) & ((lo == 0) | (hi == 255)) & (2 * end_mass >= den)
+    value = np.where(at_end, np.where(lo == 0, 0, 255), value)
+    want = np.clip(value, np.maximum(hi - max_error, 0), np.minimum(lo + max_error, 255)).astype(np.uint8)
+    assert np.array_equal(bitsback.exact_reconstruct(lo, hi, max_error, params), want)
