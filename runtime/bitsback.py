@@ -495,12 +495,23 @@ class _Likelihood:
 
     def _cumulative(self, first: np.ndarray, start: np.ndarray | int, offsets: np.ndarray) -> np.ndarray:
         """C(v) = G(v) + v, int32 (B, P, n), of the components whose G(1) is at ``first`` (B, P), at
-        levels v = start + offsets (start (B, P) or 0; offsets (n,) or (B, P, n), 0 .. 256)."""
-        levels = np.asarray(start)[..., None] + offsets
-        cumulative = _rows(self.padded, first + np.asarray(start) - 1, offsets)
-        cumulative += levels
-        # the ends: C(0) = 0 and C(256) = 2**24 whatever the table row
-        return np.where(levels == 0, 0, np.where(levels == LEVELS, TOTAL, cumulative))
+        levels v = start + offsets (start (B, P) or 0; offsets (n,) or (B, P, n) increasing along n
+        until they reach 256; levels past 256 count as 256)."""
+        start = np.asarray(start)
+        cumulative = _rows(self.padded, first + start - 1, offsets)
+        cumulative += start[..., None]
+        cumulative += offsets
+        # The ends: C(0) = 0 and C(256) = 2**24 whatever the table row. Levels rise along a row,
+        # so 0 can only be the first and 256 (or past it) only a run of the last: look at those
+        # columns only.
+        level = start + offsets[..., 0]
+        np.copyto(cumulative[..., 0], 0, where=level == 0)
+        for column in range(cumulative.shape[-1] - 1, -1, -1):
+            top = start + offsets[..., column] >= LEVELS
+            if not top.any():
+                break
+            np.copyto(cumulative[..., column], TOTAL, where=top)
+        return cumulative
 
     def groups(self, first: np.ndarray) -> np.ndarray:
         """Stage 1, the bin's group bin // group: constriction floats (B, P, groups)."""
@@ -532,7 +543,7 @@ class _Likelihood:
         """The mixture's cumulative M(v) = sum_k weight mass_k * C_k(v) at levels v = start +
         offsets (as :meth:`_cumulative`): int64 (B, P, n), from 0 at v = 0 to exactly 2**48 at
         v = 256 (weight masses sum to 2**24), so below 2**53 and exact in float64 (where it is
-        summed). Levels past 256 read other table entries: callers drop them."""
+        summed)."""
         total = np.zeros(np.shape(np.asarray(start)[..., None] + offsets), dtype=np.float64)
         for k in range(self.first_of.shape[1]):
             total += self._cumulative(self.first_of[:, k], start, offsets) * self._weight_mass[:, k, :, None]
