@@ -70,12 +70,27 @@ def exp_exact(x: np.ndarray | float) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if np.any(np.abs(x) > EXP_LIMIT):
         raise ValueError(f"exp_exact takes |x| <= {EXP_LIMIT}")
+    out = np.empty(x.shape, dtype=np.float64)
+    flat, into = x.reshape(-1), out.reshape(-1)
+    # in blocks that stay in the cache through the polynomial's 30 passes (pixel_cdf: 2.1M values)
+    for start in range(0, flat.size, EXP_BLOCK):
+        _exp_block(flat[start : start + EXP_BLOCK], into[start : start + EXP_BLOCK])
+    return out
+
+
+#: Values per block of :func:`exp_exact`.
+EXP_BLOCK = 1 << 14
+
+
+def _exp_block(x: np.ndarray, out: np.ndarray) -> None:
     k = np.floor(x * INV_LN2 + 0.5)
-    r = (x - k * LN2_HI) - k * LN2_LO
+    r = x - k * LN2_HI
+    r -= k * LN2_LO
     p = np.full_like(r, EXP_COEFFICIENTS[-1])
     for c in EXP_COEFFICIENTS[-2::-1]:
-        p = p * r + c
-    return np.ldexp(p, k.astype(np.int64))
+        p *= r
+        p += c
+    np.ldexp(p, k.astype(np.int64), out=out)
 
 
 # -- Phi ---------------------------------------------------------------------------------------
@@ -292,11 +307,14 @@ def pixel_cdf() -> np.ndarray:
     scale = exp_exact(lo + s / LOG_SCALE_STEPS) * PIXEL_SCALE
     offset = np.arange(MEAN_SUBSTEPS, dtype=np.float64) / MEAN_SUBSTEPS
     edge = np.arange(-(PIXEL_LEVELS - 1), PIXEL_LEVELS, dtype=np.float64) + 0.5
-    t = (edge[None, None, :] - offset[None, :, None]) / scale[:, None, None]
-    u = np.minimum(np.maximum(-t, -EXP_LIMIT), EXP_LIMIT)
-    cdf = 1.0 / (1.0 + exp_exact(u))
-    counts = np.floor(cdf * float(TOTAL - PIXEL_LEVELS))
-    return np.maximum.accumulate(counts, axis=2).astype(np.int32)
+    out = np.empty((len(scale), MEAN_SUBSTEPS, len(edge)), dtype=np.int32)
+    for i, row in enumerate(scale):  # one scale at a time: 16k values that stay in the cache
+        t = (edge[None, :] - offset[:, None]) / row
+        u = np.minimum(np.maximum(-t, -EXP_LIMIT), EXP_LIMIT)
+        cdf = 1.0 / (1.0 + exp_exact(u))
+        counts = np.floor(cdf * float(TOTAL - PIXEL_LEVELS))
+        out[i] = np.maximum.accumulate(counts, axis=1)
+    return out
 
 
 @lru_cache(maxsize=1)
