@@ -170,17 +170,18 @@ def quantile(j: np.ndarray, levels_bits: int) -> np.ndarray:
     for integers 0 <= j <= 2**L (L = ``levels_bits`` <= 28): the quantile j / 2**L of the table.
 
     Any search that finds the smallest such X gives the same answer (phi_lin is non-decreasing);
-    this one bisects all targets at once.
+    this one solves it per cell: the first cell c whose end reaches the target (PHI[c + 1] >= t),
+    then the smallest r with PHI[c] + floor(D r / 256) >= t, D = PHI[c + 1] - PHI[c]:
+    r = ceil(256 (t - PHI[c]) / D) (0 when PHI[c] >= t already), X = 256 c + r.
     """
     target = np.asarray(j, dtype=np.int64) << (PHI_BITS - levels_bits)
-    lo = np.zeros(target.shape, dtype=np.int64)
-    hi = np.full(target.shape, POSITION_END, dtype=np.int64)
-    while (lo < hi).any():
-        mid = (lo + hi) >> 1
-        ok = phi_lin(mid) >= target
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, mid + 1)
-    return lo
+    phi = phi_table()
+    c = np.minimum(np.searchsorted(phi[1:], target, side="left"), PHI_CELLS - 1)
+    short = np.maximum(target - phi[c], 0)
+    step = np.maximum(phi[c + 1] - phi[c], 1)  # D >= short >= 1 wherever short > 0
+    x = (c << SUBCELL_BITS) + (-((-short << SUBCELL_BITS) // step))
+    # a target beyond PHI[last] is never reached: the search's answer is the end
+    return np.where(target > phi[-1], POSITION_END, np.minimum(x, POSITION_END))
 
 
 def latent_index(position: np.ndarray) -> np.ndarray:

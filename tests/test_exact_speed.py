@@ -209,3 +209,23 @@ def test_exact_reconstruction_equals_the_integer_reference(max_error: int, extre
     value = np.where(at_end, np.where(lo == 0, 0, 255), value)
     want = np.clip(value, np.maximum(hi - max_error, 0), np.minimum(lo + max_error, 255)).astype(np.uint8)
     assert np.array_equal(bitsback.exact_reconstruct(lo, hi, max_error, params), want)
+
+
+def bisect_quantile(j: np.ndarray, levels_bits: int) -> np.ndarray:
+    """The smallest X with phi_lin(X) >= j * 2**(28 - L), by bisection (the first implementation)."""
+    target = np.asarray(j, dtype=np.int64) << (E.PHI_BITS - levels_bits)
+    lo, hi = np.zeros(target.shape, np.int64), np.full(target.shape, E.POSITION_END, np.int64)
+    while (lo < hi).any():
+        mid = (lo + hi) >> 1
+        ok = E.phi_lin(mid) >= target
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid + 1)
+    return lo
+
+
+@pytest.mark.parametrize("levels_bits", [1, 6, 7, 8, 9, 16, 17, 28])
+def test_quantile_equals_bisection(levels_bits: int) -> None:
+    j = np.arange(1 << min(levels_bits, 17) + 1)
+    if levels_bits > 17:
+        j = np.concatenate([j, RNG.integers(0, 1 << levels_bits, 100_000), (1 << levels_bits) - np.arange(100)])
+    j = j[j <= 1 << levels_bits]
+    assert np.array_equal(E.quantile(j, levels_bits), bisect_quantile(j, levels_bits))
