@@ -353,7 +353,8 @@ def renorm(cumulative: np.ndarray, axis: int = -1) -> np.ndarray:
     c = np.moveaxis(np.asarray(cumulative), axis, -1)  # a view: the arithmetic below keeps memory order
     n = c.shape[-1] - 1
     a = c.astype(np.float64)
-    a -= a[..., :1].copy()
+    if a[..., 0].any():  # running sums (categorical) start at 0 already: a pass saved
+        a -= a[..., :1].copy()
     total = a[..., -1:].copy()
     empty = total <= 0
     if empty.any():
