@@ -42,9 +42,12 @@ takes its most probable mixture component. That costs about the bits-back credit
 (~D * b / 2 bits) per chain: the *gross* rate includes it, the *net* rate is that of the other
 images.
 
-Speed: the two lanes keep two cores busy (onnxruntime and numpy release the GIL), so load the
-model with ``threads=1``; more onnxruntime threads per call only compete with the other lane
-(the CLI does this for --lossless unless --threads is given).
+Speed: the two lanes keep two cores busy (onnxruntime and numpy release the GIL; constriction's
+calls hold it, under a tenth of the time), so load the model with ``threads=1``; more onnxruntime
+threads per call only compete with the other lane (the CLI does this for --lossless unless
+--threads is given). The networks take about half the time; the tables are built with long
+numpy rows (components as an outer axis, window views of the lookup table, binary64 where it is
+exact), since numpy's per-row overhead on axes of 5 or 17 entries costs more than the arithmetic.
 
 Determinism (the decoder must rebuild every table bit for bit): compress and decompress run
 the same computations on the same arrays: each network call batches exactly the images of one
