@@ -386,7 +386,7 @@ def _first_max(values: np.ndarray) -> np.ndarray:
     for k in range(1, values.shape[1]):
         larger = values[:, k] > best
         np.copyto(best, values[:, k], where=larger)
-        index[larger] = k
+        np.copyto(index, k, where=larger)
     return index
 
 
@@ -484,8 +484,8 @@ class _Likelihood:
         bins = self.bins
         j = symbols.astype(np.intp)[:, None, :]
         lo, hi = bins.starts[j].astype(np.int32), bins.ends[j].astype(np.int32)
-        top = np.where(hi == LEVELS - 1, TOTAL - LEVELS, self.padded[self.first_of + hi])
-        bottom = np.where(lo == 0, 0, self.padded[self.first_of + (lo - 1)])
+        top = np.where(hi == LEVELS - 1, TOTAL - LEVELS, self.padded.take(self.first_of + hi))
+        bottom = np.where(lo == 0, 0, self.padded.take(self.first_of + (lo - 1)))
         # weight mass * bin mass C(hi + 1) - C(lo), with C(v) = G(v) + v
         top -= bottom
         top += hi - lo + 1
