@@ -370,8 +370,23 @@ def renorm(cumulative: np.ndarray, axis: int = -1) -> np.ndarray:
     a *= float(TOTAL - n)
     a /= total
     np.floor(a, out=a)
-    out = np.empty(a.shape[:-1] + (n,), dtype=np.float32)
-    np.subtract(a[..., 1:], a[..., :-1], out=out, casting="same_kind")
+    return differences(a, axis)
+
+
+def differences(q: np.ndarray, axis: int) -> np.ndarray:
+    """q_i+1 - q_i of integer values q (..., n + 1) (the table axis moved last from ``axis``) as
+    float32 (..., n) in C order: constriction's table layout.
+
+    A table axis that is not last in memory (mixture components) is written one entry at a
+    time, each a long strided row; subtracting along it at once runs a loop of n per row.
+    """
+    n = q.shape[-1] - 1
+    out = np.empty(q.shape[:-1] + (n,), dtype=np.float32)
+    if axis in (-1, q.ndim - 1):
+        np.subtract(q[..., 1:], q[..., :-1], out=out, casting="same_kind")
+    else:
+        for i in range(n):
+            np.subtract(q[..., i + 1], q[..., i], out=out[..., i], casting="same_kind")
     return out
 
 
