@@ -42,9 +42,12 @@ takes its most probable mixture component. That costs about the bits-back credit
 (~D * b / 2 bits) per chain: the *gross* rate includes it, the *net* rate is that of the other
 images.
 
-Speed: the two lanes keep two cores busy (onnxruntime and numpy release the GIL), so load the
-model with ``threads=1``; more onnxruntime threads per call only compete with the other lane
-(the CLI does this for --lossless unless --threads is given).
+Speed: the two lanes keep two cores busy (onnxruntime and numpy release the GIL; constriction's
+calls hold it, under a tenth of the time), so load the model with ``threads=1``; more onnxruntime
+threads per call only compete with the other lane (the CLI does this for --lossless unless
+--threads is given). The networks take about half the time; the tables are built with long
+numpy rows (components as an outer axis, window views of the lookup table, binary64 where it is
+exact), since numpy's per-row overhead on axes of 5 or 17 entries costs more than the arithmetic.
 
 Determinism (the decoder must rebuild every table bit for bit): compress and decompress run
 the same computations on the same arrays: each network call batches exactly the images of one
@@ -88,7 +91,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -151,6 +154,8 @@ PHI_RANGE = 8.5
 
 #: Mixture means are rounded to 1/MEAN_SUBSTEPS of a pixel level.
 MEAN_SUBSTEPS = 32
+#: log2 of MEAN_SUBSTEPS (a power of two, so mean level and fraction are a shift and a mask).
+_MEAN_SUBSTEP_BITS = MEAN_SUBSTEPS.bit_length() - 1
 #: Mixture log-scales (normalized domain) are rounded to 1/LOG_SCALE_STEPS within this range;
 #: the lower end is the training clamp (likelihood.MIN_LOG_SCALE).
 LOG_SCALE_STEPS = 16
@@ -343,15 +348,16 @@ def _pixel_cdf() -> np.ndarray:
 # -- table building (shared verbatim by compress and decompress) -------------------------------
 
 
-def _from_cumulative(cumulative: np.ndarray) -> np.ndarray:
-    """Non-decreasing cumulative values (..., n + 1) -> constriction floats (..., n).
+def _from_cumulative(cumulative: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Non-decreasing cumulative values (..., n + 1) along ``axis`` -> constriction floats (..., n)
+    (the table axis last).
 
     The result is ``mass - 1`` of integer masses >= 1 summing to 2**24, proportional to the
     increments up to flooring; a row without any increment becomes uniform. Only IEEE basic
     operations: the same on every machine.
     """
-    n = cumulative.shape[-1] - 1
-    span = cumulative.astype(np.float64)
+    span = np.moveaxis(np.asarray(cumulative), axis, -1).astype(np.float64)
+    n = span.shape[-1] - 1
     span -= span[..., :1].copy()
     total = span[..., -1:].copy()
     empty = total <= 0
@@ -362,15 +368,44 @@ def _from_cumulative(cumulative: np.ndarray) -> np.ndarray:
     span /= total
     np.floor(span, out=span)
     span[..., -1] = TOTAL - n
-    out = np.empty(span.shape[:-1] + (n,), dtype=np.float32)
-    np.subtract(span[..., 1:], span[..., :-1], out=out, casting="same_kind")
-    return out
+    return exact.differences(span, axis)
 
 
-def _categorical(weights: np.ndarray) -> np.ndarray:
-    """Non-negative integer weights (..., n) -> constriction floats (..., n), see _from_cumulative."""
-    cumulative = np.cumsum(weights, axis=-1)
-    return _from_cumulative(np.concatenate([np.zeros_like(cumulative[..., :1]), cumulative], axis=-1))
+def _categorical(weights: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Non-negative integer weights (..., n) along ``axis`` -> constriction floats (..., n), see
+    _from_cumulative."""
+    return _from_cumulative(exact.cumulative(weights, axis), axis)
+
+
+def _first_max(values: np.ndarray) -> np.ndarray:
+    """Index of the largest of values (B, K, P) along K, the first of equals: int32 (B, P).
+
+    A loop over the components: numpy's argmax runs one tiny loop per pixel there.
+    """
+    best, index = values[:, 0].copy(), np.zeros(values[:, 0].shape, dtype=np.int32)
+    for k in range(1, values.shape[1]):
+        larger = values[:, k] > best
+        np.copyto(best, values[:, k], where=larger)
+        np.copyto(index, k, where=larger)
+    return index
+
+
+def _rows(table: np.ndarray, start: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """table[start + offsets], start (...,), offsets (n,) or (..., n): (..., n).
+
+    Evenly spaced 1-D offsets are read as rows of a strided window view of the table: one index
+    per row instead of n (the pixel stages of lossless coding), several times faster.
+    """
+    start = np.asarray(start)
+    if offsets.ndim == 1 and len(offsets) > 1:
+        step = int(offsets[1] - offsets[0])
+        if step > 0 and np.array_equal(offsets, offsets[0] + step * np.arange(len(offsets))):
+            span = step * (len(offsets) - 1)
+            windows = np.lib.stride_tricks.as_strided(table, shape=(len(table) - span, len(offsets)),
+                                                      strides=(table.strides[0], step * table.strides[0]),
+                                                      writeable=False)
+            return windows[start + int(offsets[0])]
+    return table[start[..., None] + offsets]
 
 
 class _Likelihood:
@@ -378,6 +413,7 @@ class _Likelihood:
 
     Component k of pixel p has the full-table cumulative C(v) = G(v) + v over levels v = 0..256,
     G the lookup-table counts (0 at v = 0, 2**24 - 256 at v = 256): every level has mass >= 1.
+    Per-component arrays are (B, K, P): every loop over components then runs over long rows.
     """
 
     def __init__(self, params: MixtureParams | MixtureIndices, t: Tables, bins: Binning | None = None) -> None:
@@ -390,14 +426,12 @@ class _Likelihood:
         if isinstance(params, MixtureIndices):  # an integer bundle: the outputs are the grid indices
             batch, components = params.logit_index.shape[:2]
             shape = (batch, components, -1)
-            grid = np.clip(params.mean_index.reshape(shape), *contract.index_range("mixture_mean_index")).astype(np.int64)
-            scale = np.clip(params.log_scale_index.reshape(shape),
-                            *contract.index_range("mixture_log_scale_index")).astype(np.int64)
-            steps = np.clip(params.logit_index.reshape(shape), *contract.index_range("mixture_logit_index")).astype(np.int64)
+            grid = np.clip(params.mean_index.reshape(shape), *contract.index_range("mixture_mean_index"))
+            scale = np.clip(params.log_scale_index.reshape(shape), *contract.index_range("mixture_log_scale_index"))
+            steps = np.clip(params.logit_index.reshape(shape), *contract.index_range("mixture_logit_index"))
         else:
             grid, scale, steps = self._grids(params)
-        self._build(grid, scale, steps, t, params.logits.shape[1] if not isinstance(params, MixtureIndices)
-                    else params.logit_index.shape[1])
+        self._build(grid.astype(np.int32), scale.astype(np.int32), steps.astype(np.int64), t)
 
     @staticmethod
     def _grids(params: MixtureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -417,49 +451,83 @@ class _Likelihood:
         steps = np.rint(logits * np.float32(LOGIT_STEPS)).astype(np.int64)
         return grid, scale, steps
 
-    def _build(self, grid: np.ndarray, scale: np.ndarray, steps: np.ndarray, t: Tables, components: int) -> None:
-        # Index in t.padded of G(1): the row of (scale, mean fraction), shifted by the mean's level.
-        row = (scale * MEAN_SUBSTEPS + grid % MEAN_SUBSTEPS) * (2 * LEVELS - 1)
-        self.first = np.ascontiguousarray((row + (LEVELS - 1) - grid // MEAN_SUBSTEPS + 1).transpose(0, 2, 1))
-        drop = np.minimum(steps.max(axis=1, keepdims=True) - steps, len(t.weight_of) - 1)
+    def _build(self, grid: np.ndarray, scale: np.ndarray, steps: np.ndarray, t: Tables) -> None:
+        # grid >= 0 (clipped): // and % by MEAN_SUBSTEPS as a shift and a mask, 10x faster than divmod
+        level, fraction = grid >> _MEAN_SUBSTEP_BITS, grid & (MEAN_SUBSTEPS - 1)
+        #: Index in t.padded of G(1) of each component (B, K, P), int32: the row of (scale, mean
+        #: fraction), shifted by the mean's level.
+        self.first_of = (scale * MEAN_SUBSTEPS + fraction) * (2 * LEVELS - 1) + (LEVELS - level)
+        top = steps.max(axis=1, keepdims=True)
+        drop = np.minimum(top - steps, len(t.weight_of) - 1)
         #: Mixture weight tables, constriction floats (B, P, K).
-        self.weights = self.categorical(t.weight_of[drop].transpose(0, 2, 1))
+        self.weights = self.categorical(t.weight_of[drop], axis=1)
         #: One component: k is always 0 and carries no information, so it is not coded at all
         #: (constriction cannot represent a one-symbol distribution, and it would cost 0 bits).
-        self.single = components == 1
+        self.single = grid.shape[1] == 1
         self.padded = t.padded
-        #: The model's prediction of each pixel (B, P) int64: the mean of its heaviest component
-        #: (the first of equals), rounded to a level; integer arithmetic on the grids.
-        heaviest = steps.argmax(axis=1)[:, None]
-        self.prediction = (np.take_along_axis(grid, heaviest, axis=1)[:, 0] + MEAN_SUBSTEPS // 2) // MEAN_SUBSTEPS
+        self._grid, self._steps = grid, steps
+
+    @cached_property
+    def prediction(self) -> np.ndarray:
+        """The model's prediction of each pixel (B, P) int64: the mean of its heaviest component
+        (the first of equals), rounded to a level; integer arithmetic on the grids."""
+        heaviest = _first_max(self._steps)[:, None].astype(np.int64)
+        return (np.take_along_axis(self._grid, heaviest, axis=1)[:, 0].astype(np.int64) + MEAN_SUBSTEPS // 2) // MEAN_SUBSTEPS
+
+    @cached_property
+    def _weight_mass(self) -> np.ndarray:
+        """The integer weight masses (B, K, P), float64."""
+        return self.weights.transpose(0, 2, 1) + 1.0
 
     def component_posterior(self, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Q(k|bin,z) for bin indices (B, P) (levels when lossless): constriction floats (B, P, K),
         and the most probable k (B, P)."""
         bins = self.bins
-        j = symbols.astype(np.int64)[..., None]
-        lo, hi = bins.starts[j], bins.ends[j]
-        top = np.where(hi == LEVELS - 1, TOTAL - LEVELS, self.padded[self.first + hi])
-        bottom = np.where(lo == 0, 0, self.padded[self.first + lo - 1])
+        j = symbols.astype(np.intp)[:, None, :]
+        lo, hi = bins.starts[j].astype(np.int32), bins.ends[j].astype(np.int32)
+        top = np.where(hi == LEVELS - 1, TOTAL - LEVELS, self.padded.take(self.first_of + hi))
+        bottom = np.where(lo == 0, 0, self.padded.take(self.first_of + (lo - 1)))
         # weight mass * bin mass C(hi + 1) - C(lo), with C(v) = G(v) + v
-        joint = (self.weights.astype(np.int64) + 1) * (top - bottom + (hi - lo + 1))
-        return self.categorical(joint), joint.argmax(axis=2).astype(np.int32)
+        top -= bottom
+        top += hi - lo + 1
+        joint = self._weight_mass * top
+        return self.categorical(joint, axis=1), _first_max(joint)
 
     def chosen(self, component: np.ndarray) -> np.ndarray:
         """Where each pixel's chosen component (B, P) has its G(1)."""
-        return np.take_along_axis(self.first, component[..., None].astype(np.int64), axis=2)[..., 0]
+        return np.take_along_axis(self.first_of, component[:, None, :].astype(np.intp), axis=1)[:, 0]
+
+    def _cumulative(self, first: np.ndarray, start: np.ndarray | int, offsets: np.ndarray) -> np.ndarray:
+        """C(v) = G(v) + v, int32 (B, P, n), of the components whose G(1) is at ``first`` (B, P), at
+        levels v = start + offsets (start (B, P) or 0; offsets (n,) or (B, P, n) increasing along n
+        until they reach 256; levels past 256 count as 256)."""
+        start = np.asarray(start)
+        cumulative = _rows(self.padded, first + start - 1, offsets)
+        cumulative += start[..., None]
+        cumulative += offsets
+        # The ends: C(0) = 0 and C(256) = 2**24 whatever the table row. Levels rise along a row,
+        # so 0 can only be the first and 256 (or past it) only a run of the last: look at those
+        # columns only.
+        level = start + offsets[..., 0]
+        np.copyto(cumulative[..., 0], 0, where=level == 0)
+        for column in range(cumulative.shape[-1] - 1, -1, -1):
+            top = start + offsets[..., column] >= LEVELS
+            if not top.any():
+                break
+            np.copyto(cumulative[..., column], TOTAL, where=top)
+        return cumulative
 
     def groups(self, first: np.ndarray) -> np.ndarray:
         """Stage 1, the bin's group bin // group: constriction floats (B, P, groups)."""
         bins = self.bins
-        bounds = bins.edges[np.arange(1, bins.groups) * bins.group]
-        cumulative = np.empty(first.shape + (len(bounds) + 2,), dtype=np.int64)
-        cumulative[..., 0] = 0
-        cumulative[..., -1] = TOTAL
-        cumulative[..., 1:-1] = self.padded[first[..., None] + (bounds - 1)] + bounds
+        bounds = bins.edges[np.arange(1, bins.groups) * bins.group].astype(np.int32)
+        inner = self._cumulative(first, 0, bounds)
         # C runs from 0 to exactly 2**24 with a step >= 1 per level, so >= 1 per group: the group
         # masses need no rescaling.
-        masses = np.diff(cumulative, axis=-1).astype(np.float32)
+        masses = np.empty(first.shape + (len(bounds) + 1,), dtype=np.float32)
+        masses[..., 0] = inner[..., 0]
+        np.subtract(inner[..., 1:], inner[..., :-1], out=masses[..., 1:-1], casting="unsafe")
+        masses[..., -1] = TOTAL - inner[..., -1]
         masses -= np.float32(1.0)
         return masses
 
@@ -469,27 +537,26 @@ class _Likelihood:
         A last group with fewer bins pads with empty entries (mass 1 each after rescaling).
         """
         bins = self.bins
-        index = np.minimum(group[..., None].astype(np.int64) * bins.group + np.arange(bins.group + 1), bins.bins)
-        levels = bins.edges[index]
-        cumulative = self.padded[first[..., None] + levels - 1] + levels
-        cumulative = np.where(levels == 0, 0, np.where(levels == LEVELS, TOTAL, cumulative))
-        return self.renorm(cumulative)
+        start = group.astype(np.int32) * bins.group
+        if bins.lossless:  # bins are levels: levels start .. start + group
+            return self.renorm(self._cumulative(first, start, np.arange(bins.group + 1, dtype=np.int32)))
+        index = np.minimum(start[..., None] + np.arange(bins.group + 1), bins.bins)
+        return self.renorm(self._cumulative(first, 0, bins.edges[index].astype(np.int32)))
 
-
-    def _mixture_cumulative(self, levels: np.ndarray) -> np.ndarray:
-        """The mixture's cumulative M(v) = sum_k weight mass_k * C_k(v) at levels (B, P, n):
-        int64 (B, P, n), from 0 at v = 0 to exactly 2**48 at v = 256 (weight masses sum to
-        2**24), so below 2**53 and exact in float64."""
-        v = levels[:, :, None, :]
-        inner = self.padded[self.first[..., None] + np.clip(v, 1, LEVELS - 1) - 1] + v
-        component = np.where(v == 0, 0, np.where(v == LEVELS, TOTAL, inner))
-        weight = self.weights.astype(np.int64)[..., None] + 1
-        return (weight * component).sum(axis=2)
+    def _mixture_cumulative(self, start: np.ndarray | int, offsets: np.ndarray) -> np.ndarray:
+        """The mixture's cumulative M(v) = sum_k weight mass_k * C_k(v) at levels v = start +
+        offsets (as :meth:`_cumulative`): int64 (B, P, n), from 0 at v = 0 to exactly 2**48 at
+        v = 256 (weight masses sum to 2**24), so below 2**53 and exact in float64 (where it is
+        summed)."""
+        total = np.zeros(np.shape(np.asarray(start)[..., None] + offsets), dtype=np.float64)
+        for k in range(self.first_of.shape[1]):
+            total += self._cumulative(self.first_of[:, k], start, offsets) * self._weight_mass[:, k, :, None]
+        return total.astype(np.int64)
 
     def mixture_tables(self, edges: np.ndarray) -> np.ndarray:
         """The whole mixture's table over the runs between level edges (B, P, n + 1), non-decreasing
         from 0 to LEVELS where a run is meant to cover all levels: constriction floats (B, P, n)."""
-        return self.renorm(self._mixture_cumulative(edges))
+        return self.renorm(self._mixture_cumulative(0, np.asarray(edges, dtype=np.int32)))
 
 
 class _Posterior:
@@ -539,29 +606,30 @@ class _ExactPosterior:
         self.t = t
         self.mean = np.clip(mean_index, *contract.index_range("mean_index")).astype(np.int64)
         self.logvar = np.clip(logvar_index, *contract.index_range("logvar_index")).astype(np.int64)
+        #: every edge position E_0 .. E_2**b (float64; the infinite ends are replaced by _table)
+        self.edges = exact.edge_positions(t.bucket_bits)
         # the bucket holding the mean: how many interior edges lie at or below it
         at = self.mean << (exact.POSITION_BITS - contract.POSTERIOR_MEAN_BITS)
         self.mode = np.searchsorted(t.edges, at, side="right").astype(np.int32)
 
-    def _cdf(self, edges: np.ndarray, low_end: np.ndarray | bool, high_end: np.ndarray | bool) -> np.ndarray:
-        """exact.posterior_cdf at edges (B, D, n) or (n,) given as positions (the end columns' values
-        are ignored: ``low_end`` / ``high_end`` (B, D) say where they are the edges -inf / +inf)."""
-        mu = (self.mean << (exact.POSITION_BITS - contract.POSTERIOR_MEAN_BITS))[..., None]
-        x = (((edges - mu) * exact.sigma_inv()[self.logvar][..., None]) >> exact.SIGMA_BITS) + exact.POSITION_ORIGIN
+    def _table(self, edges: np.ndarray, low_end: np.ndarray | bool, high_end: np.ndarray | bool) -> np.ndarray:
+        """renorm of exact.posterior_cdf at edges (B, D, n) or (n,) given as positions (the end
+        columns' values are ignored: ``low_end`` / ``high_end`` (B, D) say where they are the edges
+        -inf / +inf)."""
+        x = exact.posterior_positions(edges, self.mean, self.logvar)
         x[..., 0] = np.where(low_end, 0, x[..., 0])
         x[..., -1] = np.where(high_end, exact.POSITION_END, x[..., -1])
-        return exact.phi_lin(x)
+        return exact.posterior_table(x)
 
     def groups(self) -> np.ndarray:
         """Stage 1, the bucket's group: constriction floats (B, D, 2**(b//2))."""
-        boundaries = self.t.edges[np.clip(np.arange(0, self.t.buckets + 1, self.t.fine) - 1, 0, len(self.t.edges) - 1)]
-        return exact.renorm(self._cdf(boundaries, True, True))
+        return self._table(self.edges[:: self.t.fine], True, True)
 
     def within(self, group: np.ndarray) -> np.ndarray:
         """Stage 2, the bucket within its group (B, D): constriction floats (B, D, 2**(b - b//2))."""
-        g = group.astype(np.int64)
-        index = np.clip(g[..., None] * self.t.fine + (np.arange(self.t.fine + 1) - 1), 0, len(self.t.edges) - 1)
-        return exact.renorm(self._cdf(self.t.edges[index], g == 0, g == self.t.buckets // self.t.fine - 1))
+        # edges g * fine .. (g + 1) * fine of each latent: one row of a window view each
+        rows = np.lib.stride_tricks.sliding_window_view(self.edges, self.t.fine + 1)[:: self.t.fine]
+        return self._table(rows[group], group == 0, group == self.t.buckets // self.t.fine - 1)
 
 
 # -- payload -----------------------------------------------------------------------------------
@@ -991,11 +1059,14 @@ def exact_reconstruct(lower: np.ndarray, upper: np.ndarray, max_error: int, para
     (lower + upper) // 2 (den == 0); then clamped to [max(upper - K, 0), min(lower + K, 255)].
     """
     likelihood = _Likelihood(params, tables(LATENT_BUCKET_BITS, True), binning(0))
-    lo, hi = lower.astype(np.int64), upper.astype(np.int64)
+    lo, hi = lower.astype(np.int32), upper.astype(np.int32)
     width = 2 * max_error + 1
-    offsets = np.arange(width + 1)
-    levels = np.minimum(lo[..., None] + offsets, hi[..., None] + 1)  # past the bin: repeat its end (mass 0)
-    m = np.diff(likelihood._mixture_cumulative(levels) >> RECONSTRUCTION_SHIFT, axis=-1)
+    offsets = np.arange(width + 1, dtype=np.int32)
+    # M at lo .. lo + width (consecutive levels: one window row per component); the masses past
+    # the bin are 0, as if its end level were repeated
+    m = np.diff(likelihood._mixture_cumulative(lo, offsets) >> RECONSTRUCTION_SHIFT, axis=-1)
+    m[offsets[:-1] > (hi - lo)[..., None]] = 0
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64)
     den = m.sum(axis=-1)
     num = (m * offsets[:-1]).sum(axis=-1)
     safe = np.maximum(den, 1)

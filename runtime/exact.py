@@ -70,12 +70,27 @@ def exp_exact(x: np.ndarray | float) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if np.any(np.abs(x) > EXP_LIMIT):
         raise ValueError(f"exp_exact takes |x| <= {EXP_LIMIT}")
+    out = np.empty(x.shape, dtype=np.float64)
+    flat, into = x.reshape(-1), out.reshape(-1)
+    # in blocks that stay in the cache through the polynomial's 30 passes (pixel_cdf: 2.1M values)
+    for start in range(0, flat.size, EXP_BLOCK):
+        _exp_block(flat[start : start + EXP_BLOCK], into[start : start + EXP_BLOCK])
+    return out
+
+
+#: Values per block of :func:`exp_exact`.
+EXP_BLOCK = 1 << 14
+
+
+def _exp_block(x: np.ndarray, out: np.ndarray) -> None:
     k = np.floor(x * INV_LN2 + 0.5)
-    r = (x - k * LN2_HI) - k * LN2_LO
+    r = x - k * LN2_HI
+    r -= k * LN2_LO
     p = np.full_like(r, EXP_COEFFICIENTS[-1])
     for c in EXP_COEFFICIENTS[-2::-1]:
-        p = p * r + c
-    return np.ldexp(p, k.astype(np.int64))
+        p *= r
+        p += c
+    np.ldexp(p, k.astype(np.int64), out=out)
 
 
 # -- Phi ---------------------------------------------------------------------------------------
@@ -122,19 +137,32 @@ def phi_lin(position: np.ndarray) -> np.ndarray:
     X is clamped to [0, POSITION_END]; c = min(X >> 8, PHI_CELLS - 1), r = X - 256 c,
     value = PHI[c] + floor((PHI[c + 1] - PHI[c]) * r / 256): integers below 2**37.
     """
-    table = _phi_table32()
-    # int32 throughout (positions < 2**25, PHI < 2**29, increments * r < 2**23): half the memory
-    # traffic of int64 for the same integers
     x = np.clip(np.asarray(position), 0, POSITION_END).astype(np.int32)
-    c = np.minimum(x >> SUBCELL_BITS, PHI_CELLS - 1)
-    r = x - (c << SUBCELL_BITS)
-    low = table[c]
-    return (low + (((table[c + 1] - low) * r) >> SUBCELL_BITS)).astype(np.int64)
+    return _phi_lin32(x).astype(np.int64)
+
+
+def _phi_lin32(x: np.ndarray) -> np.ndarray:
+    """:func:`phi_lin` of positions already clamped to [0, POSITION_END], int32 in and out.
+
+    int32 throughout (positions < 2**25, PHI < 2**29, increments * r < 2**23): a third of the time
+    of int64. The cell c = X >> 8 runs to PHI_CELLS at X = POSITION_END, where the tables' extra
+    entry (PHI[last], increment 0) gives PHI[last], as c = PHI_CELLS - 1, r = 256 does.
+    """
+    low, step = _phi_cells()
+    c = x >> SUBCELL_BITS
+    r = x & ((1 << SUBCELL_BITS) - 1)
+    out = step.take(c)
+    out *= r
+    out >>= SUBCELL_BITS
+    out += low.take(c)
+    return out
 
 
 @lru_cache(maxsize=1)
-def _phi_table32() -> np.ndarray:
-    return phi_table().astype(np.int32)
+def _phi_cells() -> tuple[np.ndarray, np.ndarray]:
+    """(PHI[c], PHI[c + 1] - PHI[c]) for c = 0 .. PHI_CELLS (the last increment 0), int32 each."""
+    phi = phi_table().astype(np.int32)
+    return phi, np.append(np.diff(phi), np.int32(0)).astype(np.int32)
 
 
 def quantile(j: np.ndarray, levels_bits: int) -> np.ndarray:
@@ -142,17 +170,18 @@ def quantile(j: np.ndarray, levels_bits: int) -> np.ndarray:
     for integers 0 <= j <= 2**L (L = ``levels_bits`` <= 28): the quantile j / 2**L of the table.
 
     Any search that finds the smallest such X gives the same answer (phi_lin is non-decreasing);
-    this one bisects all targets at once.
+    this one solves it per cell: the first cell c whose end reaches the target (PHI[c + 1] >= t),
+    then the smallest r with PHI[c] + floor(D r / 256) >= t, D = PHI[c + 1] - PHI[c]:
+    r = ceil(256 (t - PHI[c]) / D) (0 when PHI[c] >= t already), X = 256 c + r.
     """
     target = np.asarray(j, dtype=np.int64) << (PHI_BITS - levels_bits)
-    lo = np.zeros(target.shape, dtype=np.int64)
-    hi = np.full(target.shape, POSITION_END, dtype=np.int64)
-    while (lo < hi).any():
-        mid = (lo + hi) >> 1
-        ok = phi_lin(mid) >= target
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, mid + 1)
-    return lo
+    phi = phi_table()
+    c = np.minimum(np.searchsorted(phi[1:], target, side="left"), PHI_CELLS - 1)
+    short = np.maximum(target - phi[c], 0)
+    step = np.maximum(phi[c + 1] - phi[c], 1)  # D >= short >= 1 wherever short > 0
+    x = (c << SUBCELL_BITS) + (-((-short << SUBCELL_BITS) // step))
+    # a target beyond PHI[last] is never reached: the search's answer is the end
+    return np.where(target > phi[-1], POSITION_END, np.minimum(x, POSITION_END))
 
 
 def latent_index(position: np.ndarray) -> np.ndarray:
@@ -179,6 +208,15 @@ def buckets(bucket_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     half = bucket_bits // 2
     groups = latent_index(quantile(2 * np.arange(1 << half) + 1, half + 1))
     return edges, centres, groups
+
+
+@lru_cache(maxsize=4)
+def edge_positions(bucket_bits: int) -> np.ndarray:
+    """E_i for every edge index i = 0 .. 2**b, float64 (2**b + 1,): the interior edges of
+    :func:`buckets`, and at the infinite ends (i = 0, 2**b) their neighbours' positions, which
+    callers replace (posterior_cdf's ends are PHI[0] and PHI[last] whatever the position)."""
+    edges = buckets(bucket_bits)[0].astype(np.float64)
+    return np.concatenate([edges[:1], edges, edges[-1:]])
 
 
 # -- the posterior's 1 / sigma ---------------------------------------------------------------------
@@ -217,6 +255,36 @@ def posterior_cdf(edge_index: np.ndarray, mean_index: np.ndarray, logvar_index: 
     return phi_lin(x)
 
 
+def posterior_positions(edges: np.ndarray, mean_index: np.ndarray, logvar_index: np.ndarray) -> np.ndarray:
+    """The positions X of :func:`posterior_cdf` at interior edge positions E (``edges``, (n,) or
+    (..., n) int64, 2**-20 units) for posteriors (...,), clamped to [0, POSITION_END]: int32 (..., n).
+
+    The coder's fast form of the same integers: binary64 throughout (the argument of
+    :func:`posterior_cdf`: exact where the product is below 2**53, clamped where it is not), with
+    SIGMA_INV / 2**20 folded into one exact power-of-two scaling.
+    """
+    mu = np.asarray(mean_index).astype(np.float64) * float(1 << (POSITION_BITS - POSTERIOR_MEAN_BITS))
+    scale = _sigma_inv_scaled()[np.asarray(logvar_index)]
+    x = np.subtract(np.asarray(edges, dtype=np.float64), mu[..., None])
+    x *= scale[..., None]
+    np.floor(x, out=x)
+    x += POSITION_ORIGIN
+    np.clip(x, 0, POSITION_END, out=x)
+    return x.astype(np.int32)
+
+
+@lru_cache(maxsize=1)
+def _sigma_inv_scaled() -> np.ndarray:
+    """SIGMA_INV / 2**20 in binary64 (exact: a power-of-two scaling of integers below 2**38)."""
+    return sigma_inv().astype(np.float64) / float(1 << SIGMA_BITS)
+
+
+def posterior_table(x: np.ndarray) -> np.ndarray:
+    """renorm of phi_lin at clamped positions X (..., n + 1) (:func:`posterior_positions`): a
+    posterior stage's constriction floats (..., n)."""
+    return renorm(_phi_lin32(x))
+
+
 # -- pixel and weight tables ---------------------------------------------------------------------
 
 #: constriction's precision: every table sums to 2**24 (as in bitsback).
@@ -240,11 +308,14 @@ def pixel_cdf() -> np.ndarray:
     scale = exp_exact(lo + s / LOG_SCALE_STEPS) * PIXEL_SCALE
     offset = np.arange(MEAN_SUBSTEPS, dtype=np.float64) / MEAN_SUBSTEPS
     edge = np.arange(-(PIXEL_LEVELS - 1), PIXEL_LEVELS, dtype=np.float64) + 0.5
-    t = (edge[None, None, :] - offset[None, :, None]) / scale[:, None, None]
-    u = np.minimum(np.maximum(-t, -EXP_LIMIT), EXP_LIMIT)
-    cdf = 1.0 / (1.0 + exp_exact(u))
-    counts = np.floor(cdf * float(TOTAL - PIXEL_LEVELS))
-    return np.maximum.accumulate(counts, axis=2).astype(np.int32)
+    out = np.empty((len(scale), MEAN_SUBSTEPS, len(edge)), dtype=np.int32)
+    for i, row in enumerate(scale):  # one scale at a time: 16k values that stay in the cache
+        t = (edge[None, :] - offset[:, None]) / row
+        u = np.minimum(np.maximum(-t, -EXP_LIMIT), EXP_LIMIT)
+        cdf = 1.0 / (1.0 + exp_exact(u))
+        counts = np.floor(cdf * float(TOTAL - PIXEL_LEVELS))
+        out[i] = np.maximum.accumulate(counts, axis=1)
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -261,48 +332,83 @@ def weight_table() -> np.ndarray:
 RENORM_BITS = 29
 
 
-def renorm(cumulative: np.ndarray) -> np.ndarray:
-    """Non-decreasing integer cumulative values (..., n + 1), span below 2**53 -> constriction
-    floats (..., n): ``mass - 1`` of integer masses >= 1 summing to 2**24. Integer-only:
+def renorm(cumulative: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Non-decreasing integer cumulative values (..., n + 1) along ``axis``, each in [0, 2**53) ->
+    constriction floats (..., n) (the table axis last, C order): ``mass - 1`` of integer masses
+    >= 1 summing to 2**24. Integer-only:
 
         a_i = c_i - c_0; T = a_n
         if T == 0: a_i = i, T = n                           (a row without increments: uniform)
         s = the smallest shift >= 0 with T >> s < 2**29;  a_i = a_i >> s;  T = T >> s
         q_i = floor(a_i * (2**24 - n) / T)                  (a_i * (2**24 - n) < 2**53)
         mass_i - 1 = q_i+1 - q_i
+
+    Computed in binary64, where every step is exact on these integers (faster than int64 in
+    numpy): values below 2**53 and their differences are exact, a >> s is floor(a * 2**-s), and a
+    correctly rounded quotient below 2**24 with T < 2**29 is never rounded up to the next integer,
+    so the last floor is the integer one (tests/test_exact_tables.py and test_exact_speed.py check
+    all of it against integer arithmetic). ``axis`` lets callers keep a short table axis (mixture
+    components) outside, where numpy's loops run long.
     """
-    c = np.asarray(cumulative, dtype=np.int64)
+    c = np.moveaxis(np.asarray(cumulative), axis, -1)  # a view: the arithmetic below keeps memory order
     n = c.shape[-1] - 1
-    a = c - c[..., :1]
-    total = a[..., -1:]
+    a = c.astype(np.float64)
+    if a[..., 0].any():  # running sums (categorical) start at 0 already: a pass saved
+        a -= a[..., :1].copy()
+    total = a[..., -1:].copy()
     empty = total <= 0
     if empty.any():
-        a = np.where(empty, np.arange(n + 1, dtype=np.int64), a)
-        total = np.where(empty, n, total)
-    shift = np.zeros(total.shape, dtype=np.int64)
+        a = np.where(empty, np.arange(n + 1, dtype=np.float64), a)
+        total = np.where(empty, float(n), total)
     if (total >= (1 << RENORM_BITS)).any():
-        # bit length by frexp (exact for totals below 2**53, which every caller keeps)
-        _, exponent = np.frexp(total.astype(np.float64))
-        shift = np.maximum(exponent.astype(np.int64) - RENORM_BITS, 0)
-        a = a >> shift
-        total = total >> shift
-    # floor(a * (2**24 - n) / T) in binary64 (faster than int64 division in numpy): the product is
-    # an exact integer below 2**53, and a correctly rounded quotient below 2**24 with T < 2**29 is
-    # never rounded up to the next integer, so this is the integer floor (test_exact_tables checks).
-    q = a.astype(np.float64)
-    q *= float(TOTAL - n)
-    q /= total
-    np.floor(q, out=q)
+        # bit length by frexp (exact below 2**53); shift s is the scaling by 2**-s, then floor
+        _, exponent = np.frexp(total)
+        scale = np.ldexp(1.0, -np.maximum(exponent - RENORM_BITS, 0))
+        a *= scale
+        np.floor(a, out=a)
+        total = a[..., -1:].copy()
+    a *= float(TOTAL - n)
+    a /= total
+    np.floor(a, out=a)
+    return differences(a, axis)
+
+
+def differences(q: np.ndarray, axis: int) -> np.ndarray:
+    """q_i+1 - q_i of integer values q (..., n + 1) (the table axis moved last from ``axis``) as
+    float32 (..., n) in C order: constriction's table layout.
+
+    A table axis that is not last in memory (mixture components) is written one entry at a
+    time, each a long strided row; subtracting along it at once runs a loop of n per row.
+    """
+    n = q.shape[-1] - 1
     out = np.empty(q.shape[:-1] + (n,), dtype=np.float32)
-    np.subtract(q[..., 1:], q[..., :-1], out=out, casting="same_kind")
+    if axis in (-1, q.ndim - 1):
+        np.subtract(q[..., 1:], q[..., :-1], out=out, casting="same_kind")
+    else:
+        for i in range(n):
+            np.subtract(q[..., i + 1], q[..., i], out=out[..., i], casting="same_kind")
     return out
 
 
-def categorical(weights: np.ndarray) -> np.ndarray:
-    """Non-negative integer weights (..., n) -> constriction floats (..., n) by :func:`renorm`."""
-    w = np.asarray(weights, dtype=np.int64)
-    cumulative = np.cumsum(w, axis=-1)
-    return renorm(np.concatenate([np.zeros_like(cumulative[..., :1]), cumulative], axis=-1))
+def cumulative(weights: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Running sums 0, w_0, w_0 + w_1, ... of integer weights along ``axis`` (n -> n + 1 entries),
+    float64 (exact: every caller's sums are integers below 2**53).
+
+    A Python loop over the (short: mixture components) axis: numpy's cumsum runs one tiny loop
+    per row there, ten times slower.
+    """
+    w = np.moveaxis(np.asarray(weights), axis, 0)
+    out = np.empty((w.shape[0] + 1,) + w.shape[1:], dtype=np.float64)
+    out[0] = 0
+    for i in range(w.shape[0]):
+        np.add(out[i : i + 1], w[i : i + 1], out=out[i + 1 : i + 2])
+    return np.moveaxis(out, 0, axis)
+
+
+def categorical(weights: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Non-negative integer weights (..., n) along ``axis`` (sum below 2**53) -> constriction
+    floats (..., n) (table axis last) by :func:`renorm` of their running sums."""
+    return renorm(cumulative(weights, axis), axis)
 
 
 # -- fingerprint -----------------------------------------------------------------------------------
