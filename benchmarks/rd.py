@@ -147,7 +147,7 @@ def mosaic_curve(images: np.ndarray, fmt_name: str, qualities: tuple[int, ...]) 
 def edgevae_curves(codec: Any, images: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per-image files and one-container ('mosaic') rows for every quality level."""
     per_image, mosaic = [], []
-    for quality in codec.qualities:
+    for quality in codec.lossy_qualities:  # the high-quality levels are near-lossless files (quality_range.py)
         singles = codec.compress_each(images, quality)
         together = codec.compress(images, quality)
         parsed = fmt.parse(together)

@@ -466,7 +466,7 @@ def rate_distortion(model: Any, images: np.ndarray) -> list[dict[str, Any]]:
 
     codec = Codec(model)
     points = []
-    for quality in codec.qualities:
+    for quality in codec.lossy_qualities:
         data = codec.compress(images, quality=quality)
         decoded = codec.decompress(data)
         points.append({"quality": quality, "default": quality == codec.default_quality,
