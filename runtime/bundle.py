@@ -202,7 +202,7 @@ def describe_shipped() -> str:
     names = []
     for name, folder in shipped_bundles().items():
         notes = [schema.ROLES[r] for r in read_manifest(folder).roles if schema.ROLES[r]]
-        names.append(name + "".join(f" ({note})" for note in notes))
+        names.append(name + (f" ({'; '.join(notes)})" if notes else ""))
     return ", ".join(names)
 
 

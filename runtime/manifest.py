@@ -35,9 +35,9 @@ CHANNELS = (1, 3)
 #: held by exactly one shipped bundle, and how ``edgevae info`` notes it ("": not noted).
 ROLES = {
     "default": "",  # what load() and every command without --model use
-    "lossless": "",  # compress --lossless (the best likelihood)
+    "lossless": "compress --lossless's default",  # the best likelihood, exact tables on every engine
     "lossy": "compress's lossy default",  # compress without --lossless (the most PSNR per byte)
-    "near-lossless": "",  # compress --max-error K (the best likelihood, like lossless)
+    "near-lossless": "--max-error's default",  # like lossless
     "denoise": "denoise's default",  # an encoder trained on noisy images
 }
 

@@ -763,13 +763,14 @@ def test_cli_compress_defaults_to_the_codec_bundle_and_lossless_to_the_model(tmp
         done = edgevae("runner", "compress", tmp_path / "x.npy", "-o", tmp_path / f"{name}.evz", *extra, env=env)
         assert done.code == 0, done
         made[name] = S.shipped_bundle_for((tmp_path / f"{name}.evz").read_bytes()).path
-    assert made == {"lossy": DEFAULT_CODEC_BUNDLE, "exact": DEFAULT_BUNDLE,
+    assert made == {"lossy": DEFAULT_CODEC_BUNDLE, "exact": DEFAULT_BUNDLE.parent / "fashion-mnist-exact",
                     "int8": DEFAULT_BUNDLE.parent / "fashion-mnist-int8", "hq": HQ_CODEC_BUNDLE}
     # `edgevae info` names every shipped bundle and which one compress uses.
     done = edgevae("runner", "info")
     assert done.code == 0 and ("shipped     fashion-mnist, fashion-mnist-codec (compress's lossy default), "
-                               "fashion-mnist-codec-hq, fashion-mnist-denoise (denoise's default), fashion-mnist-int8; "
-                               "pick one with --model NAME") in done.stdout
+                               "fashion-mnist-codec-exact, fashion-mnist-codec-hq, fashion-mnist-denoise (denoise's "
+                               "default), fashion-mnist-exact (compress --lossless's default; --max-error's default), "
+                               "fashion-mnist-int8; pick one with --model NAME") in done.stdout
     # Each container is decoded by the bundle that made it, found by its fingerprint alone.
     done = edgevae("runner", "decompress", tmp_path / "exact.evz", tmp_path / "lossy.evz", tmp_path / "hq.evz",
                    "-o", tmp_path / "back.npy")

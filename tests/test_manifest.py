@@ -179,8 +179,8 @@ def test_shipped_manifests_are_valid_and_round_trip(name: str) -> None:
 
 def test_each_role_is_held_by_one_shipped_bundle() -> None:
     held = {role: shipped_bundle_for_role(role).name for role in schema.ROLES}
-    assert held == {"default": "fashion-mnist", "lossless": "fashion-mnist", "lossy": "fashion-mnist-codec",
-                    "near-lossless": "fashion-mnist",
+    assert held == {"default": "fashion-mnist", "lossless": "fashion-mnist-exact", "lossy": "fashion-mnist-codec",
+                    "near-lossless": "fashion-mnist-exact",
                     "denoise": "fashion-mnist-denoise"}
     with pytest.raises(BundleError, match="unknown bundle role"):
         shipped_bundle_for_role("upscale")

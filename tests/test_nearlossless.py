@@ -199,7 +199,12 @@ def test_container_records_mode_k_and_version(codecs: dict[int, ev.NearLosslessC
     images = out_of_domain()
     data = codecs[8].compress(images)
     header = fmt.read_header(data)[0]
-    assert (header.version, header.mode, header.max_error, header.count) == (2, fmt.MODE_NEAR_LOSSLESS, 8, len(images))
+    # the default near-lossless bundle is an integer one: exact tables, version 3 (a float bundle's: 2)
+    assert codecs[8].model.integer
+    assert (header.version, header.mode, header.max_error, header.count) == (fmt.EXACT_VERSION, fmt.MODE_NEAR_LOSSLESS,
+                                                                             8, len(images))
+    float_data = ev.NearLosslessCodec(ev.load("fashion-mnist", threads=1), max_error=8).compress(images)
+    assert fmt.read_header(float_data)[0].version == fmt.NEAR_LOSSLESS_VERSION
     info = codecs[8].describe(data)
     assert info.mode == "near-lossless" and info.max_error == 8 and info.vouched
     # Any codec of the bundle decodes it: the container, not the codec, holds K.

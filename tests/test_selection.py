@@ -11,6 +11,7 @@ import pytest
 import edgevae.runtime as ev
 from conftest import synthetic_images
 from edgevae.runtime import selection
+from edgevae.runtime.bundle import shipped_bundle_for_role
 from edgevae.runtime.errors import ContainerError, InputError
 from test_cli import assert_clean_error, edgevae
 
@@ -26,7 +27,8 @@ def test_open_codec_picks_each_modes_default_bundle_and_threads() -> None:
     lossy = selection.open_codec("lossy")
     assert isinstance(lossy, ev.Codec) and lossy.model.bundle.path == DEFAULT_CODEC_BUNDLE
     lossless = selection.open_codec("lossless")
-    assert isinstance(lossless, ev.LosslessCodec) and lossless.model.bundle.path == DEFAULT_BUNDLE
+    assert isinstance(lossless, ev.LosslessCodec) and lossless.model.bundle.path == shipped_bundle_for_role("lossless")
+    assert lossless.model.integer  # lossless files of the default decode on every engine (FORMAT.md §7)
     assert lossless.model.sessions["encoder"].get_session_options().intra_op_num_threads == 1  # bits-back runs its own lanes
     assert selection.open_codec("lossy", "fashion-mnist").model.bundle.path == DEFAULT_BUNDLE
     with pytest.raises(InputError, match="unknown compression mode"):
