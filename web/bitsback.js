@@ -13,7 +13,7 @@
 //     push  z             uniform buckets        push  z under Q(z|x) (encoder on x)
 
 import { AnsCoder, AnsError, TOTAL } from "./ans.js";
-import { crc32, decodeVarint, encodeVarint } from "./container.js";
+import { concat, crc32, decodeVarint, encodeVarint } from "./container.js";
 import { ContainerError, InputError } from "./errors.js";
 import * as exact from "./exact.js";
 
@@ -401,15 +401,6 @@ export function stackOf(bytes, kind) {
   }
 }
 
-function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 /** The fixed fields of a payload, checked against the image count (FORMAT.md §7). */
 export function readPayloadHeader(payload, count, bins) {

@@ -299,15 +299,7 @@ export class Codec {
 
   /** What a container says about itself, checked against this model (without decoding). */
   describe(bytes) {
-    const parsed = container.parse(bytes);
-    const { header } = parsed;
-    const matches = header.fingerprintPrefix === container.fingerprintPrefix(this.fingerprint);
-    if (matches) parsed.verify(this.fingerprint, this.model.imageShape);
-    return {
-      bytes: parsed.data.length, version: header.version, mode: header.modeName, qualityIndex: header.quality,
-      quality: matches && header.mode === container.MODE_LOSSY ? this.tables.qualities[header.quality]?.name ?? null : null,
-      count: header.count, payloadBytes: parsed.data.length - parsed.overheadBytes, overheadBytes: parsed.overheadBytes,
-      fingerprintPrefix: header.fingerprintPrefix.toString(16), modelMatches: matches,
-    };
+    return container.describe(bytes, this.fingerprint, this.model.imageShape, (header) =>
+      header.mode === container.MODE_LOSSY ? this.tables.qualities[header.quality]?.name ?? null : null);
   }
 }

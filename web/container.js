@@ -106,7 +106,8 @@ export function decodeVarint(data, pos, end, what) {
 
 // -- framing ---------------------------------------------------------------------------------
 
-function concat(parts) {
+/** The byte arrays ``parts`` one after another in one Uint8Array. */
+export function concat(parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const part of parts) {
@@ -230,5 +231,23 @@ export function parse(input) {
           "with the same fingerprint prefix");
       }
     },
+  };
+}
+
+/**
+ * What a container says about itself (no decoding), checked against a model's ``fingerprint`` and
+ * ``imageShape`` when its fingerprint prefix matches. ``qualityName(header)`` names the quality
+ * level of a container of that model (null when it has none).
+ */
+export function describe(bytes, fingerprint, imageShape, qualityName = () => null) {
+  const parsed = parse(bytes);
+  const { header } = parsed;
+  const matches = header.fingerprintPrefix === fingerprintPrefix(fingerprint);
+  if (matches) parsed.verify(fingerprint, imageShape);
+  return {
+    bytes: parsed.data.length, version: header.version, mode: header.modeName, qualityIndex: header.quality,
+    quality: matches ? qualityName(header) : null, maxError: header.maxError || null,
+    count: header.count, payloadBytes: parsed.data.length - parsed.overheadBytes, overheadBytes: parsed.overheadBytes,
+    fingerprintPrefix: header.fingerprintPrefix.toString(16), modelMatches: matches,
   };
 }

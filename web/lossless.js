@@ -106,7 +106,7 @@ export class ExactCodec {
       const head = table.encode(u);
       const out = await this.model.decodeIndices(latentIndices(latents));
       const tail = encodeKnown(likelihoodOf(this.model, out), image, this.maxError);
-      const payload = concat([Uint8Array.from(container.encodeVarint(head.length)), head, tail]);
+      const payload = container.concat([Uint8Array.from(container.encodeVarint(head.length)), head, tail]);
       if (best === null || payload.length < best[1].length) best = [table.index + 1, payload];
     }
     return best;
@@ -127,16 +127,7 @@ export class ExactCodec {
 
   /** What a container says about itself, checked against this model (without decoding). */
   describe(bytes) {
-    const parsed = container.parse(bytes);
-    const { header } = parsed;
-    const matches = header.fingerprintPrefix === container.fingerprintPrefix(this.fingerprint);
-    if (matches) parsed.verify(this.fingerprint, this.model.imageShape);
-    return {
-      bytes: parsed.data.length, version: header.version, mode: header.modeName, qualityIndex: header.quality,
-      quality: null, maxError: header.maxError || null,
-      count: header.count, payloadBytes: parsed.data.length - parsed.overheadBytes, overheadBytes: parsed.overheadBytes,
-      fingerprintPrefix: header.fingerprintPrefix.toString(16), modelMatches: matches,
-    };
+    return container.describe(bytes, this.fingerprint, this.model.imageShape);
   }
 
   /** The images (Uint8Array N*C*H*W) of a lossless or near-lossless container of this model. */
@@ -195,15 +186,6 @@ export class ExactCodec {
   }
 }
 
-function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 // -- near-lossless: one image under a known latent --------------------------------------------
 
@@ -274,7 +256,7 @@ export function encodeKnown(L, image, maxError) {
   for (let p = P - 1; p >= 0; p--) coder.pushCumulative(symbols[p] % bins.group, stages[p].within(Math.floor(symbols[p] / bins.group)));
   for (let p = P - 1; p >= 0; p--) coder.pushCumulative(Math.floor(symbols[p] / bins.group), stages[p].stage1);
   const check = container.crc32(lower, T.fingerprint) & 0xffff;
-  return concat([Uint8Array.of(check & 0xff, check >> 8), bitsback.wordsToBytes(coder.getCompressed(), true)]);
+  return container.concat([Uint8Array.of(check & 0xff, check >> 8), bitsback.wordsToBytes(coder.getCompressed(), true)]);
 }
 
 /** [lower, upper] levels (Int32Array P each) of a stream made by encodeKnown under the same Likelihood. */
