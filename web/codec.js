@@ -253,14 +253,8 @@ export class Codec {
 
   /** Parse and verify a container of this model: [parsed container, quality table]. */
   open(bytes) {
-    const parsed = container.parse(bytes);
+    const parsed = container.openFor(bytes, this.fingerprint, this.model.imageShape);
     const { header } = parsed;
-    const prefix = container.fingerprintPrefix(this.fingerprint);
-    if (header.fingerprintPrefix !== prefix) {
-      throw new ContainerError(`container was made by another model (fingerprint ${header.fingerprintPrefix.toString(16)}.., ` +
-        `this model is ${prefix.toString(16)}..) or its header is damaged; pass the bundle that made it with --model`);
-    }
-    parsed.verify(this.fingerprint, this.model.imageShape);
     checkTableSet(header, this.model);
     if (header.mode === container.MODE_NEAR_LOSSLESS) {
       throw new ContainerError("near-lossless containers (mode 2) are decoded by Python edgevae only: their probability " +

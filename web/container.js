@@ -251,3 +251,17 @@ export function describe(bytes, fingerprint, imageShape, qualityName = () => nul
     fingerprintPrefix: header.fingerprintPrefix.toString(16), modelMatches: matches,
   };
 }
+
+/** Parse ``bytes`` and verify them as a container of the model with ``fingerprint`` and
+ * ``imageShape``; ContainerError naming both fingerprints when another model made it. */
+export function openFor(bytes, fingerprint, imageShape) {
+  const parsed = parse(bytes);
+  const { header } = parsed;
+  const prefix = fingerprintPrefix(fingerprint);
+  if (header.fingerprintPrefix !== prefix) {
+    throw new ContainerError(`container was made by another model (fingerprint ${header.fingerprintPrefix.toString(16)}.., ` +
+      `this model is ${prefix.toString(16)}..) or its header is damaged; pass the bundle that made it with --model`);
+  }
+  parsed.verify(fingerprint, imageShape);
+  return parsed;
+}

@@ -114,15 +114,7 @@ export class ExactCodec {
 
   /** Parse and verify a container of this model: the parsed container. */
   open(bytes) {
-    const parsed = container.parse(bytes);
-    const { header } = parsed;
-    const prefix = container.fingerprintPrefix(this.fingerprint);
-    if (header.fingerprintPrefix !== prefix) {
-      throw new ContainerError(`container was made by another model (fingerprint ${header.fingerprintPrefix.toString(16)}.., ` +
-        `this model is ${prefix.toString(16)}..) or its header is damaged; pass the bundle that made it with --model`);
-    }
-    parsed.verify(this.fingerprint, this.model.imageShape);
-    return parsed;
+    return container.openFor(bytes, this.fingerprint, this.model.imageShape);
   }
 
   /** What a container says about itself, checked against this model (without decoding). */
