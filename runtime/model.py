@@ -199,13 +199,18 @@ class EdgeVAE:
             array = array.astype(np.uint8)
         return np.ascontiguousarray(array)
 
-    def check_latents(self, latents: np.ndarray) -> np.ndarray:
-        """Validate latents as finite float32 (N, D); a single (D,) vector becomes a batch of one."""
+    def _latent_batch(self, latents: np.ndarray) -> np.ndarray:
+        """Latents as an (N, D) array (a single (D,) vector becomes a batch of one); InputError otherwise."""
         array = _array(latents, "latents")
         if array.ndim == 1:
             array = array[None]
         if array.ndim != 2 or array.shape[1] != self.latent_dim:
             raise InputError(f"latents must have shape (N, {self.latent_dim}), got {array.shape}")
+        return array
+
+    def check_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Validate latents as finite float32 (N, D); a single (D,) vector becomes a batch of one."""
+        array = self._latent_batch(latents)
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise InputError(f"latents must be floating point, got dtype {array.dtype}")
         array = np.ascontiguousarray(array, dtype=np.float32)
@@ -261,11 +266,7 @@ class EdgeVAE:
 
     def check_latent_indices(self, latents: np.ndarray) -> np.ndarray:
         """Validate integer latents (N, D) for an integer decoder: int32, clamped to +-2048."""
-        array = _array(latents, "latents")
-        if array.ndim == 1:
-            array = array[None]
-        if array.ndim != 2 or array.shape[1] != self.latent_dim:
-            raise InputError(f"latents must have shape (N, {self.latent_dim}), got {array.shape}")
+        array = self._latent_batch(latents)
         if not np.issubdtype(array.dtype, np.integer):
             raise InputError(f"latent indices must be integers, got dtype {array.dtype}")
         return np.ascontiguousarray(np.clip(array, *contract.index_range("latents")), dtype=np.int32)

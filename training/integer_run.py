@@ -33,11 +33,9 @@ from edgevae.runtime.units import bits_per_dim
 from edgevae.training import likelihood
 from edgevae.training.integer import (IntegerVAE, check_graphs, decoder_graph, dequantize_mixture,
                                       dequantize_posterior, encoder_graph, latent_indices, round_ste)
+from edgevae.training.evaluate import EVALUATION_FILE as EVALUATION
 from edgevae.training.model import gaussian_kl
-
-CHECKPOINT = "last.pt"
-METRICS = "metrics.jsonl"
-EVALUATION = "evaluation.json"
+from edgevae.training.train import CHECKPOINT, METRICS
 #: Images per evaluation batch.
 EVAL_BATCH = 500
 #: Seed of the evaluation noise (one posterior sample per test image).
