@@ -107,10 +107,9 @@ from edgevae.runtime.container import (
 from edgevae.runtime import contract, exact
 from edgevae.runtime.contract import MIN_LOG_SCALE, PIXEL_LEVELS, PIXEL_SCALE
 from edgevae.runtime.errors import ContainerError, InputError
-from edgevae.runtime.likelihood import MixtureIndices
+from edgevae.runtime.likelihood import MixtureIndices, MixtureParams
 
 if TYPE_CHECKING:
-    from edgevae.runtime.likelihood import MixtureParams
     from edgevae.runtime.model import EdgeVAE
 
 # -- format constants ------------------------------------------------------------------------
@@ -748,6 +747,11 @@ class _Coding:
         self.prior = constriction.stream.model.Uniform(t.buckets)
         self.group_prior = constriction.stream.model.Uniform(t.buckets // t.fine)
         self.shape = model.image_shape
+        #: A context bundle's pixel groups: the flat pixel positions of each (group 0 first).
+        self.groups = _group_positions(getattr(model, "pixel_groups", 1), self.shape)
+        if len(self.groups) > 1 and not bins.lossless:
+            raise InputError(f"{model.bundle.name} codes pixels in groups, for lossless compression only; "
+                             "pick another model for near-lossless (--max-error)")
         self._progress, self._lock = progress, threading.Lock()
         #: Set when the job stops early (Ctrl-C, or an error in another lane): lanes stop at their next step.
         self.stopped = threading.Event()
@@ -764,6 +768,18 @@ class _Coding:
         """The decoder's mixture at buckets ``z`` (B, D) (coarse groups for a chain's first image)."""
         latents = self.t.group_centers[z] if first else self.t.centers[z]
         return self.model.likelihood_indices(latents) if self.t.exact else self.model.likelihood(latents)
+
+    def group_likelihood(self, params: MixtureParams, group: int, pixels: np.ndarray) -> _Likelihood:
+        """The likelihood of pixel group ``group`` of a step's images: the decoder's mixture for
+        group 0, else the context graph's given the groups before it (``pixels`` (B, P): what is
+        known of them; the rest is never read)."""
+        if group:
+            c, h, w = self.shape
+            known = np.zeros(c * h * w, dtype=np.uint8)
+            known[np.concatenate(self.groups[:group])] = 1
+            params = self.model.context_likelihood(params, pixels.reshape(len(pixels), c, h, w),
+                                                   known.reshape(1, c, h, w))
+        return _Likelihood(_at_pixels(params, self.groups[group]), self.t, self.bins)
 
     def check_stopped(self) -> None:
         """Called by lanes between steps: end this lane if the job is stopping."""
@@ -817,6 +833,23 @@ _POP_SLACK_PER_SYMBOL = 0.01
 #: Consecutive decode steps a chain may pop more bits than it holds before it counts as damaged
 #: (valid streams do so for single steps only, near a chain's start; see _decode_lane).
 MAX_DRY_STEPS = 4
+
+
+def _group_positions(groups: int, shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """Flat (C-H-W) pixel positions of each pixel group (contract.PIXEL_GROUP_TILES), group 0 first;
+    one group of every position for a bundle without groups."""
+    c, h, w = shape
+    if groups == 1:
+        return [np.arange(c * h * w)]
+    ids = np.broadcast_to(np.array(contract.pixel_group_map(groups, h, w)), (c, h, w)).reshape(-1)
+    return [np.flatnonzero(ids == g) for g in range(groups)]
+
+
+def _at_pixels(params: MixtureParams, positions: np.ndarray) -> MixtureParams:
+    """The mixture of the flat pixel ``positions`` only, (B, K, len(positions)) each."""
+    batch, components = params.logits.shape[:2]
+    return MixtureParams(*(a.reshape(batch, components, -1)[:, :, positions]
+                           for a in (params.logits, params.means, params.log_scales)))
 
 
 def _information(tables: np.ndarray, symbols: np.ndarray) -> np.ndarray:
@@ -884,19 +917,57 @@ def _encode_lane(job: _Coding, batch: np.ndarray, symbols: np.ndarray, coders: l
             z_group = np.stack([s.decode(family, groups[i]) for i, s in enumerate(stacks)])
             within = posterior.within(z_group)
             z = z_group * t.fine + np.stack([s.decode(family, within[i]) for i, s in enumerate(stacks)])
-        likelihood = _Likelihood(job.likelihood(z, step == 0), t, job.bins)
-        component_posterior, best = likelihood.component_posterior(x)
-        if step == 0 or likelihood.single:
-            k = best
+        params = job.likelihood(z, step == 0)
+        if len(job.groups) == 1:
+            likelihood = _Likelihood(params, t, job.bins)
+            component_posterior, best = likelihood.component_posterior(x)
+            if step == 0 or likelihood.single:
+                k = best
+            else:
+                k = np.stack([s.decode(family, component_posterior[i]) for i, s in enumerate(stacks)])
+            _push_pixels(stacks, family, likelihood, x, k)
         else:
-            k = np.stack([s.decode(family, component_posterior[i]) for i, s in enumerate(stacks)])
-        _push_pixels(stacks, family, likelihood, x, k)
+            _push_groups(job, stacks, params, x, step == 0)
         for i, s in enumerate(stacks):
             s.encode_reverse(z[i], job.group_prior if step == 0 else job.prior)
         if step == 0:
             initial_bits = sum(s.num_valid_bits() for s in stacks)
         job.progress(len(images))
     return initial_bits
+
+
+def _push_groups(job: _Coding, stacks: list[Any], params: MixtureParams, x: np.ndarray, first: bool) -> None:
+    """Encoding's pixel part for a context bundle: the reverse of :func:`_pop_groups` and of
+    decoding's pushes of the components. Every group's likelihood is known here (x is), so the
+    components come off the stacks group G-1 first, then the pixels go on, group G-1 first."""
+    family = job.family
+    likelihoods = [job.group_likelihood(params, g, x) for g in range(len(job.groups))]
+    components: list[np.ndarray] = [np.empty(0)] * len(likelihoods)
+    for g in reversed(range(len(likelihoods))):
+        likelihood, symbols = likelihoods[g], x[:, job.groups[g]]
+        posterior, best = likelihood.component_posterior(symbols)
+        if first or likelihood.single:
+            components[g] = best
+        else:
+            components[g] = np.stack([s.decode(family, posterior[i]) for i, s in enumerate(stacks)])
+    for g in reversed(range(len(likelihoods))):
+        _push_pixels(stacks, family, likelihoods[g], x[:, job.groups[g]], components[g])
+
+
+def _pop_groups(job: _Coding, stacks: list[Any], params: MixtureParams) -> tuple[np.ndarray, list[_Likelihood], list[np.ndarray], np.ndarray]:
+    """Decoding's pixel part for a context bundle: group after group, each with the likelihood the
+    groups before it give. Returns the pixels (B, P), each group's likelihood and components, and
+    the bits popped (B,)."""
+    x = np.zeros((len(stacks), sum(len(p) for p in job.groups)), dtype=np.uint8)
+    likelihoods, components, popped = [], [], np.zeros(len(stacks))
+    for g, positions in enumerate(job.groups):
+        likelihood = job.group_likelihood(params, g, x)
+        symbols, k, bits = _pop_pixels(stacks, job.family, likelihood)
+        x[:, positions] = symbols
+        likelihoods.append(likelihood)
+        components.append(k)
+        popped += bits
+    return x, likelihoods, components, popped
 
 
 def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[int]) -> None:
@@ -919,10 +990,14 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         prior = job.group_prior if step == 0 else job.prior
         z = np.stack([s.decode(prior, dim) for s in stacks])
         params = job.likelihood(z, step == 0)
-        likelihood = _Likelihood(params, t, job.bins)
-        x, k, popped = _pop_pixels(stacks, job.family, likelihood)
+        if len(job.groups) == 1:
+            likelihood = _Likelihood(params, t, job.bins)
+            x, k, popped = _pop_pixels(stacks, job.family, likelihood)
+            likelihoods, components = [likelihood], [k]
+        else:
+            x, likelihoods, components, popped = _pop_groups(job, stacks, params)
         popped += dim * math.log2(t.buckets // t.fine if step == 0 else t.buckets)
-        symbols = dim + k.shape[1] * (1 if likelihood.single else 3)
+        symbols = dim + x.shape[1] * (1 if likelihoods[0].single else 3)
         short = popped > available + _POP_SLACK_BITS + _POP_SLACK_PER_SYMBOL * symbols
         dry[: len(stacks)] = np.where(short, dry[: len(stacks)] + 1, 0)
         if job.bins.lossless and (dry >= MAX_DRY_STEPS).any():
@@ -932,10 +1007,11 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
             job.on_decoded(images, x, params)
         if step > 0:
             family = job.family
-            if not likelihood.single:
-                component_posterior, _ = likelihood.component_posterior(x)
-                for i, s in enumerate(stacks):
-                    s.encode_reverse(k[i], family, component_posterior[i])
+            for likelihood, k, positions in zip(likelihoods, components, job.groups):
+                if not likelihood.single:
+                    component_posterior, _ = likelihood.component_posterior(x[:, positions])
+                    for i, s in enumerate(stacks):
+                        s.encode_reverse(k[i], family, component_posterior[i])
             seen = job.bins.representative[x].reshape(len(images), *job.shape)
             posterior = job.posterior(seen)
             z_group = (z // t.fine).astype(np.int32)

@@ -96,6 +96,11 @@ class Bundle:
         return str(self.manifest.get("arithmetic", contract.ARITHMETIC_FLOAT))
 
     @property
+    def pixel_groups(self) -> int:
+        """Groups the likelihood codes pixels in (model.json ``pixel_groups``; 1, absent: all at once)."""
+        return int(self.manifest.get("pixel_groups", 1))
+
+    @property
     def name(self) -> str:
         """Human-readable bundle name."""
         return str(self.manifest.get("name", self.path.name))
@@ -146,11 +151,12 @@ class Bundle:
 
     @property
     def fingerprint(self) -> bytes:
-        """32-byte identity of the exact graphs and codec tables: sha256 over the required graphs'
-        sha256s, in contract order, then the codec tables' sha256 if the bundle has them.
-        Optional graphs (a learned prior) are left out: adding one must not orphan containers."""
+        """32-byte identity of the exact graphs and codec tables: sha256 over the sha256s of the graphs
+        the codecs compute with (encoder, decoder, and a context bundle's context graph), in
+        contract order, then the codec tables' sha256 if the bundle has them. Optional graphs (a
+        learned prior) are left out: adding one must not orphan containers."""
         digest = hashlib.sha256()
-        for spec in contract.GRAPHS:
+        for spec in contract.coding_graphs(self.manifest):
             digest.update(bytes.fromhex(self.manifest["graphs"][spec.key]["sha256"]))
         if self.manifest.get("codec"):
             digest.update(bytes.fromhex(self.manifest["codec"]["sha256"]))
@@ -330,7 +336,7 @@ def read_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     bundle = read_manifest(resolve_path(path))
     folder, manifest = bundle.path, bundle.manifest
     files: dict[str, bytes] = {}
-    for spec in contract.GRAPHS:
+    for spec in contract.coding_graphs(manifest):
         entry = manifest["graphs"][spec.key]
         data = read_verified(folder, entry["file"], entry["sha256"], MAX_GRAPH_BYTES)
         refuse_external_data(data, folder / entry["file"])

@@ -25,7 +25,7 @@ mixture weights are softmax(mixture_logits) over the components axis.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 #: Pixel levels of an 8-bit image, and the likelihood's normalized domain: level v sits at
 #: v / PIXEL_SCALE - 1, each bin +-1/(PIXEL_LEVELS - 1) wide (the formula above).
@@ -203,6 +203,52 @@ def graphs_for(arithmetic: str) -> tuple[GraphSpec, GraphSpec]:
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETICS)}, got {arithmetic!r}")
     return (INTEGER_ENCODER, INTEGER_DECODER) if arithmetic == ARITHMETIC_INTEGER else GRAPHS
+
+
+#: Pixel groups of a context bundle (model.json ``pixel_groups``): the image is coded in G groups,
+#: one after another; the likelihood of a pixel in group g is conditioned on every pixel of the
+#: groups before it (context.onnx), those of group 0 on the latents alone (decoder.onnx). The
+#: groups tile the image with period 2: pixel (row, col) is in group TILES[G][row % 2][col % 2].
+#: With 4 groups the order is (0,0), (1,1), (0,1), (1,0): after two groups every remaining pixel
+#: has its four direct neighbours known.
+PIXEL_GROUP_TILES = {1: ((0, 0), (0, 0)), 2: ((0, 1), (1, 0)), 4: ((0, 2), (3, 1))}
+
+
+def pixel_group_map(groups: int, height: int, width: int) -> "list[list[int]]":
+    """The group of every pixel position (row-major lists), for ``groups`` in PIXEL_GROUP_TILES."""
+    if groups not in PIXEL_GROUP_TILES:
+        raise ValueError(f"pixel_groups must be one of {', '.join(map(str, PIXEL_GROUP_TILES))}, got {groups!r}")
+    tile = PIXEL_GROUP_TILES[groups]
+    return [[tile[r % 2][c % 2] for c in range(width)] for r in range(height)]
+
+
+#: The context graph of a context bundle: the decoder's mixture refined by the pixels known so far.
+#: ``known`` is 1 where ``pixels`` holds a decoded pixel and 0 elsewhere (whose pixel value is
+#: then ignored); outputs are read only at the positions of the group being coded.
+CONTEXT = GraphSpec(
+    key="context",
+    file="context.onnx",
+    inputs=(
+        TensorSpec("mixture_logits", "float32", _MIXTURE),
+        TensorSpec("mixture_means", "float32", _MIXTURE),
+        TensorSpec("mixture_log_scales", "float32", _MIXTURE),
+        TensorSpec("pixels", "uint8", _IMAGE),
+        TensorSpec("known", "uint8", _IMAGE),
+    ),
+    outputs=(
+        TensorSpec("context_logits", "float32", _MIXTURE),
+        TensorSpec("context_means", "float32", _MIXTURE),
+        TensorSpec("context_log_scales", "float32", _MIXTURE),
+    ),
+)
+
+
+def coding_graphs(manifest: Mapping[str, Any]) -> tuple[GraphSpec, ...]:
+    """The graphs a bundle's codecs compute with, in fingerprint order: encoder and decoder (of its
+    arithmetic), then the context graph if the bundle has pixel groups."""
+    arithmetic = str(manifest.get("arithmetic", ARITHMETIC_FLOAT))
+    graphs = graphs_for(arithmetic)
+    return (*graphs, CONTEXT) if manifest.get("pixel_groups", 1) > 1 else graphs
 
 
 #: Optional learned prior for sampling: standard normal noise u -> latents z. Bundles without

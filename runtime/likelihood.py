@@ -146,8 +146,8 @@ class LatentModel(Protocol):
         """Posterior (mean, logvar), float32 (N, D) each."""
         ...
 
-    def likelihood(self, latents: np.ndarray) -> MixtureParams:
-        """The decoder's mixture parameters for latents float32 (N, D)."""
+    def log_likelihood(self, images: np.ndarray, latents: np.ndarray) -> np.ndarray:
+        """log p(x|z) in nats per image, float64 (N,), at latents float32 (N, D)."""
         ...
 
 
@@ -167,6 +167,6 @@ def negative_elbo(model: LatentModel, images: np.ndarray, samples: int = 8, seed
         eps = rng.standard_normal(mean.shape)
         z = mean + np.exp(0.5 * logvar) * eps
         log_prior_over_posterior = (0.5 * (eps**2 - z**2 + logvar)).sum(axis=1)
-        log_w[s] = log_likelihood(batch, model.likelihood(z.astype(np.float32))) + log_prior_over_posterior
+        log_w[s] = model.log_likelihood(batch, z.astype(np.float32)) + log_prior_over_posterior
     iwae = -(np.logaddexp.reduce(log_w, axis=0) - math.log(samples))
     return bits(-log_w.mean(axis=0)), bits(iwae)

@@ -83,6 +83,7 @@ FIELDS: tuple[Field, ...] = (
     Field("precision", STRING),
     Field("opset", INTEGER),
     Field("arithmetic", STRING),
+    Field("pixel_groups", INTEGER),
     Field("image", OBJECT, required=True),
     Field("image.shape", INTEGERS, required=True),
     Field("image.layout", STRING),
@@ -98,6 +99,7 @@ FIELDS: tuple[Field, ...] = (
     Field("graphs", OBJECT, required=True),
     *(f for spec in contract.GRAPHS for f in _graph_fields(spec.key, True)),
     *(f for spec in contract.OPTIONAL_GRAPHS for f in _graph_fields(spec.key, False)),
+    *_graph_fields(contract.CONTEXT.key, False),  # required with pixel_groups > 1 (validate)
     Field("codec", OBJECT),
     Field("codec.file", FILE, required=True),
     Field("codec.sha256", SHA256, required=True),
@@ -235,7 +237,7 @@ def _check_tensors(manifest: dict[str, Any], dims: dict[str, int], where: Any) -
     arithmetic = manifest.get("arithmetic", contract.ARITHMETIC_FLOAT)
     if arithmetic not in contract.ARITHMETICS:
         raise BundleError(f"{where}: arithmetic must be one of {', '.join(contract.ARITHMETICS)}, not {arithmetic!r}")
-    for spec in contract.graphs_for(arithmetic):
+    for spec in contract.coding_graphs(manifest):
         entry, described = manifest["graphs"][spec.key], spec.describe(dims)
         for side in ("inputs", "outputs"):
             if side in entry and entry[side] != described[side]:
@@ -278,6 +280,13 @@ def validate(manifest: Any, where: Any = contract.MANIFEST_FILE) -> dict[str, An
     if contract.PRIOR.key in manifest["graphs"]:
         noise = manifest["prior"]["noise_dim"]
         need(1 <= noise <= MAX_LATENT_DIM, f"prior.noise_dim {noise!r} is not an integer in 1..{MAX_LATENT_DIM}")
+    groups = manifest.get("pixel_groups", 1)
+    need(groups in contract.PIXEL_GROUP_TILES,
+         f"pixel_groups {groups!r} is not one of {', '.join(map(str, contract.PIXEL_GROUP_TILES))}")
+    has_context = contract.CONTEXT.key in manifest["graphs"]
+    need(has_context == (groups > 1), f"graphs.{contract.CONTEXT.key} must be given exactly when pixel_groups > 1")
+    need(groups == 1 or manifest.get("arithmetic", contract.ARITHMETIC_FLOAT) == contract.ARITHMETIC_FLOAT,
+         "pixel groups need float graphs (arithmetic float)")
     for role in manifest.get("role", []):
         need(role in ROLES, f"role {role!r} is not one of {', '.join(ROLES)}")
     _check_tensors(manifest, contract.dims_of(shape, dim, components, noise), where)

@@ -20,7 +20,7 @@ import numpy as np
 from edgevae.runtime import contract
 from edgevae.runtime.bundle import Bundle, read_bundle
 from edgevae.runtime.errors import BundleError, InputError
-from edgevae.runtime.likelihood import MixtureIndices, MixtureParams
+from edgevae.runtime.likelihood import MixtureIndices, MixtureParams, log_interval_probability, log_likelihood
 
 #: Images or latents per session call; bounds peak memory on huge inputs.
 CHUNK = 1024
@@ -155,6 +155,11 @@ class EdgeVAE:
         self._decoder = new_session(bundle.graph_bytes(self._dec), self._where(self._dec), threads)
         for spec, session in ((self._enc, self._encoder), (self._dec, self._decoder)):
             _check_session(session, spec, self._dims, self._where(spec))
+        self.pixel_groups = bundle.pixel_groups
+        self._context: Any = None
+        if self.pixel_groups > 1:
+            self._context = new_session(bundle.graph_bytes(contract.CONTEXT), self._where(contract.CONTEXT), threads)
+            _check_session(self._context, contract.CONTEXT, self._dims, self._where(contract.CONTEXT))
         self._threads = threads
         self._prior: Any = None  # the learned prior's session, created on first use
         self._prior_lock = threading.Lock()
@@ -319,6 +324,39 @@ class EdgeVAE:
                               np.clip(means, *contract.index_range("mixture_mean_index")).astype(np.int32),
                               np.clip(log_scales, *contract.index_range("mixture_log_scale_index")).astype(np.int32))
 
+    def context_likelihood(self, params: MixtureParams, pixels: np.ndarray, known: np.ndarray) -> MixtureParams:
+        """A context bundle's mixture refined by the pixels known so far (contract.CONTEXT):
+        ``params`` the decoder's (N, K, C, H, W) mixture, ``pixels`` uint8 (N, C, H, W) and ``known``
+        (N, C, H, W) or broadcastable, nonzero where ``pixels`` holds a decoded pixel."""
+        if self._context is None:
+            raise InputError(f"{self.bundle.name} has no pixel groups (no {contract.CONTEXT.file})")
+        n = len(pixels)
+        where = self._where(contract.CONTEXT)
+        shape = (n, *self.image_shape)
+        known = np.broadcast_to(np.asarray(known) != 0, shape).astype(np.uint8)
+        pixels = np.ascontiguousarray(np.where(known, pixels, 0), dtype=np.uint8)  # unknown pixels never matter
+        names = contract.CONTEXT.input_names
+        values = _run(self._context, None, dict(zip(names, (params.logits, params.means, params.log_scales, pixels, known))),
+                      where)
+        self._outputs(contract.CONTEXT, contract.CONTEXT.output_names, values, n)
+        return MixtureParams(*values)
+
+    def log_likelihood(self, images: np.ndarray, latents: np.ndarray) -> np.ndarray:
+        """log p(x|z) in nats per image, float64 (N,), of uint8 images (N, C, H, W) at latents (N, D):
+        under the decoder's mixture, or for a context bundle each pixel group under the context
+        graph's mixture given the groups before it (what lossless coding costs)."""
+        images = self.check_images(images)
+        params = self.likelihood(latents)
+        if self.pixel_groups == 1:
+            return log_likelihood(images, params)
+        ids = np.array(contract.pixel_group_map(self.pixel_groups, *self.image_shape[1:]))
+        total = np.zeros(len(images))
+        for g in range(self.pixel_groups):
+            group = params if g == 0 else self.context_likelihood(params, images, (ids < g)[None, None])
+            per_pixel = log_interval_probability(images, images, group)
+            total += per_pixel[:, :, ids == g].reshape(len(images), -1).sum(axis=1)
+        return total
+
     def _prior_session(self) -> Any:
         """The learned prior's session, checked (sha256, then names and shapes) and created once."""
         with self._prior_lock:
@@ -336,9 +374,12 @@ class EdgeVAE:
 
     @property
     def sessions(self) -> dict[str, Any]:
-        """The ONNX Runtime sessions made so far, by graph key: ``encoder`` and ``decoder``, and
-        ``prior`` once the learned prior was first sampled (it is created on first use)."""
+        """The ONNX Runtime sessions made so far, by graph key: ``encoder`` and ``decoder`` (and a
+        context bundle's ``context``), and ``prior`` once the learned prior was first sampled (it is
+        created on first use)."""
         made = {self._enc.key: self._encoder, self._dec.key: self._decoder}
+        if self._context is not None:
+            made[contract.CONTEXT.key] = self._context
         return made if self._prior is None else {**made, contract.PRIOR.key: self._prior}
 
     # -- conveniences -------------------------------------------------------------------------

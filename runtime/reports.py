@@ -160,7 +160,9 @@ def bundle_text(bundle: Bundle, note_shipped: bool) -> str:
         "sampling    " + (f"learned prior ({bundle.prior_kind}, prior.onnx: {bundle.prior_noise_dim}-d noise -> "
                            f"latents), sample's default; --prior normal for N(0, I)"
                            if bundle.prior_kind else "N(0, I) (no learned prior in this bundle)"),
-        f"likelihood  {m['likelihood']['kind']}, {bundle.components} component{'s' if bundle.components != 1 else ''}",
+        f"likelihood  {m['likelihood']['kind']}, {bundle.components} component{'s' if bundle.components != 1 else ''}"
+        + (f"; lossless files code pixels in {bundle.pixel_groups} groups, each after the first refined by "
+           "context.onnx from the groups before it (lossless only)" if bundle.pixel_groups > 1 else ""),
         f"precision   {bundle.precision}" + (", integer arithmetic (lossless files use the exact tables: any engine "
                                              "decodes them)" if bundle.arithmetic == "integer" else ""),
         f"trained by  {m.get('training', {}).get('command', 'unknown')}",

@@ -119,6 +119,20 @@ def integer_run(float_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
+def context_run(float_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`edgevae-train context` of ``float_bundle``: 4 pixel groups, a small context net, one epoch."""
+    from click.testing import CliRunner
+
+    from edgevae.training.cli import main
+
+    run = tmp_path_factory.mktemp("context-run") / "run"
+    result = CliRunner().invoke(main, ["context", str(float_bundle), "--groups", "4", "--hidden", "4", "--layers", "2",
+                                       "--epochs", "1", "--batch-size", "32", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_bundle: Path):
     """The runtime model of ``tiny_bundle``."""
     from edgevae.runtime import load

@@ -46,12 +46,12 @@ def full_manifest() -> dict[str, Any]:
 
     manifest: dict[str, Any] = {
         "format": contract.MANIFEST_FORMAT, "format_version": contract.MANIFEST_VERSION, "name": "tiny",
-        "precision": "fp32", "opset": contract.OPSET, "arithmetic": contract.ARITHMETIC_FLOAT,
+        "precision": "fp32", "opset": contract.OPSET, "arithmetic": contract.ARITHMETIC_FLOAT, "pixel_groups": 2,
         "image": {"shape": [1, 8, 8], "layout": "NCHW", "dtype": "uint8", "pixel_range": [0, 255]},
         "latent": {"dim": 4, "prior": "standard normal N(0, I)"},
         "likelihood": {"kind": contract.LIKELIHOOD_KIND, "components": 2, "domain": "normalized"},
         "graphs": {"encoder": graph(contract.ENCODER, "a"), "decoder": graph(contract.DECODER, "b"),
-                   "prior": graph(contract.PRIOR, "c")},
+                   "prior": graph(contract.PRIOR, "c"), "context": graph(contract.CONTEXT, "e")},
         "codec": {"file": "codec.json", "sha256": "d" * 64, "qualities": ["small"], "default_quality": "small"},
         "prior": {"kind": "flow", "noise_dim": 4, "description": "a flow", "command": "edgevae-train prior",
                   "config": {}, "fitted_on": {}, "metrics": {}, "parity": {}, "versions": {}},
@@ -117,6 +117,9 @@ def generated_cases() -> list[dict[str, Any]]:
          "file name '../decoder.onnx' is not a plain file name inside the bundle folder"),
         ("codec.file", "", "file name '' is not a plain file name inside the bundle folder"),
         ("role", ["everything"], "role 'everything' is not one of default, lossless, lossy, near-lossless, denoise"),
+        ("pixel_groups", 3, "pixel_groups 3 is not one of 1, 2, 4"),
+        ("pixel_groups", 1, "graphs.context must be given exactly when pixel_groups > 1"),
+        ("arithmetic", "integer", "pixel groups need float graphs (arithmetic float)"),
     )]
     return cases
 
@@ -158,6 +161,12 @@ def test_optional_fields_may_be_absent(field: schema.Field) -> None:
     manifest = apply(full_manifest(), {"path": field.path, "delete": True})
     if field.path.startswith("graphs.prior") and field.path != "graphs.prior":
         return  # inside the prior graph's entry, file and sha256 are required (tested above)
+    if field.path in ("pixel_groups", "graphs.context"):
+        # they come together: the one alone is refused (tests/test_context.py); both may go
+        with pytest.raises(BundleError, match="graphs.context must be given exactly when pixel_groups > 1"):
+            schema.validate(manifest)
+        manifest = apply(manifest, {"path": "graphs.context" if field.path == "pixel_groups" else "pixel_groups",
+                                    "delete": True})
     schema.validate(manifest)
 
 

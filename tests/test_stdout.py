@@ -40,7 +40,8 @@ RUNTIME_CASES: dict[str, list[list[str]]] = {
 
 #: edgevae-train command -> its cheapest real invocation on the tiny data of conftest.py ({images}:
 #: a folder data set, {run} a copy of a trained run, {bundle} a copy of its bundle, {denoise_run} a
-#: denoise-train run, {float_bundle} a nearest-upsampling bundle, {integer_run} its `integer` run), or None for a command that writes nothing to stdout (its progress goes to
+#: denoise-train run, {float_bundle} a nearest-upsampling bundle, {integer_run} its `integer` run,
+#: {context_run} its `context` run), or None for a command that writes nothing to stdout (its progress goes to
 #: stderr): that one must then succeed with stdout unusable.
 TRAINING_CASES: dict[str, list[str] | None] = {
     "train": ["train", "--dataset", "{images}", "--epochs", "1", "--latent-dim", "4", "--widths", "4,8",
@@ -54,6 +55,9 @@ TRAINING_CASES: dict[str, list[str] | None] = {
     "novelty-threshold": ["novelty-threshold", "{bundle}", "--images", "10", "--samples", "1"],
     "integer": ["integer", "{float_bundle}", "--epochs", "0", "--calibration-images", "32", "--out", "{out}/int-run"],
     "integer-export": ["integer-export", "{integer_run}", "-o", "{out}/exact"],
+    "context": ["context", "{float_bundle}", "--epochs", "1", "--hidden", "4", "--layers", "1", "--batch-size", "32",
+                "--out", "{out}/ctx-run"],
+    "context-export": ["context-export", "{context_run}", "-o", "{out}/ctx"],
 }
 
 
@@ -171,7 +175,7 @@ def test_edgevae_train_command_with_unwritable_stdout(command: str, sink: str, i
         code, stderr = run_with_stdout(argv, sink, tmp_path)
         assert code == 0 and "Traceback" not in stderr and "Exception ignored" not in stderr, (argv, stderr)
         return
-    for fixture in ("denoise_run", "float_bundle", "integer_run"):  # built only for the commands that need them
+    for fixture in ("denoise_run", "float_bundle", "integer_run", "context_run"):  # built only for the commands that need them
         if "{%s}" % fixture in case:
             places[fixture] = request.getfixturevalue(fixture)
     argv = ["edgevae.training", *(arg.format(**places) for arg in case)]

@@ -36,23 +36,26 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _run_exporter(module: nn.Module, example: torch.Tensor, spec: contract.GraphSpec, batch: Any) -> Any:
+def _run_exporter(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], spec: contract.GraphSpec,
+                  batch: Any) -> Any:
+    examples = example if isinstance(example, tuple) else (example,)
     return torch.onnx.export(
         module.eval(),
-        (example,),
+        examples,
         dynamo=True,
         input_names=spec.input_names,
         output_names=spec.output_names,
-        dynamic_shapes={spec.inputs[0].name: {0: batch}},
+        # every input shares the one batch axis
+        dynamic_shapes={name: {0: batch} for name in spec.input_names},
         opset_version=contract.OPSET,
         optimize=True,
         verbose=False,
     )
 
 
-def export_graph(module: nn.Module, example: torch.Tensor, spec: contract.GraphSpec, path: Path,
-                 props: dict[str, str]) -> None:
-    """Export ``module`` (inputs like ``example``) as the graph ``spec`` describes to ``path``,
+def export_graph(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], spec: contract.GraphSpec,
+                 path: Path, props: dict[str, str]) -> None:
+    """Export ``module`` (inputs like ``example``, a tuple for several) as the graph ``spec`` describes to ``path``,
     with ``props`` as its metadata (see :func:`metadata_props`). ExportError if nothing comes out."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     # The exporter logs optional-operator notes (e.g. torchvision absent) that are not problems.

@@ -24,6 +24,23 @@ export const INTEGER_GRAPHS = [
   { key: "decoder", inputs: ["latents"],
     outputs: ["pixels", "mixture_logit_index", "mixture_mean_index", "mixture_log_scale_index"] },
 ];
+/** The context graph of a bundle with pixel groups (runtime/contract.py CONTEXT): the decoder's
+ * mixture refined by the pixels known so far. Its lossless files are float files, which this
+ * package refuses by name (README "JavaScript and the browser"); it is checked and fingerprinted. */
+export const CONTEXT_GRAPH = {
+  key: "context",
+  inputs: ["mixture_logits", "mixture_means", "mixture_log_scales", "pixels", "known"],
+  outputs: ["context_logits", "context_means", "context_log_scales"],
+};
+/** model.json "pixel_groups" values (runtime/contract.py PIXEL_GROUP_TILES). */
+export const PIXEL_GROUPS = [1, 2, 4];
+
+/** The graphs a manifest's codecs compute with, in fingerprint order (runtime/contract.py coding_graphs). */
+export function codingGraphs(manifest) {
+  const graphs = graphsFor(manifest.arithmetic ?? ARITHMETIC_FLOAT);
+  return (manifest.pixel_groups ?? 1) > 1 ? [...graphs, CONTEXT_GRAPH] : graphs;
+}
+
 /** The (encoder, decoder) contract of a manifest's arithmetic; BundleError for an unknown one. */
 export function graphsFor(arithmetic = ARITHMETIC_FLOAT) {
   if (arithmetic === ARITHMETIC_INTEGER) return INTEGER_GRAPHS;
@@ -150,12 +167,14 @@ export const FIELDS = [
   ["format", STRING, "r"], ["format_version", INTEGER, "r"], ["name", STRING, ""], ["precision", STRING, ""],
   ["opset", INTEGER, ""],
   ["arithmetic", STRING, ""],
+  ["pixel_groups", INTEGER, ""],
   ["image", OBJECT, "r"], ["image.shape", INTEGERS, "r"], ["image.layout", STRING, ""], ["image.dtype", STRING, ""],
   ["image.pixel_range", INTEGERS, ""],
   ["latent", OBJECT, "r"], ["latent.dim", INTEGER, "r"], ["latent.prior", STRING, ""],
   ["likelihood", OBJECT, "r"], ["likelihood.kind", STRING, "r"], ["likelihood.components", INTEGER, "r"],
   ["likelihood.domain", STRING, ""],
   ["graphs", OBJECT, "r"], ...graphFields("encoder", true), ...graphFields("decoder", true), ...graphFields("prior", false),
+  ...graphFields("context", false),
   ["codec", OBJECT, ""], ["codec.file", FILE, "r"], ["codec.sha256", SHA256, "r"], ["codec.qualities", STRINGS, ""],
   ["codec.default_quality", STRING, ""],
   ["prior", OBJECT, "?graphs.prior"], ["prior.kind", STRING, "r"], ["prior.noise_dim", INTEGER, "r"],
@@ -252,6 +271,12 @@ export function validateManifest(manifest, where = MANIFEST_FILE) {
     const noise = manifest.prior.noise_dim;
     need(noise >= 1 && noise <= MAX_LATENT_DIM, `prior.noise_dim ${noise} is not an integer in 1..${MAX_LATENT_DIM}`);
   }
+  const groups = manifest.pixel_groups ?? 1;
+  need(PIXEL_GROUPS.includes(groups), `pixel_groups ${groups} is not one of ${PIXEL_GROUPS.join(", ")}`);
+  need(Object.hasOwn(manifest.graphs, "context") === groups > 1,
+    "graphs.context must be given exactly when pixel_groups > 1");
+  need(groups === 1 || (manifest.arithmetic ?? ARITHMETIC_FLOAT) === ARITHMETIC_FLOAT,
+    "pixel groups need float graphs (arithmetic float)");
   for (const role of manifest.role ?? []) need(ROLES.includes(role), `role '${role}' is not one of ${ROLES.join(", ")}`);
   return manifest;
 }
@@ -328,9 +353,10 @@ export class Bundle {
   }
 }
 
-/** The fingerprint of a manifest: sha256 over the raw digests of encoder, decoder and codec tables. */
+/** The fingerprint of a manifest: sha256 over the raw digests of encoder, decoder (a context
+ * bundle's context graph next) and codec tables. */
 export async function fingerprintOf(manifest) {
-  const digests = GRAPHS.map((g) => manifest.graphs[g.key].sha256);
+  const digests = codingGraphs(manifest).map((g) => manifest.graphs[g.key].sha256);
   if (manifest.codec) digests.push(manifest.codec.sha256);
   const joined = new Uint8Array(32 * digests.length);
   digests.forEach((d, i) => joined.set(fromHex(d), 32 * i));
@@ -356,7 +382,7 @@ export async function readManifest(location) {
 /** Read and verify a bundle from a folder path, a URL or a shipped bundle's name. BundleError on any problem. */
 export async function readBundle(location) {
   const { source, manifest, fingerprint } = await readManifest(location);
-  const entries = GRAPHS.map((g) => [g.key, manifest.graphs[g.key]]);
+  const entries = codingGraphs(manifest).map((g) => [g.key, manifest.graphs[g.key]]);
   if (manifest.codec) entries.push(["codec", manifest.codec]);
   const files = {};
   for (const [key, entry] of entries) {
