@@ -133,6 +133,20 @@ def context_run(float_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
+def context_bundle(context_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``context_run`` exported by `edgevae-train context-export`."""
+    from click.testing import CliRunner
+
+    from edgevae.training.cli import main
+
+    bundle = tmp_path_factory.mktemp("context-bundle") / "ctx"
+    result = CliRunner().invoke(main, ["context-export", str(context_run), "-o", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert "4 pixel groups" in result.output
+    return bundle
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_bundle: Path):
     """The runtime model of ``tiny_bundle``."""
     from edgevae.runtime import load

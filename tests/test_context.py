@@ -20,17 +20,6 @@ from edgevae.runtime.errors import BundleError, InputError
 from conftest import synthetic_images
 
 
-@pytest.fixture(scope="module")
-def context_bundle(context_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgevae.training.cli import main
-
-    bundle = tmp_path_factory.mktemp("context-bundle") / "ctx"
-    result = CliRunner().invoke(main, ["context-export", str(context_run), "-o", str(bundle)])
-    assert result.exit_code == 0, result.output
-    assert "4 pixel groups" in result.output
-    return bundle
-
-
 def test_group_map_tiles_the_image_and_orders_neighbours_first() -> None:
     ids = np.array(contract.pixel_group_map(4, 6, 8))
     assert sorted(np.unique(ids)) == [0, 1, 2, 3] and all((ids == g).sum() == 12 for g in range(4))
@@ -211,6 +200,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(float_bundle: Path, tmp_
     with pytest.raises(Stop):
         train_context(config, tmp_path / "cut", log=stop_after_epoch_1)
     resumed = train_context(config, tmp_path / "cut", resume=True, log=lambda _: None)
+    # --stop-after ends inside the schedule; resuming finishes it the same way
+    first = train_context(config, tmp_path / "two-part", log=lambda _: None, stop_after=1)
+    assert first["epoch"] == 1
+    assert train_context(config, tmp_path / "two-part", resume=True, log=lambda _: None)["nelbo_bpd"] == whole["nelbo_bpd"]
     assert resumed["epoch"] == whole["epoch"] == 2 and resumed["nelbo_bpd"] == whole["nelbo_bpd"]
     a, b = (torch.load(tmp_path / run / CHECKPOINT, weights_only=False)["model"] for run in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -222,3 +215,21 @@ def test_info_says_the_bundle_codes_pixel_groups(context_bundle: Path) -> None:
     result = CliRunner().invoke(main, ["info", "--model", str(context_bundle)])
     assert result.exit_code == 0, result.output
     assert "pixels in 4 groups" in result.output
+
+
+def test_a_frozen_vae_run_keeps_the_source_graphs_byte_for_byte(float_bundle: Path, tmp_path: Path) -> None:
+    from edgevae.runtime import manifest as schema
+    from edgevae.training.cli import main
+
+    run, bundle = tmp_path / "run", tmp_path / "ctx"
+    result = CliRunner().invoke(main, ["context", str(float_bundle), "--frozen-vae", "--hidden", "4", "--layers", "1",
+                                       "--epochs", "2", "--stop-after", "1", "--batch-size", "32", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["context-export", str(run), "-o", str(bundle)])
+    assert result.exit_code == 0, result.output
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert (bundle / name).read_bytes() == (float_bundle / name).read_bytes()
+    manifest = schema.validate(json.loads((bundle / "model.json").read_text()))
+    assert "--frozen-vae" in manifest["training"]["command"] and manifest["training"]["command"].endswith("--stop-after 1")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["decoder_only_nelbo_bpd"] == pytest.approx(lines[0]["decoder_only_nelbo_bpd"], abs=1e-9)

@@ -547,6 +547,21 @@ def test_cli_compress_and_decompress_match_python(images: np.ndarray, tmp_path: 
 
 
 @pytest.mark.slow
+def test_context_bundles_are_read_and_fingerprinted_as_python_does(context_bundle: Path, tmp_path: Path) -> None:
+    """A bundle with pixel groups: Node checks its context.onnx and finds the fingerprint Python
+    wrote into the container, then refuses the (float) lossless file in one line."""
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
+    (tmp_path / "ctx.evz").write_bytes(LosslessCodec(load(context_bundle, threads=1)).compress(images))
+    result = evz("info", tmp_path / "ctx.evz", "--bundle", context_bundle)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["mode"] == "lossless" and info["modelMatches"] is True
+    result = evz("decompress", tmp_path / "ctx.evz", tmp_path / "out.npy", "--bundle", context_bundle)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.slow
 def test_cli_errors_are_one_line_with_exit_2_and_write_nothing(images: np.ndarray, tmp_path: Path) -> None:
     codec = Codec(load(shipped_bundles()["fashion-mnist-codec"], threads=1))
     good = codec.compress(images[:3])

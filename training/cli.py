@@ -397,6 +397,8 @@ def novelty_threshold(bundle_dir: str, data_dir: str | None, percentile: float, 
 @click.option("--layers", default=3, show_default=True, help="3x3 layers of the context net (receptive field 2n+1).")
 @click.option("--aux-weight", default=0.05, show_default=True,
               help="Weight of the decoder's own likelihood of the later groups, which keeps decoder.onnx a full decoder.")
+@click.option("--frozen-vae", is_flag=True,
+              help="Train the context net alone; the bundle keeps SOURCE's encoder.onnx and decoder.onnx byte for byte.")
 @click.option("--epochs", default=8, show_default=True, help="Training epochs.")
 @click.option("--lr", default=5e-4, show_default=True,
               help="Peak Adam learning rate of the VAE (the context net's is 4x; cosine decay to 2%).")
@@ -405,10 +407,13 @@ def novelty_threshold(bundle_dir: str, data_dir: str | None, percentile: float, 
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the Fashion-MNIST IDX files (as for train).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored).")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="End after this epoch of the --epochs schedule (the learning rate still follows all of it); "
+                   "--resume goes on from there.")
 @threads_option
 @guard
-def context(source: str, run_dir: str, groups: str, hidden: int, layers: int, aux_weight: float, epochs: int,
-            lr: float, batch_size: int, seed: int, data_dir: str | None, resume: bool) -> None:
+def context(source: str, run_dir: str, groups: str, hidden: int, layers: int, aux_weight: float, frozen_vae: bool,
+            epochs: int, lr: float, batch_size: int, seed: int, data_dir: str | None, resume: bool, stop_after: int | None) -> None:
     """Give a float bundle SOURCE (folder or shipped name) a context likelihood for lossless coding.
 
     \b
@@ -431,12 +436,12 @@ def context(source: str, run_dir: str, groups: str, hidden: int, layers: int, au
 
     try:
         config = ContextConfig(source=source, groups=int(groups), hidden=hidden, layers=layers, aux_weight=aux_weight,
-                               epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=torch.get_num_threads())
+                               frozen_vae=frozen_vae, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=torch.get_num_threads())
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     metrics = train_context(config, run_dir, data_dir=data_dir, resume=resume,
                             progress=progress_bar if sys.stderr.isatty() else None,
-                            log=lambda line: echo(line, err=True))
+                            log=lambda line: echo(line, err=True), stop_after=stop_after)
     echo(f"done: {run_dir}/last.pt after epoch {metrics['epoch']}: negative ELBO {metrics['nelbo_bpd']:.4f} bits/dim "
          f"(test split, one sample per image; the decoder alone {metrics['decoder_only_nelbo_bpd']:.4f})")
 

@@ -16,7 +16,10 @@ whole image; the latent side, and so bits-back coding of z, is unchanged.
 
 Loss: the negative ELBO of this model, -log p(x|z) summed over the groups plus KL(q(z|x) || N(0, I)),
 and ``aux_weight`` times the decoder's own NLL of the pixels after group 0, so decoder.onnx stays a
-complete VAE decoder (its mean image is what ``decode`` and ``sample`` show).
+complete VAE decoder (its mean image is what ``decode`` and ``sample`` show). With ``frozen_vae``
+only the context net trains (on z drawn from the frozen posterior) and the bundle keeps the source's
+encoder.onnx and decoder.onnx byte for byte: measured on Fashion-MNIST, the context net learns
+several times faster per step alone than while the VAE moves under it (BENCHMARKS.md §11).
 
 The VAE starts from a shipped float bundle (weights read from its ONNX initializers, like
 denoise.py and integer_run.py); training is resumable from the checkpoint of every epoch.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +64,8 @@ class ContextConfig:
     hidden: int = 32
     layers: int = 3
     aux_weight: float = 0.05
+    #: Train the context net alone: encoder and decoder stay the source's, byte for byte.
+    frozen_vae: bool = False
     epochs: int = 8
     batch_size: int = 128
     lr: float = 5e-4
@@ -76,7 +82,8 @@ class ContextConfig:
     def command(self, run_dir: str = "RUN_DIR") -> str:
         """The ``edgevae-train context`` command line of this run."""
         return (f"edgevae-train context {self.source} --groups {self.groups} --hidden {self.hidden} "
-                f"--layers {self.layers} --aux-weight {self.aux_weight:g} --epochs {self.epochs} "
+                f"--layers {self.layers} --aux-weight {self.aux_weight:g}{' --frozen-vae' if self.frozen_vae else ''} "
+                f"--epochs {self.epochs} "
                 f"--batch-size {self.batch_size} --lr {self.lr:g} --seed {self.seed} --threads {self.threads} "
                 f"--out {run_dir}")
 
@@ -187,9 +194,10 @@ def build(config: ContextConfig) -> tuple[Any, dict[str, Any], ContextVAE]:
 
 def train_context(config: ContextConfig, run_dir: str | Path, data_dir: str | Path | None = None,
                   resume: bool = False, progress: Callable[[int, str], Any] | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``config.epochs`` epochs (evaluated on the test split and checkpointed after each);
     with ``resume`` continue RUN_DIR's run from its last checkpoint, under its own config.
+    ``stop_after``: end after that epoch of the schedule (a later ``resume`` goes on from there).
     Returns the last epoch's metrics."""
     from edgevae.training.data import bundle_dataset
     from edgevae.training.train import save_checkpoint
@@ -209,8 +217,12 @@ def train_context(config: ContextConfig, run_dir: str | Path, data_dir: str | Pa
     bundle, _, model = build(config)
     data = bundle_dataset(bundle, data_dir)
     # the context net starts from scratch, the VAE from a trained bundle: the net learns faster
-    optimizer = torch.optim.Adam([{"params": model.vae.parameters(), "lr": config.lr},
-                                  {"params": model.context.parameters(), "lr": CONTEXT_LR_FACTOR * config.lr}])
+    groups = [{"params": model.context.parameters(), "lr": CONTEXT_LR_FACTOR * config.lr}]
+    if config.frozen_vae:
+        model.vae.requires_grad_(False)
+    else:
+        groups.append({"params": model.vae.parameters(), "lr": config.lr})
+    optimizer = torch.optim.Adam(groups)
     steps_per_epoch = len(data.train) // config.batch_size
     total = max(1, steps_per_epoch * config.epochs)
     rng = np.random.default_rng(config.seed + 1)
@@ -230,8 +242,10 @@ def train_context(config: ContextConfig, run_dir: str | Path, data_dir: str | Pa
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s + done) / total))))
     dims = model.config.pixels
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, min(config.epochs, stop_after or config.epochs)):
         model.train()
+        if config.frozen_vae:
+            model.vae.eval()
         order = rng.permutation(len(data.train))
         running = None
         bar_cm = progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else contextlib.nullcontext()
@@ -240,7 +254,7 @@ def train_context(config: ContextConfig, run_dir: str | Path, data_dir: str | Pa
                 x = torch.from_numpy(data.train[order[step * config.batch_size : (step + 1) * config.batch_size]])
                 terms = model.loss_terms(x, torch.randn(len(x), model.config.latent_dim))
                 nelbo = (terms["recon"] + terms["kl"]).mean()
-                loss = nelbo + config.aux_weight * terms["aux"].mean()
+                loss = nelbo if config.frozen_vae else nelbo + config.aux_weight * terms["aux"].mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
@@ -369,8 +383,9 @@ def export_context(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | 
     dims = contract.dims_of(model.config.image_shape, model.config.latent_dim, model.config.mixture_components)
     for spec in contract.coding_graphs(manifest):
         manifest["graphs"][spec.key] = spec.describe(dims)
+    stopped = f" --stop-after {checkpoint['epoch']}" if checkpoint["epoch"] < config.epochs else ""
     manifest["training"] = {
-        "command": config.command(),
+        "command": config.command() + stopped,
         "then": f"edgevae-train context-export RUN_DIR -o {target.as_posix()}",
         "kind": f"context likelihood: {config.groups} pixel groups, the source VAE fine-tuned with a context net",
         "source_bundle": source.name,
@@ -396,7 +411,10 @@ def export_context(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | 
               (contract.CONTEXT, ContextGraph(model), context_inputs))
     with staged_bundle(target, force) as staging:
         for spec, module, example in graphs:
-            export_graph(module, example, spec, staging / spec.file, props)
+            if config.frozen_vae and spec is not contract.CONTEXT:  # the source's own files, byte for byte
+                shutil.copyfile(source.graph_path(spec), staging / spec.file)
+            else:
+                export_graph(module, example, spec, staging / spec.file, props)
             manifest["graphs"][spec.key]["sha256"] = sha256_file(staging / spec.file)
         manifest["parity"] = check_parity(model.vae, staging, data.test)
         manifest["parity"]["max_abs_diff"][contract.CONTEXT.key] = check_context_parity(model, staging, data.test)

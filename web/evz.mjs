@@ -84,6 +84,8 @@ async function readerFor(bytes, bundle, threads) {
   const model = await load(bundle, { threads });
   const { header } = container.parse(bytes);
   if (model.integer && header.mode !== container.MODE_LOSSY) return ExactCodec.create(model);
+  // a float lossless or near-lossless file needs no codec tables to be described (decoding it is refused by name)
+  if (header.mode !== container.MODE_LOSSY && !model.bundle.manifest.codec) return new Codec(model, null);
   return Codec.create(model);
 }
 
