@@ -260,3 +260,16 @@ def test_cli_refine_refuses_other_modes(extra: tuple[str, ...], phrase: str, tmp
     done = edgevae("runner", "compress", png, "-o", tmp_path / "x.evz", "--refine", *extra)
     assert_clean_error(done, phrase)
     assert not (tmp_path / "x.evz").exists()
+
+
+@pytest.mark.slow
+def test_web_decodes_refined_containers(shipped: C.Codec, examples: np.ndarray, tmp_path: Path) -> None:
+    """web/'s reader (Node) decodes a refined container to Python's pixels: it is an ordinary lossy file."""
+    from test_web import evz
+
+    data = shipped.compress(examples, "small", refine=True)
+    assert data != shipped.compress(examples, "small")
+    (tmp_path / "refined.evz").write_bytes(data)
+    result = evz("decompress", tmp_path / "refined.evz", tmp_path / "back.npy")
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.load(tmp_path / "back.npy"), shipped.decompress(data))
