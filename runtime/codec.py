@@ -3,6 +3,7 @@
     Codec (lossy):
         uint8 images --encoder.onnx--> posterior means (float32, N x D)
         --QualityTable.symbols: quantize, zigzag, escape (runtime/tables.py)--> table indices
+        (refine=True: symbols chosen with decoder.onnx in the loop instead, runtime/refine.py)
         --rangecode.encode_payloads: one range-coder message per image--> payloads
         --container.pack (header, lengths, CRC-32)--> bytes
     LosslessCodec:
@@ -26,7 +27,10 @@ encoder gives bit-identical means for any batch size and thread count on one mac
 so compress output is identical across runs, batch sizes and thread counts. Across different
 CPUs or onnxruntime builds a mean can differ in its last bits; one lying within that distance
 of a bin edge (chance ~1e-6 per value) then picks the neighbouring symbol: a different but
-equally valid file. Decoding needs no float math before the decoder network.
+equally valid file. Decoding needs no float math before the decoder network. Refined compression
+(``refine=True``) also depends on decoder.onnx's pixels, which are the same for every batch size
+and thread count on one machine (tested), so it keeps that promise; on another machine a pixel
+that differs can change a move, again giving a different but equally valid file.
 """
 
 from __future__ import annotations

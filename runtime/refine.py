@@ -40,9 +40,9 @@ proportional to the level's rate. The constant was chosen on a sweep
 candidate order; every decision of an image depends only on that image's pixels and the decoder's
 output for its own candidates, and onnxruntime's CPU decoder gives each row the same pixels in
 any batch and at any thread count (the same property decompress relies on, tested). So refined
-bytes do not depend on batch size or threads either (tests/test_refine.py). An image whose whole
-pass moved nothing is at a local minimum and is left alone from then on (further passes would
-repeat the same decisions), which changes nothing but time.
+bytes do not depend on batch size or threads either (tests/test_refine.py). An image is not tried
+again at a dimension where nothing has changed since it was last turned down there (the same
+candidates would be turned down again): that changes nothing but time.
 """
 
 from __future__ import annotations
@@ -185,42 +185,43 @@ def _refine_chunk(model: EdgeVAE, table: QualityTable, images: np.ndarray, k: np
     start_bits, start_sse = bits.copy(), sse.copy()
     current = cost(bits, sse, beta)
     moves = np.zeros(len(k), dtype=np.int64)
-    active = np.ones(len(k), dtype=bool)
-    for _ in range(passes):
-        moved = np.zeros(len(k), dtype=bool)
-        for d in range(k.shape[1]):
-            rows = np.flatnonzero(active)
-            if not len(rows):
-                break
-            # Every candidate of every active image at dimension d: (len(deltas), len(rows), D).
-            candidates = np.repeat(k[rows][None], len(deltas), axis=0)
-            candidates[:, :, d] += np.array(deltas, dtype=np.int64)[:, None]
-            valid = np.abs(candidates[:, :, d]) <= table.limits[d]
-            flat = candidates[valid]
-            if not len(flat):
-                continue
-            cand_pixels = model.decode(dequantize(flat, table.steps))
-            owners = np.broadcast_to(rows[None], valid.shape)[valid]
-            cand_sse = squared_error(cand_pixels, images[owners])
-            cand_bits = _bits(table, flat)
-            scores = np.full(valid.shape, np.inf)
-            scores[valid] = cost(cand_bits, cand_sse, beta)
-            best = np.argmin(scores, axis=0)  # the first of equal costs: a fixed order
-            better = scores[best, np.arange(len(rows))] < current[rows]
-            if not better.any():
-                continue
-            # Map each winning (delta, row) back to its position in the flat candidate list.
-            position = np.cumsum(valid.ravel()).reshape(valid.shape) - 1
-            chosen = position[best[better], np.flatnonzero(better)]
-            winners = rows[better]
-            k[winners] = flat[chosen]
-            pixels[winners] = cand_pixels[chosen]
-            sse[winners] = cand_sse[chosen]
-            bits[winners] = cand_bits[chosen]
-            current[winners] = scores[best[better], np.flatnonzero(better)]
-            moves[winners] += 1
-            moved[winners] = True
-        active &= moved
-        if not active.any():
-            break
+    dim = k.shape[1]
+    # Step t tries dimension t % dim. An image's state at step t is the one it had at step t - dim
+    # unless it moved in between, and then the same candidates would be turned down again: so an
+    # image is tried only while its last move (-1: the start) is at most dim steps back. Exactly
+    # the decisions of trying every image at every step, for less decoding once images settle.
+    last = np.full(len(k), -1, dtype=np.int64)
+    for step in range(passes * dim):
+        rows = np.flatnonzero(step - last <= dim)
+        if not len(rows):
+            break  # every image is at a local minimum: no later step would move one
+        d = step % dim
+        # Every candidate of every such image at dimension d: (len(deltas), len(rows), D).
+        candidates = np.repeat(k[rows][None], len(deltas), axis=0)
+        candidates[:, :, d] += np.array(deltas, dtype=np.int64)[:, None]
+        valid = np.abs(candidates[:, :, d]) <= table.limits[d]
+        flat = candidates[valid]
+        if not len(flat):
+            continue
+        cand_pixels = model.decode(dequantize(flat, table.steps))
+        owners = np.broadcast_to(rows[None], valid.shape)[valid]
+        cand_sse = squared_error(cand_pixels, images[owners])
+        cand_bits = _bits(table, flat)
+        scores = np.full(valid.shape, np.inf)
+        scores[valid] = cost(cand_bits, cand_sse, beta)
+        best = np.argmin(scores, axis=0)  # the first of equal costs: a fixed order
+        better = scores[best, np.arange(len(rows))] < current[rows]
+        if not better.any():
+            continue
+        # Map each winning (delta, row) back to its position in the flat candidate list.
+        position = np.cumsum(valid.ravel()).reshape(valid.shape) - 1
+        chosen = position[best[better], np.flatnonzero(better)]
+        winners = rows[better]
+        k[winners] = flat[chosen]
+        pixels[winners] = cand_pixels[chosen]
+        sse[winners] = cand_sse[chosen]
+        bits[winners] = cand_bits[chosen]
+        current[winners] = scores[best[better], np.flatnonzero(better)]
+        moves[winners] += 1
+        last[winners] = step
     return k, pixels, bits, sse, start_bits, start_sse, moves

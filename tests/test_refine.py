@@ -95,6 +95,40 @@ def test_rate_is_the_tables_code_length(codec: C.Codec, image_folder: Path) -> N
         assert all(abs(8 * len(p) - b) <= 16 for p, b in zip(payloads, table.bits(u[:6]))), table.name
 
 
+def _reference(model: ev.EdgeVAE, table: T.QualityTable, image: np.ndarray, u: np.ndarray,
+               search: RF.Search, beta: float) -> np.ndarray:
+    """The search as the module docstring states it, one image and one candidate at a time: every
+    pass tries every dimension, +1 then -1 (then +-2 ...), and keeps the first lowest cost below the
+    current one."""
+    def score(k: np.ndarray) -> float:
+        pixels = model.decode(T.dequantize(k[None], table.steps))
+        return float(RF.cost(table.bits(T.zigzag(k[None] - table.centers)), RF.squared_error(pixels, image[None]),
+                             beta)[0])
+
+    k = table.centers + T.unzigzag(u)
+    current = score(k)
+    for _ in range(search.passes):
+        for d in range(len(k)):
+            best = None
+            for delta in [s for r in range(1, search.radius + 1) for s in (r, -r)]:
+                candidate = k.copy()
+                candidate[d] += delta
+                if abs(candidate[d]) <= table.limits[d] and (c := score(candidate)) < current:
+                    best, current = candidate, c
+            if best is not None:
+                k = best
+    return T.zigzag(k - table.centers)
+
+
+@pytest.mark.parametrize("quality, search", [("balanced", RF.Search()), ("smallest", RF.Search(passes=3, radius=2))])
+def test_search_is_the_documented_greedy_descent(shipped: C.Codec, examples: np.ndarray, quality: str,
+                                                 search: RF.Search) -> None:
+    table, start, got = _refined(shipped, examples[:4], quality, search)
+    for i in range(4):
+        assert np.array_equal(got.u[i], _reference(shipped.model, table, examples[i], start[i], search, got.beta)), i
+    assert (got.moves > 0).all()
+
+
 def test_search_is_the_same_in_any_chunk(shipped: C.Codec, examples: np.ndarray) -> None:
     _, _, whole = _refined(shipped, examples, "small")
     assert (whole.moves > 0).all()
