@@ -308,8 +308,9 @@ class Codec(_ContainerCodec):
         default level). ``progress`` is called with the number of images finished after each batch.
         ``refine`` (True, or a :class:`edgevae.runtime.refine.Search`): pick each image's symbols with
         the decoder in the loop (runtime/refine.py) instead of rounding its posterior mean: fewer
-        bytes or more PSNR for the same level, an ordinary container that every release decodes,
-        at ~50-100x the compress time. Lossy levels only (InputError for a high-quality level).
+        bytes and more PSNR at the same level (0.6-0.9 dB, benchmarks/results/refine.md), an ordinary
+        container that every release decodes, for about 50 decoder runs per image (10-50 images/s
+        per core instead of thousands). Lossy levels only (InputError for a high-quality level).
         """
         table = self.level(quality)
         if isinstance(table, HighQualityLevel):
