@@ -91,7 +91,7 @@ REFINE = click.option("--refine", is_flag=True,
                       help="Lossy levels only: choose each image's symbols with the decoder in the loop (a greedy "
                            "search for fewer bits and less error) instead of rounding the encoder's output. Buys "
                            "0.6-0.9 dB of PSNR with 0.5-2.4% fewer bytes (fashion-mnist-codec and -hq); costs "
-                           "compress time: about 50 decoder runs per image, 10-50 images/s per core instead of "
+                           "compress time: about 90 decoder runs per image, 10-50 images/s per core instead of "
                            "thousands. "
                            "The files are ordinary containers: every edgevae and the web page decode them as usual.")
 RESIZE = click.option("--resize", is_flag=True,

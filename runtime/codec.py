@@ -309,7 +309,7 @@ class Codec(_ContainerCodec):
         ``refine`` (True, or a :class:`edgevae.runtime.refine.Search`): pick each image's symbols with
         the decoder in the loop (runtime/refine.py) instead of rounding its posterior mean: fewer
         bytes and more PSNR at the same level (0.6-0.9 dB, benchmarks/results/refine.md), an ordinary
-        container that every release decodes, for about 50 decoder runs per image (10-50 images/s
+        container that every release decodes, for about 90 decoder runs per image (10-50 images/s
         per core instead of thousands). Lossy levels only (InputError for a high-quality level).
         """
         table = self.level(quality)
