@@ -151,13 +151,15 @@ def refine(model: EdgeVAE, table: QualityTable, images: np.ndarray, start: np.nd
     """
     images = model.check_images(images)
     start = np.asarray(start, dtype=np.int64)
+    if not len(images):
+        raise InputError("no images to refine")
     if start.shape != (len(images), model.latent_dim):
         raise InputError(f"start symbols must have shape ({len(images)}, {model.latent_dim}), got {start.shape}")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise InputError(f"refine chunk must be an integer >= 1, got {chunk!r}")
     beta = float(search.beta) if search.beta is not None else default_beta(table)
     symbols = table.centers + unzigzag(start)
-    if (np.abs(symbols) > table.limits).any():
+    if (start < 0).any() or (np.abs(symbols) > table.limits).any():
         raise InputError("start symbols are out of the level's range")
     deltas = [d for r in range(1, search.radius + 1) for d in (r, -r)]  # the tie order: +1, -1, +2, -2 ...
     parts = []

@@ -238,6 +238,12 @@ def test_bad_requests(codec: C.Codec, images: np.ndarray) -> None:
     far[0, 0] = T.zigzag(np.array(table.limits[0] + 1 - table.centers[0]))
     with pytest.raises(InputError, match="out of the level's range"):
         RF.refine(codec.model, table, images, far)
+    with pytest.raises(InputError, match="out of the level's range"):
+        RF.refine(codec.model, table, images, start - start.max() - 1)  # zigzag values are >= 0
+    with pytest.raises(InputError, match="no images"):
+        RF.refine(codec.model, table, images[:0], start[:0])
+    with pytest.raises(InputError, match="no images"):
+        codec.compress(images[:0], refine=True)
 
 
 def test_no_refinement_for_near_lossless_levels(shipped: C.Codec) -> None:
