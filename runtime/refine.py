@@ -33,8 +33,13 @@ Python and in web/; only compress pays (one decoder call per candidate).
 roughly constant *fraction* more bytes per dB in this range (WebP and JPEG: 7-9 % per dB on
 Fashion-MNIST between 21 and 25 dB, benchmarks/results/rd.md), so a change improves the bytes
 ratio at equal PSNR iff it saves more than that fraction of the file per dB it loses: a beta
-proportional to the level's rate. The constant was chosen on a sweep
-(benchmarks/refine.py, benchmarks/results/refine.md).
+proportional to the level's rate. The constant was chosen on a sweep of 0.02-0.3 on 300 test
+images (benchmarks/results/refine-sweep-beta/refine.md): the WebP ratio is best, and flat, at
+0.085-0.15 at every level WebP's range reaches.
+
+**Search settings** (benchmarks/results/refine-sweep-search/refine.md): two passes of +-1. One
+pass is twice as fast and gives about 80 % of the gain; a third pass adds 0.02-0.04 dB; +-2
+candidates find the same symbols at half the speed.
 
 **Determinism.** The search visits dimensions in a fixed order and breaks ties by a fixed
 candidate order; every decision of an image depends only on that image's pixels and the decoder's
