@@ -18,7 +18,7 @@ from edgevae.runtime import reports
 from edgevae.runtime.bundle import read_bundle
 from edgevae.runtime.clicommon import (Group, check_file_target, echo, guard, progress, report, write_blobs,
                                        write_output)
-from edgevae.runtime.clioptions import (FORCE, JSON_SIZES, JSON_SUMMARY, MAX_THREADS, OUT_HELP, RESIZE,
+from edgevae.runtime.clioptions import (FORCE, JSON_SIZES, JSON_SUMMARY, MAX_THREADS, OUT_HELP, REFINE, RESIZE,
                                         container_model, default_codec_model, default_denoise_model,
                                         info_model, inputs_argument, model_options, output_options)
 
@@ -193,13 +193,14 @@ def decode(latents: str, out: str, force: bool, as_json: bool, model_path: str |
 @click.option("--max-error", "max_error", type=int, default=None, metavar="K",
               help="Near-lossless: every decoded pixel within K levels (1..32) of the input, guaranteed; "
                    "e.g. K=4 about 160 bytes per 28x28 image and 43 dB. No --quality or --lossless.")
+@REFINE
 @FORCE
 @JSON_SIZES
 @RESIZE
 @model_options(default=default_codec_model)
 @guard
 def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool, lossless: bool,
-             max_error: int | None, force: bool, as_json: bool, resize: bool, model_path: str | None,
+             max_error: int | None, refine: bool, force: bool, as_json: bool, resize: bool, model_path: str | None,
              threads: int | None) -> None:
     """Compress INPUTS (image files, folders, .npy arrays; '-' reads stdin) to an .evz container.
 
@@ -215,15 +216,20 @@ def compress(inputs: tuple[str, ...], out: str, quality: str | None, split: bool
       edgevae compress photos/ -o evz/ --split                evz/NAME.evz per image
       edgevae compress scans/ -o scans.evz --lossless         exact pixels back
       edgevae compress scans/ -o scans.evz --max-error 2      no pixel moves by more than 2
+      edgevae compress shirt.png -o shirt.evz --refine        same bytes, sharper; slower to write
     """
 
     if split and out == STDIO:
         raise OutputError("--split writes a folder of .evz files; it cannot write to stdout")
     mode = compress_mode(quality, lossless, max_error)
+    if refine and mode != "lossy":
+        raise InputError(f"--refine applies to lossy coding only, not to {'--lossless' if lossless else '--max-error'}")
     if not split:  # fail before the work, not after it
         check_file_target(out, force, if_folder="pass --split to write one .evz per image into it")
     codec = open_codec(mode, model_path, threads, max_error=max_error)
-    options = {"quality": codec.level(quality).name} if mode == "lossy" else {}
+    options: dict[str, str | bool] = {"quality": codec.level(quality).name} if mode == "lossy" else {}
+    if refine:
+        options["refine"] = True
     images, names = gather_images(inputs, codec.model.image_shape, resize)
     with progress(len(images), "compressing") as step:
         containers = (codec.compress_each(images, progress=step, **options) if split

@@ -3,6 +3,7 @@
     Codec (lossy):
         uint8 images --encoder.onnx--> posterior means (float32, N x D)
         --QualityTable.symbols: quantize, zigzag, escape (runtime/tables.py)--> table indices
+        (refine=True: symbols chosen with decoder.onnx in the loop instead, runtime/refine.py)
         --rangecode.encode_payloads: one range-coder message per image--> payloads
         --container.pack (header, lengths, CRC-32)--> bytes
     LosslessCodec:
@@ -26,7 +27,10 @@ encoder gives bit-identical means for any batch size and thread count on one mac
 so compress output is identical across runs, batch sizes and thread counts. Across different
 CPUs or onnxruntime builds a mean can differ in its last bits; one lying within that distance
 of a bin edge (chance ~1e-6 per value) then picks the neighbouring symbol: a different but
-equally valid file. Decoding needs no float math before the decoder network.
+equally valid file. Decoding needs no float math before the decoder network. Refined compression
+(``refine=True``) also depends on decoder.onnx's pixels, which are the same for every batch size
+and thread count on one machine (tested), so it keeps that promise; on another machine a pixel
+that differs can change a move, again giving a different but equally valid file.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from edgevae.runtime import container as fmt
 from edgevae.runtime.bundle import Bundle
 from edgevae.runtime.errors import ContainerError, InputError
 from edgevae.runtime.model import integer
-from edgevae.runtime.rangecode import decode_payloads, encode_payloads
+from edgevae.runtime.rangecode import decode_payloads, encode_payloads, encode_symbols
+from edgevae.runtime.refine import Search
+from edgevae.runtime.refine import refine as refine_symbols
 from edgevae.runtime.quality import HighQualityLevel
 from edgevae.runtime.tables import CodecTables, QualityTable, high_quality_levels, load_tables
 from edgevae.runtime.units import bits_per_pixel
@@ -282,25 +288,60 @@ class Codec(_ContainerCodec):
     def _pack(self, table: QualityTable, payloads: list[bytes]) -> bytes:
         return fmt.pack(fmt.MODE_LOSSY, table.index, self.fingerprint, self.model.image_shape, payloads)
 
+    def _payloads(self, table: QualityTable, images: np.ndarray, progress: Progress | None,
+                  refine: bool | Search) -> list[bytes]:
+        """One payload per image: the rounded posterior means, or (``refine``) the symbols
+        runtime/refine.py picks with the decoder in the loop."""
+        if refine is False:
+            return encode_payloads(table, self._means(images, progress))
+        search = _search(refine)
+        batch = self._batch(images)
+        start = table.symbols(self._means(batch, None))[1]
+        chosen = refine_symbols(self.model, table, batch, start, search, self.batch_size, progress)
+        return encode_symbols(table, chosen.u)
+
     def compress(self, images: np.ndarray, quality: str | int | None = None,
-                 progress: Progress | None = None) -> bytes:
+                 progress: Progress | None = None, refine: bool | Search = False) -> bytes:
         """One container holding all ``images`` (uint8 (N, C, H, W) or one (C, H, W)).
 
         ``quality`` is a name from :attr:`qualities` or its index (default: the bundle's
         default level). ``progress`` is called with the number of images finished after each batch.
+        ``refine`` (True, or a :class:`edgevae.runtime.refine.Search`): pick each image's symbols with
+        the decoder in the loop (runtime/refine.py) instead of rounding its posterior mean: fewer
+        bytes and more PSNR at the same level (0.6-0.9 dB, benchmarks/results/refine.md), an ordinary
+        container that every release decodes, for about 90 decoder runs per image (10-50 images/s
+        per core instead of thousands). Lossy levels only (InputError for a high-quality level).
         """
         table = self.level(quality)
         if isinstance(table, HighQualityLevel):
+            _no_refine(table, refine)
             return NearLosslessCodec(self.model, table.max_error, self.batch_size).compress(images, progress)
-        return self._pack(table, encode_payloads(table, self._means(images, progress)))
+        return self._pack(table, self._payloads(table, images, progress, refine))
 
     def compress_each(self, images: np.ndarray, quality: str | int | None = None,
-                      progress: Progress | None = None) -> list[bytes]:
-        """One single-image container per image (what ``edgevae compress --split`` writes)."""
+                      progress: Progress | None = None, refine: bool | Search = False) -> list[bytes]:
+        """One single-image container per image (what ``edgevae compress --split`` writes); ``refine``
+        as in :meth:`compress`."""
         table = self.level(quality)
         if isinstance(table, HighQualityLevel):
+            _no_refine(table, refine)
             return NearLosslessCodec(self.model, table.max_error, self.batch_size).compress_each(images, progress)
-        return [self._pack(table, [p]) for p in encode_payloads(table, self._means(images, progress))]
+        return [self._pack(table, [p]) for p in self._payloads(table, images, progress, refine)]
+
+
+def _search(refine: bool | Search) -> Search:
+    """``refine`` as the search to run: True -> the default Search; InputError for anything else."""
+    if refine is True:
+        return Search()
+    if isinstance(refine, Search):
+        return refine
+    raise InputError(f"refine must be True, False or a refine.Search, got {refine!r}")
+
+
+def _no_refine(level: HighQualityLevel, refine: bool | Search) -> None:
+    if refine is not False:
+        raise InputError(f"refinement applies to the lossy levels only; {level.name!r} is a near-lossless level "
+                         f"(every pixel within {level.max_error})")
 
 
 class LosslessCodec(_ContainerCodec):

@@ -128,10 +128,17 @@ def encode_payloads(table: QualityTable, means: np.ndarray) -> list[bytes]:
     (:func:`_shortest`) as the fallback. This saves ~2 bytes per image over the sealed words
     (and ~2.4 over constriction's ANS coder, whose small initial state wastes up to 24 bits).
     """
+    return encode_symbols(table, table.symbols(means)[1])
+
+
+def encode_symbols(table: QualityTable, u: np.ndarray) -> list[bytes]:
+    """Entropy-code chosen zigzag values (N, D) int64 (as :meth:`QualityTable.symbols` gives them,
+    or a search picked them, runtime/refine.py): one payload per image, as :func:`encode_payloads`."""
     constriction = _constriction()
     family = constriction.stream.model.Categorical(perfect=False)
     escape_model = constriction.stream.model.Uniform(1 << fmt.ESCAPE_BITS)
-    index, u = table.symbols(means)
+    u = np.asarray(u, dtype=np.int64)
+    index = np.minimum(u, table.escape).astype(np.int32)
     escapes = index == table.escape
     has_escape = escapes.any(1)
     payloads = []

@@ -78,6 +78,17 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return (product.astype(np.float64) / float(1 << fmt.STEP_BITS)).astype(np.float32)
 
 
+def code_bits(frequencies: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Ideal code length in bits, float64 (N,), of zigzag values ``u`` (N, D) under integer
+    frequency rows (D, A): -log2(frequency / 2**FREQUENCY_BITS) of each dimension's table index
+    (escape = A-1), plus ESCAPE_BITS per escaped dimension (FORMAT.md §3). A payload is this
+    rounded up to whole bytes, give or take the range coder's termination."""
+    u = np.asarray(u, dtype=np.int64)
+    index = np.minimum(u, frequencies.shape[1] - 1)
+    bits = -np.log2(np.take_along_axis(frequencies, index.T, axis=1) / (1 << fmt.FREQUENCY_BITS)).sum(0)
+    return bits + (u >= frequencies.shape[1] - 1).sum(1) * fmt.ESCAPE_BITS
+
+
 def _integer_table(counts: np.ndarray) -> np.ndarray:
     """Smoothed counts -> integer frequencies >= 1 summing to exactly 2**FREQUENCY_BITS."""
     total = 1 << fmt.FREQUENCY_BITS
@@ -129,8 +140,7 @@ def fit_tables(
         index = np.minimum(u, size - 1)
         freqs = np.stack([_integer_table(np.bincount(index[:, d], minlength=size).astype(np.float64))
                           for d in range(dim)])
-        bits = -np.log2(np.take_along_axis(freqs, index.T, axis=1) / (1 << fmt.FREQUENCY_BITS)).sum(0)
-        bits += (u >= size - 1).sum(1) * fmt.ESCAPE_BITS
+        bits = code_bits(freqs, u)
         qualities.append({
             "name": level.name,
             "description": level.description,
@@ -205,6 +215,10 @@ class QualityTable:
         """Table indices int32 (N, D) (escape = A-1) and the zigzag values int64 (N, D) behind them."""
         u = zigzag(quantize(means, self.steps) - self.centers)
         return np.minimum(u, self.escape).astype(np.int32), u
+
+    def bits(self, u: np.ndarray) -> np.ndarray:
+        """Ideal code length in bits, float64 (N,), of zigzag values (N, D) (:func:`code_bits`)."""
+        return code_bits(self.frequencies, u)
 
     def latents(self, u: np.ndarray) -> np.ndarray:
         """Zigzag values (N, D) -> latents float32 (N, D); ContainerError if out of range."""
