@@ -21,7 +21,12 @@ Which job each is the default for is data too: the ``role`` list of its model.js
 - ``fashion-mnist-codec-exact``: fashion-mnist-codec as an integer network: lossy files that decode
   to the same pixels in every engine (the float codec's differ in a few pixels by a level in
   browsers) for ~1% more bytes and ~0.65x its decoding speed;
-- ``fashion-mnist-int8``: fashion-mnist's int8 variant.
+- ``fashion-mnist-int8``: fashion-mnist's int8 variant;
+- ``fashion-mnist-context``: fashion-mnist's encoder and decoder, byte for byte, with a context graph
+  (``edgevae-train context --frozen-vae``): lossless files code the pixels in 4 groups, each after
+  the first refined from the groups before it, for the smallest lossless files (float arithmetic:
+  they decode in Python only; the lossless role stays with fashion-mnist-exact, which every engine
+  decodes).
 """
 
 from pathlib import Path

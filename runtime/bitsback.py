@@ -769,10 +769,13 @@ class _Coding:
         latents = self.t.group_centers[z] if first else self.t.centers[z]
         return self.model.likelihood_indices(latents) if self.t.exact else self.model.likelihood(latents)
 
-    def group_likelihood(self, params: MixtureParams, group: int, pixels: np.ndarray) -> _Likelihood:
+    def group_likelihood(self, params: MixtureParams | MixtureIndices, group: int, pixels: np.ndarray) -> _Likelihood:
         """The likelihood of pixel group ``group`` of a step's images: the decoder's mixture for
-        group 0, else the context graph's given the groups before it (``pixels`` (B, P): what is
-        known of them; the rest is never read)."""
+        group 0 (every pixel without groups), else the context graph's given the groups before it
+        (``pixels`` (B, P): what is known of them; the rest is never read)."""
+        if len(self.groups) == 1:
+            return _Likelihood(params, self.t, self.bins)
+        assert isinstance(params, MixtureParams)  # groups need float graphs (manifest.validate)
         if group:
             c, h, w = self.shape
             known = np.zeros(c * h * w, dtype=np.uint8)
@@ -780,6 +783,10 @@ class _Coding:
             params = self.model.context_likelihood(params, pixels.reshape(len(pixels), c, h, w),
                                                    known.reshape(1, c, h, w))
         return _Likelihood(_at_pixels(params, self.groups[group]), self.t, self.bins)
+
+    def in_group(self, x: np.ndarray, group: int) -> np.ndarray:
+        """The pixels (B, P_group) of ``group`` of a step's images x (B, P): x itself without groups."""
+        return x if len(self.groups) == 1 else x[:, self.groups[group]]
 
     def check_stopped(self) -> None:
         """Called by lanes between steps: end this lane if the job is stopping."""
@@ -917,17 +924,7 @@ def _encode_lane(job: _Coding, batch: np.ndarray, symbols: np.ndarray, coders: l
             z_group = np.stack([s.decode(family, groups[i]) for i, s in enumerate(stacks)])
             within = posterior.within(z_group)
             z = z_group * t.fine + np.stack([s.decode(family, within[i]) for i, s in enumerate(stacks)])
-        params = job.likelihood(z, step == 0)
-        if len(job.groups) == 1:
-            likelihood = _Likelihood(params, t, job.bins)
-            component_posterior, best = likelihood.component_posterior(x)
-            if step == 0 or likelihood.single:
-                k = best
-            else:
-                k = np.stack([s.decode(family, component_posterior[i]) for i, s in enumerate(stacks)])
-            _push_pixels(stacks, family, likelihood, x, k)
-        else:
-            _push_groups(job, stacks, params, x, step == 0)
+        _push_groups(job, stacks, job.likelihood(z, step == 0), x, step == 0)
         for i, s in enumerate(stacks):
             s.encode_reverse(z[i], job.group_prior if step == 0 else job.prior)
         if step == 0:
@@ -936,28 +933,36 @@ def _encode_lane(job: _Coding, batch: np.ndarray, symbols: np.ndarray, coders: l
     return initial_bits
 
 
-def _push_groups(job: _Coding, stacks: list[Any], params: MixtureParams, x: np.ndarray, first: bool) -> None:
-    """Encoding's pixel part for a context bundle: the reverse of :func:`_pop_groups` and of
+def _push_groups(job: _Coding, stacks: list[Any], params: MixtureParams | MixtureIndices, x: np.ndarray,
+                 first: bool) -> None:
+    """Encoding's pixel part (bins x (B, P) given z): the reverse of :func:`_pop_groups` and of
     decoding's pushes of the components. Every group's likelihood is known here (x is), so the
-    components come off the stacks group G-1 first, then the pixels go on, group G-1 first."""
+    components come off the stacks group G-1 first (a chain's first image, or one component: the
+    most probable, nothing popped), then the bins go on, group G-1 first. Without pixel groups,
+    one group of every pixel."""
     family = job.family
     likelihoods = [job.group_likelihood(params, g, x) for g in range(len(job.groups))]
     components: list[np.ndarray] = [np.empty(0)] * len(likelihoods)
     for g in reversed(range(len(likelihoods))):
-        likelihood, symbols = likelihoods[g], x[:, job.groups[g]]
-        posterior, best = likelihood.component_posterior(symbols)
+        likelihood = likelihoods[g]
+        posterior, best = likelihood.component_posterior(job.in_group(x, g))
         if first or likelihood.single:
             components[g] = best
         else:
             components[g] = np.stack([s.decode(family, posterior[i]) for i, s in enumerate(stacks)])
     for g in reversed(range(len(likelihoods))):
-        _push_pixels(stacks, family, likelihoods[g], x[:, job.groups[g]], components[g])
+        _push_pixels(stacks, family, likelihoods[g], job.in_group(x, g), components[g])
 
 
-def _pop_groups(job: _Coding, stacks: list[Any], params: MixtureParams) -> tuple[np.ndarray, list[_Likelihood], list[np.ndarray], np.ndarray]:
-    """Decoding's pixel part for a context bundle: group after group, each with the likelihood the
-    groups before it give. Returns the pixels (B, P), each group's likelihood and components, and
-    the bits popped (B,)."""
+def _pop_groups(job: _Coding, stacks: list[Any], params: MixtureParams | MixtureIndices
+                ) -> tuple[np.ndarray, list[_Likelihood], list[np.ndarray], np.ndarray]:
+    """Decoding's pixel part: group after group, each with the likelihood the groups before it
+    give (one group of every pixel without pixel groups). Returns the bins (B, P), each group's
+    likelihood and components, and the bits popped (B,)."""
+    if len(job.groups) == 1:
+        likelihood = job.group_likelihood(params, 0, np.empty(0))
+        x, k, popped = _pop_pixels(stacks, job.family, likelihood)
+        return x, [likelihood], [k], popped
     x = np.zeros((len(stacks), sum(len(p) for p in job.groups)), dtype=np.uint8)
     likelihoods, components, popped = [], [], np.zeros(len(stacks))
     for g, positions in enumerate(job.groups):
@@ -990,12 +995,7 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
         prior = job.group_prior if step == 0 else job.prior
         z = np.stack([s.decode(prior, dim) for s in stacks])
         params = job.likelihood(z, step == 0)
-        if len(job.groups) == 1:
-            likelihood = _Likelihood(params, t, job.bins)
-            x, k, popped = _pop_pixels(stacks, job.family, likelihood)
-            likelihoods, components = [likelihood], [k]
-        else:
-            x, likelihoods, components, popped = _pop_groups(job, stacks, params)
+        x, likelihoods, components, popped = _pop_groups(job, stacks, params)
         popped += dim * math.log2(t.buckets // t.fine if step == 0 else t.buckets)
         symbols = dim + x.shape[1] * (1 if likelihoods[0].single else 3)
         short = popped > available + _POP_SLACK_BITS + _POP_SLACK_PER_SYMBOL * symbols
@@ -1007,9 +1007,9 @@ def _decode_lane(job: _Coding, out: np.ndarray, coders: list[Any], lane: list[in
             job.on_decoded(images, x, params)
         if step > 0:
             family = job.family
-            for likelihood, k, positions in zip(likelihoods, components, job.groups):
+            for g, (likelihood, k) in enumerate(zip(likelihoods, components)):
                 if not likelihood.single:
-                    component_posterior, _ = likelihood.component_posterior(x[:, positions])
+                    component_posterior, _ = likelihood.component_posterior(job.in_group(x, g))
                     for i, s in enumerate(stacks):
                         s.encode_reverse(k[i], family, component_posterior[i])
             seen = job.bins.representative[x].reshape(len(images), *job.shape)

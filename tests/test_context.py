@@ -233,3 +233,26 @@ def test_a_frozen_vae_run_keeps_the_source_graphs_byte_for_byte(float_bundle: Pa
     assert "--frozen-vae" in manifest["training"]["command"] and manifest["training"]["command"].endswith("--stop-after 1")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["decoder_only_nelbo_bpd"] == pytest.approx(lines[0]["decoder_only_nelbo_bpd"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_the_shipped_context_bundle_is_reproducible_and_codes_smaller_than_its_source() -> None:
+    """README records the commands that made fashion-mnist-context; its graphs are fashion-mnist's;
+    on real test images its lossless files are exact and smaller than the source's."""
+    import edgevae.runtime as ev
+    from edgevae.exported import BUNDLES
+    from edgevae.training.data import load_fashion_mnist
+
+    bundle, source = BUNDLES / "fashion-mnist-context", BUNDLES / "fashion-mnist"
+    manifest = json.loads((bundle / "model.json").read_text())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert manifest["training"]["command"].replace("RUN_DIR", "runs/fm-context") in readme
+    assert "edgevae-train context-export runs/fm-context -o exported/fashion-mnist-context" in readme
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert (bundle / name).read_bytes() == (source / name).read_bytes()
+    images = load_fashion_mnist().test[:300]
+    ours, theirs = (ev.LosslessCodec(ev.load(b, threads=1)) for b in (bundle, source))
+    data = ours.compress(images)
+    assert np.array_equal(ours.decompress(data), images)
+    assert len(data) < 0.98 * len(theirs.compress(images))
+    assert manifest["evaluation"]["nelbo_bpd"] < manifest["evaluation"]["decoder_only_nelbo_bpd"] - 0.05
