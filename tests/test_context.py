@@ -256,3 +256,21 @@ def test_the_shipped_context_bundle_is_reproducible_and_codes_smaller_than_its_s
     assert np.array_equal(ours.decompress(data), images)
     assert len(data) < 0.98 * len(theirs.compress(images))
     assert manifest["evaluation"]["nelbo_bpd"] < manifest["evaluation"]["decoder_only_nelbo_bpd"] - 0.05
+
+
+def test_a_context_graph_of_the_wrong_signature_is_refused_in_one_line(context_bundle: Path, tmp_path: Path) -> None:
+    import edgevae.runtime as ev
+    from edgevae.runtime.bundle import sha256_file
+
+    other = tmp_path / "other"
+    shutil.copytree(context_bundle, other)
+    shutil.copyfile(other / "decoder.onnx", other / "context.onnx")  # a real graph, the wrong one
+    manifest = json.loads((other / "model.json").read_text())
+    manifest["graphs"]["context"]["sha256"] = sha256_file(other / "context.onnx")
+    (other / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="context.onnx") as info:
+        ev.load(other)
+    assert "\n" not in str(info.value)
+    (other / "context.onnx").unlink()
+    with pytest.raises(BundleError, match="context.onnx"):
+        ev.load(other)
