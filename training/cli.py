@@ -387,6 +387,17 @@ def novelty_threshold(bundle_dir: str, data_dir: str | None, percentile: float, 
     _say(summaries.novelty_threshold(entry, bundle_dir))
 
 
+def _fine_tuning_feedback() -> dict[str, Any]:
+    """progress and log of a fine-tuning run (training/finetune.py): a bar on a terminal, else a log
+    line every 50 steps into a file (nohup runs are polled); epoch lines on stderr."""
+    return {"progress": progress_bar if sys.stderr.isatty() else None, "log": lambda line: echo(line, err=True)}
+
+
+def _say_fine_tuned(run_dir: str, metrics: dict[str, Any], more: str = "") -> None:
+    echo(f"done: {run_dir}/last.pt after epoch {metrics['epoch']}: negative ELBO {metrics['nelbo_bpd']:.4f} bits/dim "
+         f"(test split, one sample per image{more})")
+
+
 @main.command("context")
 @click.argument("source")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
@@ -439,11 +450,9 @@ def context(source: str, run_dir: str, groups: str, hidden: int, layers: int, au
                                frozen_vae=frozen_vae, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=torch.get_num_threads())
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    metrics = train_context(config, run_dir, data_dir=data_dir, resume=resume,
-                            progress=progress_bar if sys.stderr.isatty() else None,
-                            log=lambda line: echo(line, err=True), stop_after=stop_after)
-    echo(f"done: {run_dir}/last.pt after epoch {metrics['epoch']}: negative ELBO {metrics['nelbo_bpd']:.4f} bits/dim "
-         f"(test split, one sample per image; the decoder alone {metrics['decoder_only_nelbo_bpd']:.4f})")
+    metrics = train_context(config, run_dir, data_dir=data_dir, resume=resume, stop_after=stop_after,
+                            **_fine_tuning_feedback())
+    _say_fine_tuned(run_dir, metrics, f"; the decoder alone {metrics['decoder_only_nelbo_bpd']:.4f}")
 
 
 @main.command("context-export")
@@ -512,12 +521,8 @@ def integer(source: str, run_dir: str, epochs: int, lr: float, batch_size: int, 
 
     config = IntegerConfig(source=source, epochs=epochs, lr=lr, batch_size=batch_size,
                            calibration_images=calibration_images, seed=seed, threads=torch.get_num_threads())
-    # a bar on a terminal; a log line every 50 steps into a file (nohup runs are polled)
-    metrics = train_integer(config, run_dir, data_dir=data_dir, resume=resume,
-                            progress=progress_bar if sys.stderr.isatty() else None,
-                            log=lambda line: echo(line, err=True))
-    echo(f"done: {run_dir}/last.pt after epoch {metrics['epoch']}: negative ELBO {metrics['nelbo_bpd']:.4f} bits/dim "
-         f"(test split, one sample per image)")
+    metrics = train_integer(config, run_dir, data_dir=data_dir, resume=resume, **_fine_tuning_feedback())
+    _say_fine_tuned(run_dir, metrics)
 
 
 @main.command("integer-export")

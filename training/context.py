@@ -27,9 +27,7 @@ denoise.py and integer_run.py); training is resumable from the checkpoint of eve
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -41,13 +39,12 @@ import torch
 from torch import nn
 
 from edgevae.runtime import contract
-from edgevae.runtime.errors import InputError, OutputError
+from edgevae.runtime.errors import InputError
 from edgevae.runtime.units import bits_per_dim
-from edgevae.training import likelihood
+from edgevae.training import finetune, likelihood
+from edgevae.training.train import CHECKPOINT
 from edgevae.training.model import VAE, gaussian_kl
 
-CHECKPOINT = "last.pt"
-METRICS = "metrics.jsonl"
 #: Seed of the evaluation's posterior noise: every epoch (and the export) draws the same z.
 EVAL_SEED = 0
 EVAL_BATCH = 500
@@ -200,18 +197,11 @@ def train_context(config: ContextConfig, run_dir: str | Path, data_dir: str | Pa
     ``stop_after``: end after that epoch of the schedule (a later ``resume`` goes on from there).
     Returns the last epoch's metrics."""
     from edgevae.training.data import bundle_dataset
-    from edgevae.training.train import save_checkpoint
 
     run = Path(run_dir)
-    checkpoint = None
-    if resume:
-        if not (run / CHECKPOINT).is_file():
-            raise InputError(f"{run / CHECKPOINT}: nothing to resume")
-        checkpoint = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    checkpoint = finetune.open_run(run, resume)
+    if checkpoint is not None:
         config = ContextConfig(**checkpoint["config"])
-    elif (run / CHECKPOINT).exists():
-        raise OutputError(f"{run} already holds a run; pass --resume or pick another --out")
-    run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # before the context net's initialisation
     bundle, _, model = build(config)
@@ -223,66 +213,23 @@ def train_context(config: ContextConfig, run_dir: str | Path, data_dir: str | Pa
     else:
         groups.append({"params": model.vae.parameters(), "lr": config.lr})
     optimizer = torch.optim.Adam(groups)
-    steps_per_epoch = len(data.train) // config.batch_size
-    total = max(1, steps_per_epoch * config.epochs)
     rng = np.random.default_rng(config.seed + 1)
     if checkpoint is None:
         metrics = {"epoch": 0, **evaluate(model, data.test), "seconds": 0.0}
-        _save(run, model, optimizer, config, metrics, rng, time.time(), save_checkpoint)
+        finetune.save(run, model, optimizer, config, metrics, rng, time.time())
         log(f"epoch 0 (the source VAE): {json.dumps(metrics)}")
     else:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        rng.bit_generator.state = checkpoint["rng"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        metrics = checkpoint["metrics"]
-    start_epoch = metrics["epoch"]
-    started = time.time() - metrics["seconds"]
-    done = start_epoch * steps_per_epoch  # the scheduler is rebuilt, not saved: same step, same LR
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s + done) / total))))
-    dims = model.config.pixels
-    for epoch in range(start_epoch, min(config.epochs, stop_after or config.epochs)):
-        model.train()
-        if config.frozen_vae:
-            model.vae.eval()
-        order = rng.permutation(len(data.train))
-        running = None
-        bar_cm = progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else contextlib.nullcontext()
-        with bar_cm as bar:
-            for step in range(steps_per_epoch):
-                x = torch.from_numpy(data.train[order[step * config.batch_size : (step + 1) * config.batch_size]])
-                terms = model.loss_terms(x, torch.randn(len(x), model.config.latent_dim))
-                nelbo = (terms["recon"] + terms["kl"]).mean()
-                loss = nelbo if config.frozen_vae else nelbo + config.aux_weight * terms["aux"].mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-                optimizer.step()
-                schedule.step()
-                bpd = bits_per_dim(float(nelbo.detach()), dims)
-                running = bpd if running is None else 0.98 * running + 0.02 * bpd
-                if bar is not None:
-                    bar.loss = f"nelbo {running:.4f} bits/dim"
-                    bar.update(1)
-                elif step % 50 == 0:
-                    log(f"epoch {epoch + 1} step {step}/{steps_per_epoch}: nelbo {running:.4f} bits/dim "
-                        f"{time.time() - started:.0f}s")
-        metrics = {"epoch": epoch + 1, "train_nelbo_bpd": running, "lr": optimizer.param_groups[0]["lr"],
-                   **evaluate(model, data.test)}
-        _save(run, model, optimizer, config, metrics, rng, started, save_checkpoint)
-        log(f"epoch {epoch + 1}: {json.dumps(metrics)}")
-    return metrics
+        metrics = finetune.restore(checkpoint, model, optimizer, rng)
 
+    def loss(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        terms = model.loss_terms(x, torch.randn(len(x), model.config.latent_dim))
+        nelbo = (terms["recon"] + terms["kl"]).mean()
+        return (nelbo if config.frozen_vae else nelbo + config.aux_weight * terms["aux"].mean()), nelbo
 
-def _save(run: Path, model: ContextVAE, optimizer: torch.optim.Optimizer, config: ContextConfig,
-          metrics: dict[str, Any], rng: np.random.Generator, started: float, save: Callable[[Any, Path], None]) -> None:
-    metrics["seconds"] = round(time.time() - started, 1) if metrics["epoch"] else 0.0
-    save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
-          "metrics": metrics, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-          "epoch": metrics["epoch"]}, run / CHECKPOINT)
-    with open(run / METRICS, "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+    return finetune.train_epochs(run, model, optimizer, config, data.train, rng, metrics, loss,
+                                 lambda: evaluate(model, data.test), model.parameters(), "train_nelbo_bpd",
+                                 label="nelbo", before_epoch=model.vae.eval if config.frozen_vae else None,
+                                 stop_after=stop_after, progress=progress, log=log)
 
 
 # -- export --------------------------------------------------------------------------------------

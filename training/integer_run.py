@@ -16,7 +16,6 @@ float training had for the mixture mean.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -28,14 +27,14 @@ import numpy as np
 import torch
 
 from edgevae.runtime import contract, manifest as schema
-from edgevae.runtime.errors import InputError, OutputError
+from edgevae.runtime.errors import InputError
 from edgevae.runtime.units import bits_per_dim
-from edgevae.training import likelihood
+from edgevae.training import finetune, likelihood
 from edgevae.training.integer import (IntegerVAE, check_graphs, decoder_graph, dequantize_mixture,
                                       dequantize_posterior, encoder_graph, latent_indices, round_ste)
 from edgevae.training.evaluate import EVALUATION_FILE as EVALUATION
 from edgevae.training.model import gaussian_kl
-from edgevae.training.train import CHECKPOINT, METRICS
+from edgevae.training.train import CHECKPOINT
 #: Images per evaluation batch.
 EVAL_BATCH = 500
 #: Seed of the evaluation noise (one posterior sample per test image).
@@ -153,84 +152,35 @@ def train_integer(config: IntegerConfig, run_dir: str | Path, data_dir: str | Pa
     ``resume`` continue RUN_DIR's run from its last checkpoint (its own config). Returns the last
     epoch's metrics."""
     from edgevae.training.data import bundle_dataset
-    from edgevae.training.train import save_checkpoint
 
     run = Path(run_dir)
-    checkpoint = None
-    if resume:
-        if not (run / CHECKPOINT).is_file():
-            raise InputError(f"{run / CHECKPOINT}: nothing to resume")
-        checkpoint = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    checkpoint = finetune.open_run(run, resume)
+    if checkpoint is not None:
         config = IntegerConfig(**checkpoint["config"])
-    elif (run / CHECKPOINT).exists():
-        raise OutputError(f"{run} already holds a run; pass --resume or pick another --out")
-    run.mkdir(parents=True, exist_ok=True)
     bundle, manifest, model = load_source(config.source)
     data = bundle_dataset(bundle, data_dir)
     sigma = distortion_sigma(manifest)
     optimizer = torch.optim.Adam(model.vae.parameters(), lr=config.lr)
-    steps_per_epoch = len(data.train) // config.batch_size
-    total = max(1, steps_per_epoch * config.epochs)
     rng = np.random.default_rng(config.seed + 1)
     torch.manual_seed(config.seed)
     if checkpoint is None:
         _calibration(model, data.train, config)
-        started = time.time()
         metrics = {"epoch": 0, "kind": "post-training quantization", **evaluate(model, data.test, sigma=sigma),
                    "seconds": 0.0}
-        _save(run, model, optimizer, config, metrics, rng, started, save_checkpoint)
+        finetune.save(run, model, optimizer, config, metrics, rng, time.time())
         log(f"epoch 0 (post-training quantization): {json.dumps(metrics)}")
     else:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        rng.bit_generator.state = checkpoint["rng"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        metrics = checkpoint["metrics"]
-    start_epoch = metrics["epoch"]
-    started = time.time() - metrics["seconds"]
-    done = start_epoch * steps_per_epoch  # the scheduler is rebuilt, not saved: same step, same LR
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s + done) / total))))
-    dims = model.config.pixels
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        order = rng.permutation(len(data.train))
-        running = None
-        bar_cm = progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else contextlib.nullcontext()
-        with bar_cm as bar:
-            for step in range(steps_per_epoch):
-                x = torch.from_numpy(data.train[order[step * config.batch_size : (step + 1) * config.batch_size]])
-                terms = loss_terms(model, x, torch.randn(len(x), model.config.latent_dim), sigma)
-                loss = (terms["recon"] + terms["kl"] + terms.get("distortion", 0.0)).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.vae.parameters(), 100.0)
-                optimizer.step()
-                schedule.step()
-                bpd = bits_per_dim(float(loss.detach()), dims)
-                running = bpd if running is None else 0.98 * running + 0.02 * bpd
-                if bar is not None:
-                    bar.loss = f"loss {running:.4f} bits/dim"
-                    bar.update(1)
-                elif step % 50 == 0:
-                    log(f"epoch {epoch + 1} step {step}/{steps_per_epoch}: loss {running:.4f} bits/dim "
-                        f"{time.time() - started:.0f}s")
-        metrics = {"epoch": epoch + 1, "kind": "quantization-aware fine-tuning", "train_loss_bpd": running,
-                   "lr": optimizer.param_groups[0]["lr"], **evaluate(model, data.test, sigma=sigma)}
-        metrics["seconds"] = round(time.time() - started, 1)
-        _save(run, model, optimizer, config, metrics, rng, started, save_checkpoint)
-        log(f"epoch {epoch + 1}: {json.dumps(metrics)}")
-    return metrics
+        metrics = finetune.restore(checkpoint, model, optimizer, rng)
 
+    def loss(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        terms = loss_terms(model, x, torch.randn(len(x), model.config.latent_dim), sigma)
+        total = (terms["recon"] + terms["kl"] + terms.get("distortion", 0.0)).mean()
+        return total, total
 
-def _save(run: Path, model: IntegerVAE, optimizer: torch.optim.Optimizer, config: IntegerConfig,
-          metrics: dict[str, Any], rng: np.random.Generator, started: float, save: Callable[[Any, Path], None]) -> None:
-    metrics["seconds"] = round(time.time() - started, 1) if metrics["epoch"] else 0.0
-    save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
-          "metrics": metrics, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-          "epoch": metrics["epoch"]}, run / CHECKPOINT)
-    with open(run / METRICS, "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+    return finetune.train_epochs(run, model, optimizer, config, data.train, rng, metrics, loss,
+                                 lambda: evaluate(model, data.test, sigma=sigma), model.vae.parameters(),
+                                 "train_loss_bpd", extra={"kind": "quantization-aware fine-tuning"},
+                                 progress=progress, log=log)
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], IntegerConfig, Any, dict[str, Any], IntegerVAE]:
