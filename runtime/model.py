@@ -335,11 +335,15 @@ class EdgeVAE:
         shape = (n, *self.image_shape)
         known = np.broadcast_to(np.asarray(known) != 0, shape).astype(np.uint8)
         pixels = np.ascontiguousarray(np.where(known, pixels, 0), dtype=np.uint8)  # unknown pixels never matter
-        names = contract.CONTEXT.input_names
-        values = _run(self._context, None, dict(zip(names, (params.logits, params.means, params.log_scales, pixels, known))),
-                      where)
-        self._outputs(contract.CONTEXT, contract.CONTEXT.output_names, values, n)
-        return MixtureParams(*values)
+        feeds = (params.logits, params.means, params.log_scales, pixels, known)
+        parts = []
+        for start in range(0, n, CHUNK):  # bounds peak memory, as for the decoder
+            chunk = dict(zip(contract.CONTEXT.input_names, (a[start:start + CHUNK] for a in feeds)))
+            parts.append(_run(self._context, None, chunk, where))
+            self._outputs(contract.CONTEXT, contract.CONTEXT.output_names, parts[-1], len(chunk["pixels"]))
+        if not parts:
+            return MixtureParams(*(a[:0] for a in feeds[:3]))
+        return MixtureParams(*(np.concatenate(values) for values in zip(*parts)))
 
     def log_likelihood(self, images: np.ndarray, latents: np.ndarray) -> np.ndarray:
         """log p(x|z) in nats per image, float64 (N,), of uint8 images (N, C, H, W) at latents (N, D):

@@ -248,3 +248,17 @@ def test_a_context_graph_of_the_wrong_signature_is_refused_in_one_line(context_b
     (other / "context.onnx").unlink()
     with pytest.raises(BundleError, match="context.onnx"):
         ev.load(other)
+
+
+def test_the_context_graph_runs_in_chunks_and_on_nothing(context_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgevae.runtime as ev
+    import edgevae.runtime.model as model_module
+
+    model = ev.load(context_bundle, threads=1)
+    images = synthetic_images(5, 3)
+    z = np.zeros((5, model.latent_dim), np.float32)
+    whole = model.log_likelihood(images, z)
+    monkeypatch.setattr(model_module, "CHUNK", 2)
+    assert np.array_equal(model.log_likelihood(images, z), whole)
+    params = model.likelihood(z[:0])
+    assert model.context_likelihood(params, images[:0], np.ones((1, 1, 28, 28))).logits.shape == (0, *params.logits.shape[1:])
