@@ -42,12 +42,10 @@ from edgevae.runtime import contract
 from edgevae.runtime.errors import InputError
 from edgevae.runtime.units import bits_per_dim
 from edgevae.training import finetune, likelihood
+from edgevae.training.finetune import EVAL_BATCH, EVAL_SEED
 from edgevae.training.train import CHECKPOINT
 from edgevae.training.model import VAE, gaussian_kl
 
-#: Seed of the evaluation's posterior noise: every epoch (and the export) draws the same z.
-EVAL_SEED = 0
-EVAL_BATCH = 500
 #: The context net's learning rate over the VAE's.
 CONTEXT_LR_FACTOR = 4.0
 

@@ -32,6 +32,10 @@ from edgevae.training.train import CHECKPOINT, METRICS, save_checkpoint
 CLIP_NORM = 100.0
 #: Steps between log lines when no progress bar is shown (nohup runs are polled).
 LOG_EVERY = 50
+#: Test images per evaluation batch of a fine-tuned network.
+EVAL_BATCH = 500
+#: Seed of the evaluation's posterior noise: every epoch (and the export) draws the same z, one per test image.
+EVAL_SEED = 0
 
 
 def open_run(run_dir: str | Path, resume: bool) -> dict[str, Any] | None:

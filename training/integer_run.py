@@ -34,11 +34,8 @@ from edgevae.training.integer import (IntegerVAE, check_graphs, decoder_graph, d
                                       dequantize_posterior, encoder_graph, latent_indices, round_ste)
 from edgevae.training.evaluate import EVALUATION_FILE as EVALUATION
 from edgevae.training.model import gaussian_kl
+from edgevae.training.finetune import EVAL_BATCH, EVAL_SEED
 from edgevae.training.train import CHECKPOINT
-#: Images per evaluation batch.
-EVAL_BATCH = 500
-#: Seed of the evaluation noise (one posterior sample per test image).
-EVAL_SEED = 0
 
 
 @dataclass(frozen=True)
