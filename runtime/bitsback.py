@@ -748,7 +748,7 @@ class _Coding:
         self.group_prior = constriction.stream.model.Uniform(t.buckets // t.fine)
         self.shape = model.image_shape
         #: A context bundle's pixel groups: the flat pixel positions of each (group 0 first).
-        self.groups = _group_positions(getattr(model, "pixel_groups", 1), self.shape)
+        self.groups = _group_positions(getattr(model, "pixel_groups", 1), getattr(model, "pixel_tile", None), self.shape)
         if len(self.groups) > 1 and not bins.lossless:
             raise InputError(f"{model.bundle.name} codes pixels in groups, for lossless compression only; "
                              "pick another model for near-lossless (--max-error)")
@@ -842,13 +842,13 @@ _POP_SLACK_PER_SYMBOL = 0.01
 MAX_DRY_STEPS = 4
 
 
-def _group_positions(groups: int, shape: tuple[int, int, int]) -> list[np.ndarray]:
-    """Flat (C-H-W) pixel positions of each pixel group (contract.PIXEL_GROUP_TILES), group 0 first;
-    one group of every position for a bundle without groups."""
+def _group_positions(groups: int, tile: contract.Tile | None, shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """Flat (C-H-W) pixel positions of each pixel group (``tile``, contract.pixel_tile), group 0
+    first; one group of every position for a bundle without groups."""
     c, h, w = shape
     if groups == 1:
         return [np.arange(c * h * w)]
-    ids = np.broadcast_to(np.array(contract.pixel_group_map(groups, h, w)), (c, h, w)).reshape(-1)
+    ids = np.broadcast_to(np.array(contract.pixel_group_map(groups, h, w, tile)), (c, h, w)).reshape(-1)
     return [np.flatnonzero(ids == g) for g in range(groups)]
 
 

@@ -101,6 +101,12 @@ class Bundle:
         return int(self.manifest.get("pixel_groups", 1))
 
     @property
+    def pixel_tile(self) -> contract.Tile:
+        """The tile of group numbers that repeats over the image (model.json ``pixel_tile``, absent:
+        the default of ``pixel_groups``; runtime/contract.py PIXEL_GROUP_TILES)."""
+        return contract.pixel_tile(self.pixel_groups, self.manifest.get("pixel_tile"))
+
+    @property
     def name(self) -> str:
         """Human-readable bundle name."""
         return str(self.manifest.get("name", self.path.name))
@@ -153,11 +159,14 @@ class Bundle:
     def fingerprint(self) -> bytes:
         """32-byte identity of the exact graphs and codec tables: sha256 over the sha256s of the graphs
         the codecs compute with (encoder, decoder, and a context bundle's context graph), in
-        contract order, then the codec tables' sha256 if the bundle has them. Optional graphs (a
-        learned prior) are left out: adding one must not orphan containers."""
+        contract order, then the sha256 of a given ``pixel_tile`` (its contract.tile_text), then the
+        codec tables' sha256 if the bundle has them. Optional graphs (a learned prior) are left out:
+        adding one must not orphan containers."""
         digest = hashlib.sha256()
         for spec in contract.coding_graphs(self.manifest):
             digest.update(bytes.fromhex(self.manifest["graphs"][spec.key]["sha256"]))
+        if "pixel_tile" in self.manifest:  # the same context graph under another tile is another model
+            digest.update(hashlib.sha256(contract.tile_text(self.pixel_tile).encode()).digest())
         if self.manifest.get("codec"):
             digest.update(bytes.fromhex(self.manifest["codec"]["sha256"]))
         return digest.digest()

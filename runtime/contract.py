@@ -25,7 +25,7 @@ mixture weights are softmax(mixture_logits) over the components axis.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 #: Pixel levels of an 8-bit image, and the likelihood's normalized domain: level v sits at
 #: v / PIXEL_SCALE - 1, each bin +-1/(PIXEL_LEVELS - 1) wide (the formula above).
@@ -207,19 +207,50 @@ def graphs_for(arithmetic: str) -> tuple[GraphSpec, GraphSpec]:
 
 #: Pixel groups of a context bundle (model.json ``pixel_groups``): the image is coded in G groups,
 #: one after another; the likelihood of a pixel in group g is conditioned on every pixel of the
-#: groups before it (context.onnx), those of group 0 on the latents alone (decoder.onnx). The
-#: groups tile the image with period 2: pixel (row, col) is in group TILES[G][row % 2][col % 2].
-#: With 4 groups the order is (0,0), (1,1), (0,1), (1,0): after two groups every remaining pixel
-#: has its four direct neighbours known.
-PIXEL_GROUP_TILES = {1: ((0, 0), (0, 0)), 2: ((0, 1), (1, 0)), 4: ((0, 2), (3, 1))}
+#: groups before it (context.onnx), those of group 0 on the latents alone (decoder.onnx). A tile of
+#: group numbers repeats over the image: pixel (row, col) is in group tile[row % rows][col % cols].
+#: model.json ``pixel_tile`` gives the tile; without it, the default of G below. The default for 4
+#: groups codes (0,0), (1,1), (0,1), (1,0) of every 2x2 block: after two groups every remaining
+#: pixel has its four direct neighbours known (but the second group sees only diagonal ones).
+PIXEL_GROUP_TILES = {1: ((0,),), 2: ((0, 1), (1, 0)), 4: ((0, 2), (3, 1))}
+#: Most rows, and most columns, of a ``pixel_tile``; so at most MAX_PIXEL_TILE ** 2 groups.
+MAX_PIXEL_TILE = 8
+MAX_PIXEL_GROUPS = MAX_PIXEL_TILE ** 2
+
+Tile = tuple[tuple[int, ...], ...]
 
 
-def pixel_group_map(groups: int, height: int, width: int) -> "list[list[int]]":
-    """The group of every pixel position (row-major lists), for ``groups`` in PIXEL_GROUP_TILES."""
-    if groups not in PIXEL_GROUP_TILES:
-        raise ValueError(f"pixel_groups must be one of {', '.join(map(str, PIXEL_GROUP_TILES))}, got {groups!r}")
-    tile = PIXEL_GROUP_TILES[groups]
-    return [[tile[r % 2][c % 2] for c in range(width)] for r in range(height)]
+def pixel_tile(groups: int, tile: Sequence[Sequence[int]] | None = None) -> Tile:
+    """The tile of a bundle with ``groups`` pixel groups: ``tile`` (model.json ``pixel_tile``)
+    checked, or the default of ``groups``; ValueError naming what is wrong."""
+    if not 1 <= groups <= MAX_PIXEL_GROUPS:
+        raise ValueError(f"pixel_groups {groups!r} is not an integer in 1..{MAX_PIXEL_GROUPS}")
+    if tile is None:
+        if groups not in PIXEL_GROUP_TILES:
+            raise ValueError(f"pixel_groups {groups!r} needs a pixel_tile (there are defaults for "
+                             f"{', '.join(map(str, PIXEL_GROUP_TILES))})")
+        return PIXEL_GROUP_TILES[groups]
+    rows = tuple(tuple(row) for row in tile)
+    if not (1 <= len(rows) <= MAX_PIXEL_TILE and 1 <= len(rows[0]) <= MAX_PIXEL_TILE
+            and all(len(row) == len(rows[0]) for row in rows)):
+        raise ValueError(f"pixel_tile must be 1..{MAX_PIXEL_TILE} rows of 1..{MAX_PIXEL_TILE} group numbers, "
+                         "all rows as long")
+    if sorted({g for row in rows for g in row}) != list(range(groups)):
+        raise ValueError(f"pixel_tile must hold every group 0..{groups - 1} and no other number")
+    return rows
+
+
+def tile_text(tile: Tile) -> str:
+    """A tile as ``edgevae info`` shows it and ``edgevae-train context --tile`` takes it: rows split
+    by "/", group numbers by ",", e.g. "0,1/2,3"."""
+    return "/".join(",".join(map(str, row)) for row in tile)
+
+
+def pixel_group_map(groups: int, height: int, width: int,
+                    tile: Sequence[Sequence[int]] | None = None) -> "list[list[int]]":
+    """The group of every pixel position (row-major lists) under ``pixel_tile(groups, tile)``."""
+    rows = pixel_tile(groups, tile)
+    return [[rows[r % len(rows)][c % len(rows[0])] for c in range(width)] for r in range(height)]
 
 
 #: The context graph of a context bundle: the decoder's mixture refined by the pixels known so far.

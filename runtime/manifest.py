@@ -42,9 +42,9 @@ ROLES = {
 }
 
 # Kinds of value: what a refusal says a field must be.
-OBJECT, STRING, INTEGER, NUMBER, LIST, INTEGERS, STRINGS, SHA256, FILE = (
+OBJECT, STRING, INTEGER, NUMBER, LIST, INTEGERS, STRINGS, SHA256, FILE, INTEGER_ROWS = (
     "an object", "a string", "an integer", "a finite number", "a list", "a list of integers", "a list of strings",
-    "64 lowercase hex digits", "a file name")
+    "64 lowercase hex digits", "a file name", "a list of lists of integers")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ FIELDS: tuple[Field, ...] = (
     Field("opset", INTEGER),
     Field("arithmetic", STRING),
     Field("pixel_groups", INTEGER),
+    Field("pixel_tile", INTEGER_ROWS),
     Field("image", OBJECT, required=True),
     Field("image.shape", INTEGERS, required=True),
     Field("image.layout", STRING),
@@ -173,6 +174,7 @@ _CHECKS = {
     STRINGS: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     SHA256: _is_sha256,
     FILE: lambda v: isinstance(v, str),  # plain-ness is checked by check_file_name
+    INTEGER_ROWS: lambda v: isinstance(v, list) and all(isinstance(r, list) and all(_is_int(x) for x in r) for r in v),
 }
 
 
@@ -281,8 +283,11 @@ def validate(manifest: Any, where: Any = contract.MANIFEST_FILE) -> dict[str, An
         noise = manifest["prior"]["noise_dim"]
         need(1 <= noise <= MAX_LATENT_DIM, f"prior.noise_dim {noise!r} is not an integer in 1..{MAX_LATENT_DIM}")
     groups = manifest.get("pixel_groups", 1)
-    need(groups in contract.PIXEL_GROUP_TILES,
-         f"pixel_groups {groups!r} is not one of {', '.join(map(str, contract.PIXEL_GROUP_TILES))}")
+    need("pixel_tile" not in manifest or groups > 1, "pixel_tile needs pixel_groups > 1")
+    try:
+        contract.pixel_tile(groups, manifest.get("pixel_tile"))
+    except ValueError as e:
+        need(False, str(e))
     has_context = contract.CONTEXT.key in manifest["graphs"]
     need(has_context == (groups > 1), f"graphs.{contract.CONTEXT.key} must be given exactly when pixel_groups > 1")
     need(groups == 1 or manifest.get("arithmetic", contract.ARITHMETIC_FLOAT) == contract.ARITHMETIC_FLOAT,

@@ -155,7 +155,7 @@ class EdgeVAE:
         self._decoder = new_session(bundle.graph_bytes(self._dec), self._where(self._dec), threads)
         for spec, session in ((self._enc, self._encoder), (self._dec, self._decoder)):
             _check_session(session, spec, self._dims, self._where(spec))
-        self.pixel_groups = bundle.pixel_groups
+        self.pixel_groups, self.pixel_tile = bundle.pixel_groups, bundle.pixel_tile
         self._context: Any = None
         if self.pixel_groups > 1:
             self._context = new_session(bundle.graph_bytes(contract.CONTEXT), self._where(contract.CONTEXT), threads)
@@ -353,7 +353,7 @@ class EdgeVAE:
         params = self.likelihood(latents)
         if self.pixel_groups == 1:
             return log_likelihood(images, params)
-        ids = np.array(contract.pixel_group_map(self.pixel_groups, *self.image_shape[1:]))
+        ids = np.array(contract.pixel_group_map(self.pixel_groups, *self.image_shape[1:], self.pixel_tile))
         total = np.zeros(len(images))
         for g in range(self.pixel_groups):
             group = params if g == 0 else self.context_likelihood(params, images, (ids < g)[None, None])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from edgevae.runtime import contract
 from edgevae.runtime.bundle import Bundle, default_codec_bundle_path, describe_shipped, read_manifest
 from edgevae.runtime.errors import EdgeVAEError
 from edgevae.runtime.inputs import STDIO
@@ -161,7 +162,8 @@ def bundle_text(bundle: Bundle, note_shipped: bool) -> str:
                            f"latents), sample's default; --prior normal for N(0, I)"
                            if bundle.prior_kind else "N(0, I) (no learned prior in this bundle)"),
         f"likelihood  {m['likelihood']['kind']}, {bundle.components} component{'s' if bundle.components != 1 else ''}"
-        + (f"; lossless files code pixels in {bundle.pixel_groups} groups, each after the first refined by "
+        + (f"; lossless files code pixels in {bundle.pixel_groups} groups (tile "
+           f"{contract.tile_text(bundle.pixel_tile)}), each after the first refined by "
            "context.onnx from the groups before it (lossless only)" if bundle.pixel_groups > 1 else ""),
         f"precision   {bundle.precision}" + (", integer arithmetic (lossless files use the exact tables: any engine "
                                              "decodes them)" if bundle.arithmetic == "integer" else ""),

@@ -29,8 +29,20 @@ def test_group_map_tiles_the_image_and_orders_neighbours_first() -> None:
     assert all(known[r, c + 1] and known[r + 2, c + 1] and known[r + 1, c] and known[r + 1, c + 2]
                for r, c in inner if 0 < r < 5 and 0 < c < 7)
     assert np.array_equal(np.array(contract.pixel_group_map(2, 2, 2)), [[0, 1], [1, 0]])
-    with pytest.raises(ValueError, match="pixel_groups must be one of 1, 2, 4"):
+    with pytest.raises(ValueError, match=r"pixel_groups 3 needs a pixel_tile \(there are defaults for 1, 2, 4\)"):
         contract.pixel_group_map(3, 4, 4)
+
+
+def test_a_tile_repeats_over_the_image_whatever_its_shape() -> None:
+    assert contract.pixel_group_map(3, 3, 5, [[0, 1, 2]]) == [[0, 1, 2, 0, 1]] * 3
+    assert contract.pixel_group_map(4, 3, 3, [[0, 1], [2, 3]]) == [[0, 1, 0], [2, 3, 2], [0, 1, 0]]
+    assert contract.tile_text(contract.pixel_tile(4, [[0, 1], [2, 3]])) == "0,1/2,3"
+    for groups, tile, message in ((3, [[0, 1], [2]], "all rows as long"), (3, [[0, 1, 3]], "every group 0..2"),
+                                  (1, [[0] * 9] * 2, "1..8 rows of 1..8"), (1, [], "1..8 rows")):
+        with pytest.raises(ValueError, match=message):
+            contract.pixel_tile(groups, tile)
+    with pytest.raises(ValueError, match="pixel_groups 65 is not an integer in 1..64"):
+        contract.pixel_tile(65)
 
 
 def test_training_starts_at_the_source_and_the_context_sees_only_known_pixels(float_bundle: Path) -> None:
@@ -103,7 +115,8 @@ def test_containers_name_the_context_graph_in_their_fingerprint(context_bundle: 
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda m: m.update(pixel_groups=3), "pixel_groups 3 is not one of 1, 2, 4"),
+    (lambda m: m.update(pixel_groups=3), "pixel_groups 3 needs a pixel_tile"),
+    (lambda m: m.update(pixel_tile=[[0, 1], [2, 4]]), "pixel_tile must hold every group 0..3"),
     (lambda m: m["graphs"].pop("context"), "graphs.context must be given exactly when pixel_groups > 1"),
     (lambda m: m.pop("pixel_groups"), "graphs.context must be given exactly when pixel_groups > 1"),
     (lambda m: m.update(arithmetic="integer"), "pixel groups need float graphs"),
@@ -191,22 +204,43 @@ def test_info_says_the_bundle_codes_pixel_groups(context_bundle: Path) -> None:
     assert "pixels in 4 groups" in result.output
 
 
-def test_a_frozen_vae_run_keeps_the_source_graphs_byte_for_byte(float_bundle: Path, tmp_path: Path) -> None:
+def test_a_frozen_vae_run_with_its_own_tile_keeps_the_source_graphs_and_codes_exactly(
+        float_bundle: Path, tmp_path: Path) -> None:
+    """--tile: 3 groups (no default tile) over a 2x3 tile; model.json records it, and lossless coding
+    and the likelihood follow it."""
+    import edgevae.runtime as ev
     from edgevae.runtime import manifest as schema
+    from edgevae.runtime.cli import main as edgevae_cli
     from edgevae.training.cli import main
+    from edgevae.training.context import load_run
 
     run, bundle = tmp_path / "run", tmp_path / "ctx"
-    result = CliRunner().invoke(main, ["context", str(float_bundle), "--frozen-vae", "--hidden", "4", "--layers", "1",
-                                       "--epochs", "2", "--stop-after", "1", "--batch-size", "32", "--out", str(run)])
+    result = CliRunner().invoke(main, ["context", str(float_bundle), "--frozen-vae", "--tile", "0,1,2/2,0,1",
+                                       "--hidden", "4", "--layers", "1", "--epochs", "2", "--stop-after", "1",
+                                       "--batch-size", "32", "--out", str(run)])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["context-export", str(run), "-o", str(bundle)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "3 pixel groups" in result.output, result.output
     for name in ("encoder.onnx", "decoder.onnx"):
         assert (bundle / name).read_bytes() == (float_bundle / name).read_bytes()
     manifest = schema.validate(json.loads((bundle / "model.json").read_text()))
-    assert "--frozen-vae" in manifest["training"]["command"] and manifest["training"]["command"].endswith("--stop-after 1")
+    assert manifest["pixel_groups"] == 3 and manifest["pixel_tile"] == [[0, 1, 2], [2, 0, 1]]
+    command = manifest["training"]["command"]
+    assert "--frozen-vae" in command and "--groups 3 --tile 0,1,2/2,0,1 " in command and command.endswith("--stop-after 1")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["decoder_only_nelbo_bpd"] == pytest.approx(lines[0]["decoder_only_nelbo_bpd"], abs=1e-9)
+
+    model = ev.load(bundle, threads=1)
+    codec = ev.LosslessCodec(model)
+    images = synthetic_images(5, 3)
+    assert np.array_equal(codec.decompress(codec.compress(images)), images)
+    trained = load_run(run)[-1]
+    z = np.random.default_rng(1).standard_normal((5, trained.config.latent_dim)).astype(np.float32)
+    with torch.inference_mode():
+        want, _ = trained.group_nll(torch.from_numpy(images), torch.from_numpy(z))
+    np.testing.assert_allclose(-model.log_likelihood(images, z), want.numpy(), rtol=1e-4)
+    info = CliRunner().invoke(edgevae_cli, ["info", "--model", str(bundle)])
+    assert "pixels in 3 groups (tile 0,1,2/2,0,1)" in info.output
 
 
 @pytest.mark.slow

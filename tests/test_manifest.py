@@ -34,7 +34,8 @@ SHIPPED = ROOT / "exported"
 
 #: A value of the wrong type for each kind of field.
 WRONG = {schema.OBJECT: "x", schema.STRING: 7, schema.INTEGER: "7", schema.NUMBER: "7", schema.LIST: {},
-         schema.INTEGERS: ["1"], schema.STRINGS: [1], schema.SHA256: 7, schema.FILE: 7}
+         schema.INTEGERS: ["1"], schema.STRINGS: [1], schema.SHA256: 7, schema.FILE: 7,
+         schema.INTEGER_ROWS: [1]}
 
 
 def full_manifest() -> dict[str, Any]:
@@ -47,7 +48,7 @@ def full_manifest() -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": contract.MANIFEST_FORMAT, "format_version": contract.MANIFEST_VERSION, "name": "tiny",
         "precision": "fp32", "opset": contract.OPSET, "arithmetic": contract.ARITHMETIC_FLOAT, "pixel_groups": 2,
-        "image": {"shape": [1, 8, 8], "layout": "NCHW", "dtype": "uint8", "pixel_range": [0, 255]},
+        "pixel_tile": [[0, 1]], "image": {"shape": [1, 8, 8], "layout": "NCHW", "dtype": "uint8", "pixel_range": [0, 255]},
         "latent": {"dim": 4, "prior": "standard normal N(0, I)"},
         "likelihood": {"kind": contract.LIKELIHOOD_KIND, "components": 2, "domain": "normalized"},
         "graphs": {"encoder": graph(contract.ENCODER, "a"), "decoder": graph(contract.DECODER, "b"),
@@ -117,8 +118,14 @@ def generated_cases() -> list[dict[str, Any]]:
          "file name '../decoder.onnx' is not a plain file name inside the bundle folder"),
         ("codec.file", "", "file name '' is not a plain file name inside the bundle folder"),
         ("role", ["everything"], "role 'everything' is not one of default, lossless, lossy, near-lossless, denoise"),
-        ("pixel_groups", 3, "pixel_groups 3 is not one of 1, 2, 4"),
-        ("pixel_groups", 1, "graphs.context must be given exactly when pixel_groups > 1"),
+        ("pixel_groups", 3, "pixel_tile must hold every group 0..2 and no other number"),
+        ("pixel_groups", 65, "pixel_groups 65 is not an integer in 1..64"),
+        ("pixel_tile", [[0, 1], [1]], "pixel_tile must be 1..8 rows of 1..8 group numbers, all rows as long"),
+        ("pixel_tile", [], "pixel_tile must be 1..8 rows of 1..8 group numbers, all rows as long"),
+        ("pixel_tile", [[0] * 9], "pixel_tile must be 1..8 rows of 1..8 group numbers, all rows as long"),
+        ("pixel_tile", [[0, 2]], "pixel_tile must hold every group 0..1 and no other number"),
+        ("pixel_tile", [[0, 0]], "pixel_tile must hold every group 0..1 and no other number"),
+        ("pixel_groups", 1, "pixel_tile needs pixel_groups > 1"),
         ("arithmetic", "integer", "pixel groups need float graphs (arithmetic float)"),
     )]
     return cases
@@ -163,10 +170,12 @@ def test_optional_fields_may_be_absent(field: schema.Field) -> None:
         return  # inside the prior graph's entry, file and sha256 are required (tested above)
     if field.path in ("pixel_groups", "graphs.context"):
         # they come together: the one alone is refused (tests/test_context.py); both may go
-        with pytest.raises(BundleError, match="graphs.context must be given exactly when pixel_groups > 1"):
+        with pytest.raises(BundleError, match="pixel_tile needs pixel_groups > 1|graphs.context must be given "
+                                              "exactly when pixel_groups > 1"):
             schema.validate(manifest)
         manifest = apply(manifest, {"path": "graphs.context" if field.path == "pixel_groups" else "pixel_groups",
                                     "delete": True})
+        manifest = apply(manifest, {"path": "pixel_tile", "delete": True})
     schema.validate(manifest)
 
 

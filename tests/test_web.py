@@ -559,6 +559,17 @@ def test_context_bundles_are_read_and_fingerprinted_as_python_does(context_bundl
     result = evz("decompress", tmp_path / "ctx.evz", tmp_path / "out.npy", "--bundle", context_bundle)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out.npy").exists()
+    # a bundle that gives its tile (here the default one, written out) hashes it into the fingerprint
+    tiled = tmp_path / "tiled"
+    shutil.copytree(context_bundle, tiled)
+    manifest = json.loads((tiled / "model.json").read_text())
+    (tiled / "model.json").write_text(json.dumps({**manifest, "pixel_tile": [[0, 2], [3, 1]]}))
+    model = load(tiled, threads=1)
+    assert model.bundle.fingerprint != load(context_bundle, threads=1).bundle.fingerprint
+    (tmp_path / "tiled.evz").write_bytes(LosslessCodec(model).compress(images))
+    for bundle, matches in ((tiled, True), (context_bundle, False)):
+        result = evz("info", tmp_path / "tiled.evz", "--bundle", bundle)
+        assert result.returncode == 0 and json.loads(result.stdout)["modelMatches"] is matches, result.stderr
 
 
 @pytest.mark.slow

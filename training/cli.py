@@ -401,9 +401,14 @@ def _say_fine_tuned(run_dir: str, metrics: dict[str, Any], more: str = "") -> No
 @main.command("context")
 @click.argument("source")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
-@click.option("--groups", type=click.Choice(["2", "4"]), default="4", show_default=True,
-              help="Pixel groups: 2 = checkerboard; 4 = the 2x2 positions (0,0), (1,1), (0,1), (1,0). More groups: "
-                   "more context, one more context-net pass per group when decoding.")
+@click.option("--groups", type=click.IntRange(min=2), default=None,
+              help="Pixel groups (default 4, or the --tile's). Without --tile: 2 = checkerboard; 4 = the 2x2 "
+                   "positions (0,0), (1,1), (0,1), (1,0). More groups: more context, one more context-net pass "
+                   "per group when decoding.")
+@click.option("--tile", default=None, metavar="ROWS",
+              help="The group of each position of a tile that repeats over the image: rows split by '/', group "
+                   "numbers by ','. 0,1/2,3 codes a 2x2 block in raster order, so the second group already has "
+                   "two direct neighbours.")
 @click.option("--hidden", default=32, show_default=True, help="Channels of the context net's 3x3 layers.")
 @click.option("--layers", default=3, show_default=True, help="3x3 layers of the context net (receptive field 2n+1).")
 @click.option("--aux-weight", default=0.05, show_default=True,
@@ -423,7 +428,7 @@ def _say_fine_tuned(run_dir: str, metrics: dict[str, Any], more: str = "") -> No
                    "--resume goes on from there.")
 @threads_option
 @guard
-def context(source: str, run_dir: str, groups: str, hidden: int, layers: int, aux_weight: float, frozen_vae: bool,
+def context(source: str, run_dir: str, groups: int | None, tile: str | None, hidden: int, layers: int, aux_weight: float, frozen_vae: bool,
             epochs: int, lr: float, batch_size: int, seed: int, data_dir: str | None, resume: bool, stop_after: int | None) -> None:
     """Give a float bundle SOURCE (folder or shipped name) a context likelihood for lossless coding.
 
@@ -443,10 +448,13 @@ def context(source: str, run_dir: str, groups: str, hidden: int, layers: int, au
     """
     import torch
 
-    from edgevae.training.context import ContextConfig, train_context
+    from edgevae.training.context import ContextConfig, parse_tile, train_context
 
     try:
-        config = ContextConfig(source=source, groups=int(groups), hidden=hidden, layers=layers, aux_weight=aux_weight,
+        rows = parse_tile(tile) if tile is not None else None
+        if groups is None:
+            groups = 4 if rows is None else 1 + max(max(row) for row in rows)
+        config = ContextConfig(source=source, groups=groups, tile=rows, hidden=hidden, layers=layers, aux_weight=aux_weight,
                                frozen_vae=frozen_vae, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=torch.get_num_threads())
     except ValueError as e:
         raise click.BadParameter(str(e)) from None

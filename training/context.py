@@ -56,6 +56,8 @@ class ContextConfig:
 
     source: str = "fashion-mnist"
     groups: int = 4
+    #: model.json ``pixel_tile`` (rows of group numbers); None: the default tile of ``groups``.
+    tile: tuple[tuple[int, ...], ...] | None = None
     hidden: int = 32
     layers: int = 3
     aux_weight: float = 0.05
@@ -68,7 +70,9 @@ class ContextConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        contract.pixel_group_map(self.groups, 2, 2)  # ValueError naming the choices
+        if self.tile is not None:  # a checkpoint's config holds lists
+            object.__setattr__(self, "tile", tuple(tuple(row) for row in self.tile))
+        contract.pixel_tile(self.groups, self.tile)  # ValueError naming what is wrong
         if self.groups < 2:
             raise ValueError("a context model needs at least 2 pixel groups")
         if self.hidden < 1 or self.layers < 1 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -76,7 +80,8 @@ class ContextConfig:
 
     def command(self, run_dir: str = "RUN_DIR") -> str:
         """The ``edgevae-train context`` command line of this run."""
-        return (f"edgevae-train context {self.source} --groups {self.groups} --hidden {self.hidden} "
+        tile = f" --tile {contract.tile_text(self.tile)}" if self.tile is not None else ""
+        return (f"edgevae-train context {self.source} --groups {self.groups}{tile} --hidden {self.hidden} "
                 f"--layers {self.layers} --aux-weight {self.aux_weight:g}{' --frozen-vae' if self.frozen_vae else ''} "
                 f"--epochs {self.epochs} "
                 f"--batch-size {self.batch_size} --lr {self.lr:g} --seed {self.seed} --threads {self.threads} "
@@ -112,23 +117,32 @@ class ContextNet(nn.Module):
                 (log_scales + d_scales).clamp(min=contract.MIN_LOG_SCALE))
 
 
-def group_masks(groups: int, height: int, width: int) -> torch.Tensor:
+def parse_tile(text: str) -> contract.Tile:
+    """``--tile`` text (contract.tile_text) as rows of group numbers; ValueError if not numbers."""
+    try:
+        return tuple(tuple(int(g) for g in row.split(",")) for row in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--tile {text!r}: rows of group numbers split by '/', the numbers by ',' "
+                         "(e.g. 0,1/2,3)") from None
+
+
+def group_masks(groups: int, height: int, width: int, tile: contract.Tile | None = None) -> torch.Tensor:
     """(G, 1, 1, H, W) bool: where each group's pixels are."""
-    ids = torch.tensor(contract.pixel_group_map(groups, height, width))
+    ids = torch.tensor(contract.pixel_group_map(groups, height, width, tile))
     return torch.stack([ids == g for g in range(groups)]).reshape(groups, 1, 1, height, width)
 
 
 class ContextVAE(nn.Module):
     """A VAE whose likelihood is coded in pixel groups, each refined by :class:`ContextNet`."""
 
-    def __init__(self, vae: VAE, groups: int, hidden: int, layers: int) -> None:
+    def __init__(self, vae: VAE, groups: int, hidden: int, layers: int, tile: contract.Tile | None = None) -> None:
         super().__init__()
         self.vae = vae
         self.config = vae.config
         self.groups = groups
         c, h, w = vae.config.image_shape
         self.context = ContextNet(vae.config.mixture_components, c, hidden, layers)
-        self.register_buffer("masks", group_masks(groups, h, w), persistent=False)
+        self.register_buffer("masks", group_masks(groups, h, w, tile), persistent=False)
 
     def group_nll(self, images: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(-log p(x|z) under the grouped likelihood, the decoder's own NLL of groups >= 1), nats (N,)."""
@@ -184,7 +198,7 @@ def build(config: ContextConfig) -> tuple[Any, dict[str, Any], ContextVAE]:
     if bundle.manifest.get("pixel_groups", 1) != 1:
         raise InputError(f"{bundle.path}: already a context bundle; start from a plain VAE")
     vae, manifest = load_bundle_vae(config.source)
-    return bundle, manifest, ContextVAE(vae, config.groups, config.hidden, config.layers)
+    return bundle, manifest, ContextVAE(vae, config.groups, config.hidden, config.layers, config.tile)
 
 
 def train_context(config: ContextConfig, run_dir: str | Path, data_dir: str | Path | None = None,
@@ -323,6 +337,8 @@ def export_context(run_dir: str | Path, bundle_dir: str | Path, data_dir: str | 
     manifest["graphs"].pop(contract.PRIOR.key, None)  # fitted on the source encoder's latents
     manifest["name"] = target.name
     manifest["pixel_groups"] = config.groups
+    if config.tile is not None:
+        manifest["pixel_tile"] = [list(row) for row in config.tile]
     manifest["versions"] = library_versions()
     c, h, w = model.config.image_shape
     dims = contract.dims_of(model.config.image_shape, model.config.latent_dim, model.config.mixture_components)

@@ -32,8 +32,37 @@ export const CONTEXT_GRAPH = {
   inputs: ["mixture_logits", "mixture_means", "mixture_log_scales", "pixels", "known"],
   outputs: ["context_logits", "context_means", "context_log_scales"],
 };
-/** model.json "pixel_groups" values (runtime/contract.py PIXEL_GROUP_TILES). */
-export const PIXEL_GROUPS = [1, 2, 4];
+/** The default tile of each model.json "pixel_groups" without a "pixel_tile", and the most rows
+ * and columns a tile has (runtime/contract.py PIXEL_GROUP_TILES, MAX_PIXEL_TILE). */
+export const PIXEL_GROUP_TILES = { 1: [[0]], 2: [[0, 1], [1, 0]], 4: [[0, 2], [3, 1]] };
+export const MAX_PIXEL_TILE = 8;
+const MAX_PIXEL_GROUPS = MAX_PIXEL_TILE ** 2;
+
+/** A tile as text, rows split by "/", group numbers by "," (runtime/contract.py tile_text). */
+export const tileText = (tile) => tile.map((row) => row.join(",")).join("/");
+
+/** A bundle's tile of pixel groups (runtime/contract.py pixel_tile, same messages): `tile` checked,
+ * or the default of `groups`. */
+export function pixelTile(groups, tile) {
+  const fail = (what) => { throw new BundleError(what); };
+  if (!(groups >= 1 && groups <= MAX_PIXEL_GROUPS)) fail(`pixel_groups ${groups} is not an integer in 1..${MAX_PIXEL_GROUPS}`);
+  const defaults = Object.keys(PIXEL_GROUP_TILES);
+  if (tile === undefined) {
+    if (!defaults.includes(String(groups))) {
+      fail(`pixel_groups ${groups} needs a pixel_tile (there are defaults for ${defaults.join(", ")})`);
+    }
+    return PIXEL_GROUP_TILES[groups];
+  }
+  const fits = (n) => n >= 1 && n <= MAX_PIXEL_TILE;
+  if (!(fits(tile.length) && fits(tile[0].length) && tile.every((row) => row.length === tile[0].length))) {
+    fail(`pixel_tile must be 1..${MAX_PIXEL_TILE} rows of 1..${MAX_PIXEL_TILE} group numbers, all rows as long`);
+  }
+  const used = [...new Set(tile.flat())].sort((a, b) => a - b);
+  if (used.length !== groups || used.some((g, i) => g !== i)) {
+    fail(`pixel_tile must hold every group 0..${groups - 1} and no other number`);
+  }
+  return tile;
+}
 
 /** The graphs a manifest's codecs compute with, in fingerprint order (runtime/contract.py coding_graphs). */
 export function codingGraphs(manifest) {
@@ -147,7 +176,8 @@ async function resolveLocation(location) {
 // The manifest's schema: the table of runtime/manifest.py (FIELDS), field for field, with the same
 // messages; tests/fixtures/bad-manifests.json holds manifests both must refuse identically.
 const OBJECT = "an object", STRING = "a string", INTEGER = "an integer", NUMBER = "a finite number", LIST = "a list",
-  INTEGERS = "a list of integers", STRINGS = "a list of strings", SHA256 = "64 lowercase hex digits", FILE = "a file name";
+  INTEGERS = "a list of integers", STRINGS = "a list of strings", SHA256 = "64 lowercase hex digits", FILE = "a file name",
+  INTEGER_ROWS = "a list of lists of integers";
 const isInt = (v) => Number.isInteger(v);
 const CHECKS = {
   [OBJECT]: (v) => v !== null && typeof v === "object" && !Array.isArray(v),
@@ -159,6 +189,7 @@ const CHECKS = {
   [STRINGS]: (v) => Array.isArray(v) && v.every((x) => typeof x === "string"),
   [SHA256]: (v) => typeof v === "string" && /^[0-9a-f]{64}$/.test(v),
   [FILE]: (v) => typeof v === "string",
+  [INTEGER_ROWS]: (v) => Array.isArray(v) && v.every((row) => Array.isArray(row) && row.every(isInt)),
 };
 /** [path, kind, flags]: "r" required, "n" nullable, "?PATH" required when PATH is present. */
 const graphFields = (key, required) => [[`graphs.${key}`, OBJECT, required ? "r" : ""], [`graphs.${key}.file`, FILE, "r"],
@@ -168,6 +199,7 @@ export const FIELDS = [
   ["opset", INTEGER, ""],
   ["arithmetic", STRING, ""],
   ["pixel_groups", INTEGER, ""],
+  ["pixel_tile", INTEGER_ROWS, ""],
   ["image", OBJECT, "r"], ["image.shape", INTEGERS, "r"], ["image.layout", STRING, ""], ["image.dtype", STRING, ""],
   ["image.pixel_range", INTEGERS, ""],
   ["latent", OBJECT, "r"], ["latent.dim", INTEGER, "r"], ["latent.prior", STRING, ""],
@@ -272,7 +304,13 @@ export function validateManifest(manifest, where = MANIFEST_FILE) {
     need(noise >= 1 && noise <= MAX_LATENT_DIM, `prior.noise_dim ${noise} is not an integer in 1..${MAX_LATENT_DIM}`);
   }
   const groups = manifest.pixel_groups ?? 1;
-  need(PIXEL_GROUPS.includes(groups), `pixel_groups ${groups} is not one of ${PIXEL_GROUPS.join(", ")}`);
+  need(!Object.hasOwn(manifest, "pixel_tile") || groups > 1, "pixel_tile needs pixel_groups > 1");
+  try {
+    pixelTile(groups, manifest.pixel_tile);
+  } catch (e) {
+    if (!(e instanceof BundleError)) throw e;
+    need(false, e.message);
+  }
   need(Object.hasOwn(manifest.graphs, "context") === groups > 1,
     "graphs.context must be given exactly when pixel_groups > 1");
   need(groups === 1 || (manifest.arithmetic ?? ARITHMETIC_FLOAT) === ARITHMETIC_FLOAT,
@@ -354,12 +392,13 @@ export class Bundle {
 }
 
 /** The fingerprint of a manifest: sha256 over the raw digests of encoder, decoder (a context
- * bundle's context graph next) and codec tables. */
+ * bundle's context graph next, then the sha256 of its pixel_tile's text if given) and codec tables. */
 export async function fingerprintOf(manifest) {
-  const digests = codingGraphs(manifest).map((g) => manifest.graphs[g.key].sha256);
-  if (manifest.codec) digests.push(manifest.codec.sha256);
+  const digests = codingGraphs(manifest).map((g) => fromHex(manifest.graphs[g.key].sha256));
+  if (Object.hasOwn(manifest, "pixel_tile")) digests.push(await sha256(new TextEncoder().encode(tileText(manifest.pixel_tile))));
+  if (manifest.codec) digests.push(fromHex(manifest.codec.sha256));
   const joined = new Uint8Array(32 * digests.length);
-  digests.forEach((d, i) => joined.set(fromHex(d), 32 * i));
+  digests.forEach((d, i) => joined.set(d, 32 * i));
   return sha256(joined);
 }
 
