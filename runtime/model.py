@@ -350,16 +350,25 @@ class EdgeVAE:
         under the decoder's mixture, or for a context bundle each pixel group under the context
         graph's mixture given the groups before it (what lossless coding costs)."""
         images = self.check_images(images)
-        params = self.likelihood(latents)
         if self.pixel_groups == 1:
-            return log_likelihood(images, params)
+            return log_likelihood(images, self.likelihood(latents))
+        return self.group_log_likelihoods(images, latents).sum(axis=1)
+
+    def group_log_likelihoods(self, images: np.ndarray, latents: np.ndarray,
+                              context: bool = True) -> np.ndarray:
+        """Each pixel group's share of :meth:`log_likelihood`, nats, float64 (N, G): group g's pixels
+        under the context graph's mixture given groups 0..g-1 (group 0: the decoder's); with
+        ``context=False`` every group under the decoder's mixture (what the context net buys is
+        the difference). One column for a bundle without groups."""
+        images = self.check_images(images)
+        params = self.likelihood(latents)
         ids = np.array(contract.pixel_group_map(self.pixel_groups, *self.image_shape[1:], self.pixel_tile))
-        total = np.zeros(len(images))
+        out = np.zeros((len(images), self.pixel_groups))
         for g in range(self.pixel_groups):
-            group = params if g == 0 else self.context_likelihood(params, images, (ids < g)[None, None])
+            group = params if g == 0 or not context else self.context_likelihood(params, images, (ids < g)[None, None])
             per_pixel = log_interval_probability(images, images, group)
-            total += per_pixel[:, :, ids == g].reshape(len(images), -1).sum(axis=1)
-        return total
+            out[:, g] = per_pixel[:, :, ids == g].reshape(len(images), -1).sum(axis=1)
+        return out
 
     def _prior_session(self) -> Any:
         """The learned prior's session, checked (sha256, then names and shapes) and created once."""

@@ -146,6 +146,10 @@ def test_the_runtime_likelihood_is_the_trained_grouped_likelihood(context_run: P
     np.testing.assert_allclose(-got, want.numpy(), rtol=1e-4)
     plain = likelihood.log_likelihood(images, runtime.likelihood(z))
     assert not np.allclose(got, plain, rtol=1e-4)  # the groups are not the decoder alone
+    groups = runtime.group_log_likelihoods(images, z)
+    assert groups.shape == (6, 4) and np.allclose(groups.sum(1), got)
+    alone = runtime.group_log_likelihoods(images, z, context=False)
+    assert np.allclose(alone.sum(1), plain) and np.array_equal(alone[:, 0], groups[:, 0])  # group 0 has no context
     nelbo, _ = likelihood.negative_elbo(runtime, images, samples=2)
     assert np.all(np.isfinite(nelbo))
 
