@@ -285,9 +285,11 @@ def validate(manifest: Any, where: Any = contract.MANIFEST_FILE) -> dict[str, An
     groups = manifest.get("pixel_groups", 1)
     need("pixel_tile" not in manifest or groups > 1, "pixel_tile needs pixel_groups > 1")
     try:
-        contract.pixel_tile(groups, manifest.get("pixel_tile"))
+        tile = contract.pixel_tile(groups, manifest.get("pixel_tile"))
     except ValueError as e:
-        need(False, str(e))
+        raise BundleError(f"{where}: {e}") from None
+    need(len(tile) <= h and len(tile[0]) <= w,  # else a group would have no pixels
+         f"pixel_tile {len(tile)}x{len(tile[0])} does not fit in the {h}x{w} image")
     has_context = contract.CONTEXT.key in manifest["graphs"]
     need(has_context == (groups > 1), f"graphs.{contract.CONTEXT.key} must be given exactly when pixel_groups > 1")
     need(groups == 1 or manifest.get("arithmetic", contract.ARITHMETIC_FLOAT) == contract.ARITHMETIC_FLOAT,

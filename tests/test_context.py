@@ -248,18 +248,20 @@ def test_a_frozen_vae_run_with_its_own_tile_keeps_the_source_graphs_and_codes_ex
 
 
 @pytest.mark.slow
-def test_the_shipped_context_bundle_is_reproducible_and_codes_smaller_than_its_source() -> None:
-    """README records the commands that made fashion-mnist-context; its graphs are fashion-mnist's;
-    on real test images its lossless files are exact and smaller than the source's."""
+@pytest.mark.parametrize(("name", "run"), [("fashion-mnist-context", "runs/fm-context"),
+                                           ("fashion-mnist-context2", "runs/fm-context2")])
+def test_the_shipped_context_bundles_are_reproducible_and_code_smaller_than_their_source(name: str, run: str) -> None:
+    """README records the commands that made each shipped context bundle; its graphs are
+    fashion-mnist's; on real test images its lossless files are exact and smaller than the source's."""
     import edgevae.runtime as ev
     from edgevae.exported import BUNDLES
     from edgevae.training.data import load_fashion_mnist
 
-    bundle, source = BUNDLES / "fashion-mnist-context", BUNDLES / "fashion-mnist"
+    bundle, source = BUNDLES / name, BUNDLES / "fashion-mnist"
     manifest = json.loads((bundle / "model.json").read_text())
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert manifest["training"]["command"].replace("RUN_DIR", "runs/fm-context") in readme
-    assert "edgevae-train context-export runs/fm-context -o exported/fashion-mnist-context" in readme
+    assert manifest["training"]["command"].replace("RUN_DIR", run) in readme
+    assert f"edgevae-train context-export {run} -o exported/{name}\n" in readme
     for name in ("encoder.onnx", "decoder.onnx"):
         assert (bundle / name).read_bytes() == (source / name).read_bytes()
     images = load_fashion_mnist().test[:300]

@@ -125,6 +125,7 @@ def generated_cases() -> list[dict[str, Any]]:
         ("pixel_tile", [[0] * 9], "pixel_tile must be 1..8 rows of 1..8 group numbers, all rows as long"),
         ("pixel_tile", [[0, 2]], "pixel_tile must hold every group 0..1 and no other number"),
         ("pixel_tile", [[0, 0]], "pixel_tile must hold every group 0..1 and no other number"),
+        ("image.shape", [1, 8, 1], "pixel_tile 1x2 does not fit in the 8x1 image"),
         ("pixel_groups", 1, "pixel_tile needs pixel_groups > 1"),
         ("arithmetic", "integer", "pixel groups need float graphs (arithmetic float)"),
     )]

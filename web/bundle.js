@@ -305,12 +305,15 @@ export function validateManifest(manifest, where = MANIFEST_FILE) {
   }
   const groups = manifest.pixel_groups ?? 1;
   need(!Object.hasOwn(manifest, "pixel_tile") || groups > 1, "pixel_tile needs pixel_groups > 1");
+  let tile;
   try {
-    pixelTile(groups, manifest.pixel_tile);
+    tile = pixelTile(groups, manifest.pixel_tile);
   } catch (e) {
     if (!(e instanceof BundleError)) throw e;
     need(false, e.message);
   }
+  need(tile.length <= h && tile[0].length <= w, // else a group would have no pixels
+    `pixel_tile ${tile.length}x${tile[0].length} does not fit in the ${h}x${w} image`);
   need(Object.hasOwn(manifest.graphs, "context") === groups > 1,
     "graphs.context must be given exactly when pixel_groups > 1");
   need(groups === 1 || (manifest.arithmetic ?? ARITHMETIC_FLOAT) === ARITHMETIC_FLOAT,
