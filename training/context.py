@@ -198,6 +198,9 @@ def build(config: ContextConfig) -> tuple[Any, dict[str, Any], ContextVAE]:
     if bundle.manifest.get("pixel_groups", 1) != 1:
         raise InputError(f"{bundle.path}: already a context bundle; start from a plain VAE")
     vae, manifest = load_bundle_vae(config.source)
+    tile, (_, h, w) = contract.pixel_tile(config.groups, config.tile), vae.config.image_shape
+    if len(tile) > h or len(tile[0]) > w:
+        raise InputError(f"the {len(tile)}x{len(tile[0])} tile does not fit in {bundle.name}'s {h}x{w} images")
     return bundle, manifest, ContextVAE(vae, config.groups, config.hidden, config.layers, config.tile)
 
 
