@@ -442,9 +442,9 @@ def context(source: str, run_dir: str, groups: int | None, tile: str | None, hid
     Then: edgevae-train context-export RUN_DIR -o BUNDLE_DIR.
 
     \b
-    Example (the shipped context bundle):
-      edgevae-train context fashion-mnist --groups 4 --epochs 8 --threads 1 --out runs/fm-context
-      edgevae-train context-export runs/fm-context -o exported/fashion-mnist-context
+    Example (the shipped fashion-mnist-context2: 4 groups in raster order, the VAE frozen):
+      edgevae-train context fashion-mnist --tile 0,1/2,3 --frozen-vae --epochs 7 --threads 1 --out runs/fm-context2
+      edgevae-train context-export runs/fm-context2 -o exported/fashion-mnist-context2
     """
     import torch
 
