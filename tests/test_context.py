@@ -262,8 +262,8 @@ def test_the_shipped_context_bundles_are_reproducible_and_code_smaller_than_thei
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert manifest["training"]["command"].replace("RUN_DIR", run) in readme
     assert f"edgevae-train context-export {run} -o exported/{name}\n" in readme
-    for name in ("encoder.onnx", "decoder.onnx"):
-        assert (bundle / name).read_bytes() == (source / name).read_bytes()
+    for graph in ("encoder.onnx", "decoder.onnx"):
+        assert (bundle / graph).read_bytes() == (source / graph).read_bytes()
     images = load_fashion_mnist().test[:300]
     ours, theirs = (ev.LosslessCodec(ev.load(b, threads=1)) for b in (bundle, source))
     data = ours.compress(images)
