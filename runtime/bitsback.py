@@ -775,13 +775,15 @@ class _Coding:
         (``pixels`` (B, P): what is known of them; the rest is never read)."""
         if len(self.groups) == 1:
             return _Likelihood(params, self.t, self.bins)
-        assert isinstance(params, MixtureParams)  # groups need float graphs (manifest.validate)
         if group:
             c, h, w = self.shape
             known = np.zeros(c * h * w, dtype=np.uint8)
             known[np.concatenate(self.groups[:group])] = 1
-            params = self.model.context_likelihood(params, pixels.reshape(len(pixels), c, h, w),
-                                                   known.reshape(1, c, h, w))
+            pixels, known = pixels.reshape(len(pixels), c, h, w), known.reshape(1, c, h, w)
+            if isinstance(params, MixtureIndices):
+                params = self.model.context_likelihood_indices(params, pixels, known)
+            else:
+                params = self.model.context_likelihood(params, pixels, known)
         return _Likelihood(_at_pixels(params, self.groups[group]), self.t, self.bins)
 
     def in_group(self, x: np.ndarray, group: int) -> np.ndarray:
@@ -852,11 +854,12 @@ def _group_positions(groups: int, tile: contract.Tile | None, shape: tuple[int, 
     return [np.flatnonzero(ids == g) for g in range(groups)]
 
 
-def _at_pixels(params: MixtureParams, positions: np.ndarray) -> MixtureParams:
+def _at_pixels(params: MixtureParams | MixtureIndices, positions: np.ndarray) -> MixtureParams | MixtureIndices:
     """The mixture of the flat pixel ``positions`` only, (B, K, len(positions)) each."""
-    batch, components = params.logits.shape[:2]
-    return MixtureParams(*(a.reshape(batch, components, -1)[:, :, positions]
-                           for a in (params.logits, params.means, params.log_scales)))
+    arrays = ((params.logits, params.means, params.log_scales) if isinstance(params, MixtureParams)
+              else (params.logit_index, params.mean_index, params.log_scale_index))
+    batch, components = arrays[0].shape[:2]
+    return type(params)(*(a.reshape(batch, components, -1)[:, :, positions] for a in arrays))
 
 
 def _information(tables: np.ndarray, symbols: np.ndarray) -> np.ndarray:

@@ -274,12 +274,39 @@ CONTEXT = GraphSpec(
 )
 
 
+#: The context graph of an integer context bundle: the same job on the integer decoder's grid
+#: indices (contract ranges above), returning indices on the same grids; every engine computes the
+#: same integers (training/integer_context.py).
+INTEGER_CONTEXT = GraphSpec(
+    key="context",
+    file="context.onnx",
+    inputs=(
+        TensorSpec("mixture_logit_index", "int32", _MIXTURE),
+        TensorSpec("mixture_mean_index", "int32", _MIXTURE),
+        TensorSpec("mixture_log_scale_index", "int32", _MIXTURE),
+        TensorSpec("pixels", "uint8", _IMAGE),
+        TensorSpec("known", "uint8", _IMAGE),
+    ),
+    outputs=(
+        TensorSpec("context_logit_index", "int32", _MIXTURE, tolerance=0.0),
+        TensorSpec("context_mean_index", "int32", _MIXTURE, tolerance=0.0),
+        TensorSpec("context_log_scale_index", "int32", _MIXTURE, tolerance=0.0),
+    ),
+)
+
+
+def context_graph_for(arithmetic: str) -> GraphSpec:
+    """The context graph spec of a bundle whose manifest says ``arithmetic``."""
+    graphs_for(arithmetic)  # the same check and message
+    return INTEGER_CONTEXT if arithmetic == ARITHMETIC_INTEGER else CONTEXT
+
+
 def coding_graphs(manifest: Mapping[str, Any]) -> tuple[GraphSpec, ...]:
     """The graphs a bundle's codecs compute with, in fingerprint order: encoder and decoder (of its
     arithmetic), then the context graph if the bundle has pixel groups."""
     arithmetic = str(manifest.get("arithmetic", ARITHMETIC_FLOAT))
     graphs = graphs_for(arithmetic)
-    return (*graphs, CONTEXT) if manifest.get("pixel_groups", 1) > 1 else graphs
+    return (*graphs, context_graph_for(arithmetic)) if manifest.get("pixel_groups", 1) > 1 else graphs
 
 
 #: Optional learned prior for sampling: standard normal noise u -> latents z. Bundles without

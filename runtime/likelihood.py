@@ -49,6 +49,14 @@ class MixtureIndices:
         log_scales = contract.LOG_SCALE_RANGE[0] + self.log_scale_index.astype(np.float64) / contract.LOG_SCALE_STEPS
         return MixtureParams(logits.astype(np.float32), means.astype(np.float32), log_scales.astype(np.float32))
 
+    @classmethod
+    def of(cls, params: MixtureParams) -> MixtureIndices:
+        """The indices of a mixture whose values are grid points (the inverse of :meth:`params`)."""
+        logit = np.rint(params.logits.astype(np.float64) * contract.LOGIT_STEPS)
+        mean = np.rint((params.means.astype(np.float64) + 1.0) * contract.PIXEL_SCALE * contract.MEAN_SUBSTEPS)
+        scale = np.rint((params.log_scales.astype(np.float64) - contract.LOG_SCALE_RANGE[0]) * contract.LOG_SCALE_STEPS)
+        return cls(logit.astype(np.int32), mean.astype(np.int32), scale.astype(np.int32))
+
 
 def log_likelihood(images: np.ndarray, params: MixtureParams) -> np.ndarray:
     """log p(x|z) in nats per image of uint8 images (N, C, H, W), float64, by the contract's formula."""

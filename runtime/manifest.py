@@ -292,8 +292,6 @@ def validate(manifest: Any, where: Any = contract.MANIFEST_FILE) -> dict[str, An
          f"pixel_tile {len(tile)}x{len(tile[0])} does not fit in the {h}x{w} image")
     has_context = contract.CONTEXT.key in manifest["graphs"]
     need(has_context == (groups > 1), f"graphs.{contract.CONTEXT.key} must be given exactly when pixel_groups > 1")
-    need(groups == 1 or manifest.get("arithmetic", contract.ARITHMETIC_FLOAT) == contract.ARITHMETIC_FLOAT,
-         "pixel groups need float graphs (arithmetic float)")
     for role in manifest.get("role", []):
         need(role in ROLES, f"role {role!r} is not one of {', '.join(ROLES)}")
     _check_tensors(manifest, contract.dims_of(shape, dim, components, noise), where)

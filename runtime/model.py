@@ -157,9 +157,10 @@ class EdgeVAE:
             _check_session(session, spec, self._dims, self._where(spec))
         self.pixel_groups, self.pixel_tile = bundle.pixel_groups, bundle.pixel_tile
         self._context: Any = None
+        self._ctx = contract.context_graph_for(self.arithmetic)
         if self.pixel_groups > 1:
-            self._context = new_session(bundle.graph_bytes(contract.CONTEXT), self._where(contract.CONTEXT), threads)
-            _check_session(self._context, contract.CONTEXT, self._dims, self._where(contract.CONTEXT))
+            self._context = new_session(bundle.graph_bytes(self._ctx), self._where(self._ctx), threads)
+            _check_session(self._context, self._ctx, self._dims, self._where(self._ctx))
         self._threads = threads
         self._prior: Any = None  # the learned prior's session, created on first use
         self._prior_lock = threading.Lock()
@@ -327,23 +328,44 @@ class EdgeVAE:
     def context_likelihood(self, params: MixtureParams, pixels: np.ndarray, known: np.ndarray) -> MixtureParams:
         """A context bundle's mixture refined by the pixels known so far (contract.CONTEXT):
         ``params`` the decoder's (N, K, C, H, W) mixture, ``pixels`` uint8 (N, C, H, W) and ``known``
-        (N, C, H, W) or broadcastable, nonzero where ``pixels`` holds a decoded pixel."""
+        (N, C, H, W) or broadcastable, nonzero where ``pixels`` holds a decoded pixel. For an
+        integer bundle, ``params`` are the decoder's dequantized indices (:meth:`likelihood`)."""
+        if self.integer:
+            indices = MixtureIndices.of(params)
+            return self.context_likelihood_indices(indices, pixels, known).params()
+        return MixtureParams(*self._run_context((params.logits, params.means, params.log_scales), pixels, known))
+
+    def context_likelihood_indices(self, indices: MixtureIndices, pixels: np.ndarray,
+                                   known: np.ndarray) -> MixtureIndices:
+        """An integer context bundle's context graph (contract.INTEGER_CONTEXT): the decoder's
+        mixture indices refined by the pixels known so far, as indices on the same grids."""
+        self._require_integer("context_likelihood_indices")
+        feeds = tuple(np.ascontiguousarray(a, dtype=np.int32)
+                      for a in (indices.logit_index, indices.mean_index, indices.log_scale_index))
+        logits, means, log_scales = self._run_context(feeds, pixels, known)
+        return MixtureIndices(np.clip(logits, *contract.index_range("mixture_logit_index")).astype(np.int32),
+                              np.clip(means, *contract.index_range("mixture_mean_index")).astype(np.int32),
+                              np.clip(log_scales, *contract.index_range("mixture_log_scale_index")).astype(np.int32))
+
+    def _run_context(self, mixture: tuple[np.ndarray, np.ndarray, np.ndarray], pixels: np.ndarray,
+                     known: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The context graph's three outputs for the decoder's mixture (as the graph takes it)."""
         if self._context is None:
-            raise InputError(f"{self.bundle.name} has no pixel groups (no {contract.CONTEXT.file})")
+            raise InputError(f"{self.bundle.name} has no pixel groups (no {self._ctx.file})")
         n = len(pixels)
-        where = self._where(contract.CONTEXT)
+        where = self._where(self._ctx)
         shape = (n, *self.image_shape)
         known = np.broadcast_to(np.asarray(known) != 0, shape).astype(np.uint8)
         pixels = np.ascontiguousarray(np.where(known, pixels, 0), dtype=np.uint8)  # unknown pixels never matter
-        feeds = (params.logits, params.means, params.log_scales, pixels, known)
+        feeds = (*mixture, pixels, known)
         parts = []
         for start in range(0, n, CHUNK):  # bounds peak memory, as for the decoder
-            chunk = dict(zip(contract.CONTEXT.input_names, (a[start:start + CHUNK] for a in feeds)))
+            chunk = dict(zip(self._ctx.input_names, (a[start:start + CHUNK] for a in feeds)))
             parts.append(_run(self._context, None, chunk, where))
-            self._outputs(contract.CONTEXT, contract.CONTEXT.output_names, parts[-1], len(chunk["pixels"]))
+            self._outputs(self._ctx, self._ctx.output_names, parts[-1], len(chunk["pixels"]))
         if not parts:
-            return MixtureParams(*(a[:0] for a in feeds[:3]))
-        return MixtureParams(*(np.concatenate(values) for values in zip(*parts)))
+            return tuple(a[:0] for a in mixture)
+        return tuple(np.concatenate(values) for values in zip(*parts))
 
     def log_likelihood(self, images: np.ndarray, latents: np.ndarray) -> np.ndarray:
         """log p(x|z) in nats per image, float64 (N,), of uint8 images (N, C, H, W) at latents (N, D):
@@ -392,7 +414,7 @@ class EdgeVAE:
         created on first use)."""
         made = {self._enc.key: self._encoder, self._dec.key: self._decoder}
         if self._context is not None:
-            made[contract.CONTEXT.key] = self._context
+            made[self._ctx.key] = self._context
         return made if self._prior is None else {**made, contract.PRIOR.key: self._prior}
 
     # -- conveniences -------------------------------------------------------------------------

@@ -127,7 +127,11 @@ def generated_cases() -> list[dict[str, Any]]:
         ("pixel_tile", [[0, 0]], "pixel_tile must hold every group 0..1 and no other number"),
         ("image.shape", [1, 8, 1], "pixel_tile 1x2 does not fit in the 8x1 image"),
         ("pixel_groups", 1, "pixel_tile needs pixel_groups > 1"),
-        ("arithmetic", "integer", "pixel groups need float graphs (arithmetic float)"),
+        # an integer context bundle is valid, but then every graph must be described as the integer one
+        ("arithmetic", "integer", "encoder outputs [{'name': 'mean', 'dtype': 'float32', 'shape': ['batch', 4]}, "
+                                  "{'name': 'logvar', 'dtype': 'float32', 'shape': ['batch', 4]}] disagree with the "
+                                  "bundle's own shapes [{'name': 'mean_index', 'dtype': 'int32', 'shape': ['batch', 4]}, "
+                                  "{'name': 'logvar_index', 'dtype': 'int32', 'shape': ['batch', 4]}]"),
     )]
     return cases
 
