@@ -26,7 +26,10 @@ Which job each is the default for is data too: the ``role`` list of its model.js
   (``edgevae-train context --frozen-vae``): lossless files code the pixels in 4 groups, each after
   the first refined from the groups before it, for the smallest lossless files (float arithmetic:
   they decode in Python only; the lossless role stays with fashion-mnist-exact, which every engine
-  decodes).
+  decodes); ``fashion-mnist-context2`` the same with the 2x2 block coded in raster order;
+- ``fashion-mnist-context2-exact``: fashion-mnist-exact's encoder and decoder, byte for byte, with
+  fashion-mnist-context2's context net as an integer net (``edgevae-train integer-context``): the
+  context bundle's smaller lossless files (container version 3) on every engine.
 """
 
 from pathlib import Path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -60,6 +60,36 @@ def threads_option(command: Any) -> Any:
 
     return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True,
                         callback=set_threads, help="Torch CPU threads (default: torch's choice, all cores).")(command)
+
+
+def run_options(command: Any) -> Any:
+    """The options every run that fine-tunes from a bundle takes (context, integer, integer-context):
+    --out, --batch-size, --data, --resume."""
+    for option in reversed((
+            click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create."),
+            click.option("--batch-size", default=128, show_default=True, help="Images per optimizer step."),
+            click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+                         help="Folder with the Fashion-MNIST IDX files (as for train)."),
+            click.option("--resume", is_flag=True,
+                         help="Continue the run in --out from its last checkpoint (other options ignored)."))):
+        command = option(command)
+    return command
+
+
+def export_options(writes: str, data_for: str = "checks and evaluation") -> Callable[[Any], Any]:
+    """RUN_DIR, -o/--out (the bundle folder, which gets ``writes``), --data and --force: the signature
+    of the commands that export a fine-tuning run as a bundle."""
+    def apply(command: Any) -> Any:
+        for option in reversed((
+                click.argument("run_dir", type=click.Path(file_okay=False)),
+                click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(file_okay=False),
+                             help=f"Bundle folder to write ({writes})."),
+                click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+                             help=f"Folder with the Fashion-MNIST IDX files ({data_for})."),
+                click.option("--force", is_flag=True, help="Replace an existing bundle in --out."))):
+            command = option(command)
+        return command
+    return apply
 
 
 def _say(lines: list[str]) -> None:
@@ -400,7 +430,7 @@ def _say_fine_tuned(run_dir: str, metrics: dict[str, Any], more: str = "") -> No
 
 @main.command("context")
 @click.argument("source")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@run_options
 @click.option("--groups", type=click.IntRange(min=2), default=None,
               help="Pixel groups (default 4, or the --tile's). Without --tile: 2 = checkerboard; 4 = the 2x2 "
                    "positions (0,0), (1,1), (0,1), (1,0). More groups: more context, one more context-net pass "
@@ -418,11 +448,7 @@ def _say_fine_tuned(run_dir: str, metrics: dict[str, Any], more: str = "") -> No
 @click.option("--epochs", default=8, show_default=True, help="Training epochs.")
 @click.option("--lr", default=5e-4, show_default=True,
               help="Peak Adam learning rate of the VAE (the context net's is 4x; cosine decay to 2%).")
-@click.option("--batch-size", default=128, show_default=True, help="Images per optimizer step.")
 @click.option("--seed", default=0, show_default=True, help="Seeds shuffling and noise.")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the Fashion-MNIST IDX files (as for train).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored).")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="End after this epoch of the --epochs schedule (the learning rate still follows all of it); "
                    "--resume goes on from there.")
@@ -464,12 +490,7 @@ def context(source: str, run_dir: str, groups: int | None, tile: str | None, hid
 
 
 @main.command("context-export")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(file_okay=False),
-              help="Bundle folder to write (encoder.onnx, decoder.onnx, context.onnx, model.json).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the Fashion-MNIST IDX files (checks and evaluation).")
-@click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
+@export_options("encoder.onnx, decoder.onnx, context.onnx, model.json")
 @threads_option
 @guard
 def context_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool) -> None:
@@ -491,17 +512,13 @@ def context_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: b
 
 @main.command("integer")
 @click.argument("source")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@run_options
 @click.option("--epochs", default=4, show_default=True,
               help="Quantization-aware fine-tuning epochs after calibration; 0 = post-training quantization only.")
 @click.option("--lr", default=1e-4, show_default=True, help="Peak Adam learning rate (cosine decay to 2%).")
-@click.option("--batch-size", default=128, show_default=True, help="Images per optimizer step.")
 @click.option("--calibration-images", default=4096, show_default=True,
               help="Training images (a seeded draw) whose activations set each channel's integer step.")
 @click.option("--seed", default=0, show_default=True, help="Seeds the calibration draw, shuffling and noise.")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the Fashion-MNIST IDX files (as for train).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (other options ignored).")
 @threads_option
 @guard
 def integer(source: str, run_dir: str, epochs: int, lr: float, batch_size: int, calibration_images: int, seed: int,
@@ -534,14 +551,10 @@ def integer(source: str, run_dir: str, epochs: int, lr: float, batch_size: int, 
 
 
 @main.command("integer-export")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(file_okay=False),
-              help="Bundle folder to write (encoder.onnx, decoder.onnx, model.json, codec.json if the source has one).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the Fashion-MNIST IDX files (checks, codec tables, evaluation).")
+@export_options("encoder.onnx, decoder.onnx, model.json, codec.json if the source has one",
+                "checks, codec tables, evaluation")
 @click.option("--step-factors", default=None,
               **_factors_help("Default: the source bundle's own levels and factors"))
-@click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
 @threads_option
 @guard
 def integer_export(run_dir: str, bundle_dir: str, data_dir: str | None, step_factors: str | None, force: bool) -> None:
@@ -561,3 +574,70 @@ def integer_export(run_dir: str, bundle_dir: str, data_dir: str | None, step_fac
           f"(integer arithmetic; exact against the int64 reference on {manifest['parity']['compared']})",
           f"negative ELBO {ev['nelbo_bpd']:.4f} bits/dim on {ev['images']} test images "
           f"(source float graphs {ev['source_nelbo_bpd']:.4f}, same noise)"])
+
+
+@main.command("integer-context")
+@click.argument("context_bundle")
+@click.option("--integer", "integer_bundle", default="fashion-mnist-exact", show_default=True,
+              help="Integer bundle (folder or shipped name) whose encoder.onnx and decoder.onnx the new bundle keeps, "
+                   "byte for byte; the net trains on its decoder's outputs.")
+@run_options
+@click.option("--epochs", default=3, show_default=True,
+              help="Quantization-aware fine-tuning epochs after calibration; 0 = post-training quantization only.")
+@click.option("--lr", default=2e-4, show_default=True, help="Peak Adam learning rate (cosine decay to 2%).")
+@click.option("--calibration-images", default=2048, show_default=True,
+              help="Training images (a seeded draw, each under one group's mask) whose activations set each "
+                   "channel's integer step.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the calibration draw, shuffling and noise.")
+@threads_option
+@guard
+def integer_context(context_bundle: str, integer_bundle: str, run_dir: str, epochs: int, lr: float, batch_size: int,
+                    calibration_images: int, seed: int, data_dir: str | None, resume: bool) -> None:
+    """Make the context net of a float context bundle CONTEXT_BUNDLE an integer net on --integer's VAE.
+
+    \b
+    A float context bundle's lossless files decode in Python only; an integer one's decode on every
+    engine, because every graph computes the same integers everywhere:
+      1. read CONTEXT_BUNDLE's context net from its context.onnx;
+      2. calibrate each channel's activation step on the integer decoder's outputs for training
+         images (epoch 0 = post-training quantization, evaluated on the test split);
+      3. fine-tune --epochs epochs on the integer net itself (straight-through rounding, grouped
+         negative ELBO; the integer VAE frozen, run as its own ONNX graphs).
+    Then: edgevae-train integer-context-export RUN_DIR -o BUNDLE_DIR.
+
+    \b
+    Example (the shipped fashion-mnist-context2-exact):
+      edgevae-train integer-context fashion-mnist-context2 --integer fashion-mnist-exact --threads 1 --out runs/fm-ctx2-exact
+      edgevae-train integer-context-export runs/fm-ctx2-exact -o exported/fashion-mnist-context2-exact
+    """
+    import torch
+
+    from edgevae.training.integer_context_run import IntegerContextConfig, train_integer_context
+
+    config = IntegerContextConfig(context=context_bundle, integer=integer_bundle, epochs=epochs, lr=lr,
+                                  batch_size=batch_size, calibration_images=calibration_images, seed=seed,
+                                  threads=torch.get_num_threads())
+    metrics = train_integer_context(config, run_dir, data_dir=data_dir, resume=resume, **_fine_tuning_feedback())
+    _say_fine_tuned(run_dir, metrics, f"; the integer decoder alone {metrics['decoder_only_nelbo_bpd']:.4f}")
+
+
+@main.command("integer-context-export")
+@export_options("encoder.onnx, decoder.onnx, context.onnx, model.json")
+@threads_option
+@guard
+def integer_context_export(run_dir: str, bundle_dir: str, data_dir: str | None, force: bool) -> None:
+    """Export an 'integer-context' run as an integer bundle with pixel groups.
+
+    Refuses (exit 2, nothing written) unless every layer's worst partial sum stays below 2**24 and
+    ONNX Runtime's context.onnx equals the numpy int64 reference (and the torch forward) exactly on
+    the decoder's outputs for real images under every group's mask and on edge inputs. Its lossless
+    files (compress --lossless --model BUNDLE_DIR) decode in Python, Node and browsers alike.
+    """
+    from edgevae.training.integer_context_run import export_integer_context
+
+    manifest = export_integer_context(run_dir, bundle_dir, data_dir=data_dir, force=force)
+    ev = manifest["evaluation"]
+    _say([f"wrote {bundle_dir}: encoder.onnx, decoder.onnx, context.onnx, model.json "
+          f"({manifest['pixel_groups']} pixel groups, integer arithmetic; context.onnx exact against the int64 "
+          f"reference on {manifest['parity']['context']['compared']} inputs)",
+          f"negative ELBO {ev['nelbo_bpd']:.4f} bits/dim on {ev['images']} test images through the graphs"])

@@ -219,10 +219,11 @@ class IntegerNetwork:
         return self.encoder + self.decoder
 
 
-def check_bounds(network: IntegerNetwork) -> None:
+def check_bounds(network: IntegerNetwork | list[IntegerLayer]) -> None:
     """ExportError (one line naming the layer and channel) if a weight exceeds 127 or a channel's
-    worst partial sum reaches 2**24 (float32 would then round it on some engine)."""
-    for layer in network.layers():
+    worst partial sum reaches 2**24 (float32 would then round it on some engine); ``network`` or
+    a list of layers (an integer context net's)."""
+    for layer in network if isinstance(network, list) else network.layers():
         big = np.abs(layer.weight).reshape(len(layer.weight), -1).max(1)
         sums = layer.worst_sums()
         for c in range(len(layer.weight)):
@@ -536,14 +537,21 @@ class IntegerVAE(nn.Module):
             a = m(a)
             if isinstance(m, nn.ReLU):
                 acts.append(a)
-        for i, (act, buf) in enumerate(zip(acts, self.scales())):
-            per_channel = act.transpose(0, 1).flatten(1).to(torch.float64)
-            if per_channel.shape[1] > 1 << 20:
-                keep = torch.randperm(per_channel.shape[1], generator=torch.Generator().manual_seed(i))[: 1 << 20]
-                per_channel = per_channel[:, keep]
-            top = torch.quantile(per_channel, quantile, dim=1)
-            fallback = top[top > 0].median() if (top > 0).any() else torch.tensor(1.0, dtype=torch.float64)
-            buf.copy_(torch.where(top > 0, top, fallback) / ACTIVATION_MAX)
+        set_activation_steps(acts, self.scales(), quantile)
+
+
+@torch.no_grad()
+def set_activation_steps(acts: list[torch.Tensor], scales: list[torch.Tensor], quantile: float) -> None:
+    """Per channel of each hidden layer's float activations (N, C, ...), the step that maps their
+    ``quantile`` to 255, into the matching ``scales`` buffer (a dead channel takes the layer's median)."""
+    for i, (act, buf) in enumerate(zip(acts, scales)):
+        per_channel = act.transpose(0, 1).flatten(1).to(torch.float64)
+        if per_channel.shape[1] > 1 << 20:  # torch.quantile's limit is 2**24 values; a draw suffices
+            keep = torch.randperm(per_channel.shape[1], generator=torch.Generator().manual_seed(i))[: 1 << 20]
+            per_channel = per_channel[:, keep]
+        top = torch.quantile(per_channel, quantile, dim=1)
+        fallback = top[top > 0].median() if (top > 0).any() else torch.tensor(1.0, dtype=torch.float64)
+        buf.copy_(torch.where(top > 0, top, fallback) / ACTIVATION_MAX)
 
 
 # -- ONNX graphs -------------------------------------------------------------------------------
