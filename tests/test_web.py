@@ -651,6 +651,97 @@ def test_cli_lossless_and_near_lossless_of_an_integer_bundle(images: np.ndarray,
     assert "--lossless" in evz("--help").stdout and "--max-error K" in evz("--help").stdout
 
 
+# -- lossless containers of an integer context bundle (pixel groups, an integer context.onnx) ------
+
+#: The shipped integer context bundle: integer encoder and decoder, pixel groups refined by an
+#: integer context.onnx (FORMAT.md §7.10); its lossless files are version-3 files every engine reads.
+CONTEXT_EXACT_BUNDLE = ROOT / "exported" / "fashion-mnist-context2-exact"
+#: Images of its parity containers: two chains (both lanes, many steps each), a few of them
+#: out-of-domain (noise, flat, patterns) next to real ones.
+CONTEXT_EXACT_IMAGES = 64
+NEAR_LOSSLESS_WITH_GROUPS = "codes pixels in groups, for lossless compression only"
+
+
+@pytest.fixture(scope="module")
+def integer_context_bundle() -> Path:
+    return CONTEXT_EXACT_BUNDLE
+
+
+def _context_batch(images: np.ndarray) -> np.ndarray:
+    return np.concatenate([images[: CONTEXT_EXACT_IMAGES - 8], images[-8:]])
+
+
+@pytest.mark.slow
+def test_node_reads_and_writes_python_lossless_files_of_an_integer_context_bundle(
+        images: np.ndarray, integer_context_bundle: Path, tmp_path: Path) -> None:
+    """Pixel groups with an integer context graph in JavaScript: Node decodes Python's lossless
+    containers (many images, one image) to the same pixels and writes Python's bytes for the same
+    images; near-lossless, which pixel groups cannot do, is refused with Python's message whether
+    Node is asked to write it or to read a (forged) one."""
+    model = load(integer_context_bundle, threads=1)
+    assert model.pixel_groups > 1 and model.integer
+    batch = _context_batch(images)
+    codec = LosslessCodec(model)
+    cases = {"many": batch, "one": batch[:1]}
+    python = {label: codec.compress(data) for label, data in cases.items()}
+    for label, data in python.items():
+        assert fmt.parse(data).header.version == fmt.EXACT_VERSION
+        assert np.array_equal(codec.decompress(data), cases[label]), label
+    # a near-lossless container no writer makes: a lossless payload framed as K = 4 (valid CRC)
+    payload = fmt.parse(python["one"]).payload(0)
+    forged = fmt.pack_near_lossless(model.bundle.fingerprint, model.image_shape, 1, 4, 0, payload, True)
+    refusals = {}
+    for label, attempt in (("write", lambda: NearLosslessCodec(model, max_error=4).compress(batch[:16])),
+                           ("read", lambda: NearLosslessCodec(model, max_error=4).decompress(forged))):
+        with pytest.raises(InputError, match=NEAR_LOSSLESS_WITH_GROUPS) as refused:
+            attempt()
+        refusals[label] = str(refused.value)
+    jobs = []
+    for label, data in python.items():
+        np.save(tmp_path / f"{label}.npy", cases[label])
+        (tmp_path / f"{label}.evz").write_bytes(data)
+        jobs.append({"op": "decode", "bundle": str(integer_context_bundle), "container": str(tmp_path / f"{label}.evz"),
+                     "out": str(tmp_path / f"{label}.js.npy")})
+        jobs.append({"op": "encode", "bundle": str(integer_context_bundle), "images": str(tmp_path / f"{label}.npy"),
+                     "quality": None, "lossless": True, "out": str(tmp_path / f"{label}.js.evz")})
+    (tmp_path / "forged.evz").write_bytes(forged)
+    jobs.append({"op": "encode", "bundle": str(integer_context_bundle), "images": str(tmp_path / "many.npy"),
+                 "quality": None, "max_error": 4, "out": str(tmp_path / "near.js.evz")})
+    jobs.append({"op": "decode", "bundle": str(integer_context_bundle), "container": str(tmp_path / "forged.evz"),
+                 "out": str(tmp_path / "forged.js.npy")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_node(WEB / "test" / "parity.mjs", tmp_path / "jobs.json", tmp_path / "results.json")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert all(r["error"] is None for r in results[:4]), results[:4]
+    for label, data in python.items():
+        got = np.load(tmp_path / f"{label}.js.npy")
+        assert got.shape == cases[label].shape and int((got != cases[label]).sum()) == 0, f"{label}: pixels differ"
+        assert (tmp_path / f"{label}.js.evz").read_bytes() == data, f"{label}: Node's container differs from Python's"
+    # Python's own message, with the bundle's name (Python writes on a 16-image batch: the same words)
+    assert results[4]["error"] == refusals["write"], results[4]
+    assert results[5]["error"] == refusals["read"], results[5]
+    assert not (tmp_path / "near.js.evz").exists() and not (tmp_path / "forged.js.npy").exists()
+
+
+@pytest.mark.slow
+def test_cli_lossless_of_an_integer_context_bundle(images: np.ndarray, integer_context_bundle: Path, tmp_path: Path) -> None:
+    """evz compress --lossless with an integer context bundle writes Python's bytes, decompress
+    (the bundle named, or found by the container's fingerprint when it is shipped) gives the
+    images back; --max-error is a one-line error."""
+    batch = _context_batch(images)[:24]
+    np.save(tmp_path / "in.npy", batch)
+    data = LosslessCodec(load(integer_context_bundle, threads=1)).compress(batch)
+    result = evz("compress", tmp_path / "in.npy", tmp_path / "out.evz", "--bundle", integer_context_bundle, "--lossless")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.evz").read_bytes() == data
+    result = evz("decompress", tmp_path / "out.evz", tmp_path / "back.npy")  # the shipped bundle, by fingerprint
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.load(tmp_path / "back.npy"), batch)
+    result = evz("compress", tmp_path / "in.npy", tmp_path / "near.evz", "--bundle", integer_context_bundle, "--max-error", "2")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and NEAR_LOSSLESS_WITH_GROUPS in result.stderr, result.stderr
+    assert not (tmp_path / "near.evz").exists()
+
+
 def test_format_md_worked_examples_in_javascript() -> None:
     """FORMAT.md §3.5's examples (toy coder states, the real container byte by byte) hold for web/."""
     result = run_node("--test", WEB / "test" / "format.test.mjs", check=False)
@@ -662,6 +753,14 @@ def test_javascript_refuses_the_bad_manifests_as_python_does() -> None:
     """tests/fixtures/bad-manifests.json (generated from runtime/manifest.py's schema, checked against
     it by tests/test_manifest.py): web/bundle.js refuses each with Python's exact message."""
     result = run_node("--test", WEB / "test" / "manifest.test.mjs", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
+
+
+def test_javascript_pixel_groups_and_integer_context_manifests() -> None:
+    """web/test/context.test.mjs: pixel groups' positions as runtime/bitsback.py makes them, and an
+    integer context bundle's manifest checked against the integer contract (Python's messages)."""
+    result = run_node("--test", WEB / "test" / "context.test.mjs", check=False)
     assert result.returncode == 0, result.stdout[-3000:]
     assert re.search(r"# pass [1-9]", result.stdout) and "# fail 0" in result.stdout
 
@@ -742,6 +841,25 @@ def _page_exact_jobs(integer_bundle: Path, images: np.ndarray, work: Path) -> tu
     return spec, expected
 
 
+#: Images of the page's integer context bundle file (WASM runs its context graph per group and step).
+PAGE_CONTEXT_IMAGES = 16
+
+
+def _page_context_jobs(images: np.ndarray, work: Path, spec: dict) -> dict:
+    """Adds to the page's spec the shipped integer context bundle's lossless file (decoded and
+    written in the page, then opened through its file input, which finds the bundle by the file's
+    fingerprint); returns Python's result and where the page's results will be."""
+    bundle, url = CONTEXT_EXACT_BUNDLE, f"/exported/{CONTEXT_EXACT_BUNDLE.name}/"
+    batch = _context_batch(images)[-PAGE_CONTEXT_IMAGES:]
+    batch.tofile(work / "context-images.raw")
+    data = LosslessCodec(load(bundle, threads=1)).compress(batch)
+    (work / "context.evz").write_bytes(data)
+    spec["exact"].append({"bundle": url, "container": str(work / "context.evz"), "images": str(work / "context-images.raw"),
+                          "max_error": None})
+    spec["opened_exact"].append(str(work / "context.evz"))
+    return {"container": data, "pixels": batch, "exact": len(spec["exact"]) - 1, "opened": len(spec["opened_exact"]) - 1}
+
+
 @pytest.fixture(scope="module")
 def page_run(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Load the page in headless Chromium, use every panel, and decode/compress in it the images
@@ -749,6 +867,7 @@ def page_run(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pytest.
     bundle's lossless and near-lossless files."""
     work = tmp_path_factory.mktemp("page")
     exact_spec, exact_expected = _page_exact_jobs(integer_bundle, images, work)
+    context_expected = _page_context_jobs(images, work, exact_spec)
     codecs = {name: Codec(load(shipped_bundles()[name], threads=1)) for name in CODEC_BUNDLES}
     opened = codecs["fashion-mnist-codec"].compress(images[:40], quality="high")
     (work / "opened.evz").write_bytes(opened)
@@ -768,7 +887,7 @@ def page_run(images: np.ndarray, integer_bundle: Path, tmp_path_factory: pytest.
     run_node(WEB / "test" / "page.mjs", work / "spec.json", work / "result.json", timeout=600)
     result = json.loads((work / "result.json").read_text())
     return {"result": result, "expected": expected, "opened": opened, "codecs": codecs, "screenshot": screenshot,
-            "exact_expected": exact_expected, "stand_in": _is_stand_in(integer_bundle)}
+            "exact_expected": exact_expected, "stand_in": _is_stand_in(integer_bundle), "context_expected": context_expected}
 
 
 def _is_stand_in(bundle: Path) -> bool:
@@ -847,6 +966,21 @@ def test_page_decodes_and_writes_integer_bundle_lossless_files_exactly(page_run:
         assert np.array_equal(np.array(opened["pixels"], np.uint8), want["pixels"].ravel())
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+@pytest.mark.slow
+def test_page_reads_and_writes_integer_context_bundle_lossless_files(page_run: dict) -> None:
+    """Chromium (onnxruntime-web, WASM) on an integer context bundle's lossless file: decoded to
+    the images and written byte for byte as Python does, and opened through the file input."""
+    want = page_run["context_expected"]
+    got = page_run["result"]["exact"][want["exact"]]
+    assert got["error"] is None, got["error"]
+    assert np.array_equal(np.array(got["pixels"], np.uint8), want["pixels"].ravel())
+    assert bytes(got["container"]) == want["container"], "the page's context-bundle container differs from Python's"
+    opened = page_run["result"]["openedExact"][want["opened"]]
+    assert opened["error"] is None, opened["error"]
+    assert opened["mode"] == "lossless" and opened["bundle"] == CONTEXT_EXACT_BUNDLE.name, opened
+    assert np.array_equal(np.array(opened["pixels"], np.uint8), want["pixels"].ravel())
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ import { load, Codec, ExactCodec, container, readManifest, EdgeVAEError } from "
 const SAMPLE_BUNDLE = "fashion-mnist";
 const CODEC_BUNDLES = ["fashion-mnist-codec", "fashion-mnist-codec-hq", "fashion-mnist", "fashion-mnist-int8"];
 /** Integer bundles (model.json "arithmetic": "integer") whose lossless and near-lossless files the page
- * opens too, when they are next to it (a missing one is skipped). */
-const INTEGER_BUNDLES = ["fashion-mnist-exact", "fashion-mnist-codec-exact"];
+ * opens too, when they are next to it (a missing one is skipped); the context one codes its pixels in
+ * groups with an integer context.onnx (lossless files only). */
+const INTEGER_BUNDLES = ["fashion-mnist-exact", "fashion-mnist-codec-exact", "fashion-mnist-context2-exact"];
 const EXAMPLES = ["sneaker", "ankle-boot", "bag", "coat", "dress", "pullover", "sandal", "shirt", "trouser", "tshirt"];
 const bundleUrl = (name) => new URL(`../exported/${name}/`, import.meta.url);
 const exampleUrl = (name) => new URL(`../examples/${name}.png`, import.meta.url);

@@ -11,6 +11,11 @@
 //     push  x | z, k      bin per pixel          pop   x | z, k
 //     push  k | z         mixture weights        push  k under Q(k|x,z)
 //     push  z             uniform buckets        push  z under Q(z|x) (encoder on x)
+//
+// A context bundle (model.json "pixel_groups" G > 1, FORMAT.md §7.10) codes the pixels in G
+// groups: group 0 under the decoder's mixture, group g >= 1 under context.onnx's given the pixels
+// of groups 0 .. g-1. Components are popped group G-1 first, bins pushed group G-1 first; decoding
+// pops group 0 first (lossless only: near-lossless is refused, as Python does).
 
 import { AnsCoder, AnsError, TOTAL } from "./ans.js";
 import { concat, crc32, decodeVarint, encodeVarint } from "./container.js";
@@ -157,6 +162,86 @@ export class Likelihood {
     if (v <= 0) return 0;
     if (v >= LEVELS) return TOTAL;
     return this.T.padded[first + v - 1] + v;
+  }
+}
+
+// -- pixel groups (context bundles) ---------------------------------------------------------
+
+/** Flat (C-H-W) pixel positions of each pixel group, group 0 first (runtime/bitsback.py
+ * _group_positions): pixel (r, c), all of its channels, is in group tile[r mod R][c mod C];
+ * within a group, positions keep their C-H-W order. One group of every position without groups. */
+export function groupPositions(groups, tile, [channels, height, width]) {
+  const size = channels * height * width;
+  if (groups === 1) return [Int32Array.from({ length: size }, (_, i) => i)];
+  const lists = Array.from({ length: groups }, () => []);
+  for (let i = 0; i < size; i++) {
+    const r = Math.floor(i / width) % height;
+    const c = i % width;
+    lists[tile[r % tile.length][c % tile[0].length]].push(i);
+  }
+  return lists.map((list) => Int32Array.from(list));
+}
+
+/** Mixture indices ({logit, mean, logScale}: B*K*P each) at the flat pixel `positions` only:
+ * B*K*positions.length each (runtime/bitsback.py _at_pixels). */
+function atPixels(out, positions, batch, components, pixels) {
+  const n = positions.length;
+  const pick = (a) => {
+    const got = new Int32Array(batch * components * n);
+    for (let row = 0; row < batch * components; row++) {
+      for (let p = 0; p < n; p++) got[row * n + p] = a[row * pixels + positions[p]];
+    }
+    return got;
+  };
+  return { logit: pick(out.logit), mean: pick(out.mean), logScale: pick(out.logScale) };
+}
+
+/**
+ * The pixel groups of one encode or decode with `model` (runtime/bitsback.py _Coding): their
+ * positions, the known mask of each group (1 at the pixels of the groups before it) and the
+ * likelihood of a group given a step's decoder outputs and what is known of its images.
+ * InputError for near-lossless bins with groups (Python's message).
+ */
+class Groups {
+  constructor(model, T, bins) {
+    this.model = model;
+    this.T = T;
+    this.bins = bins;
+    this.P = model.imageSize;
+    const groups = model.pixelGroups ?? 1;
+    this.positions = groupPositions(groups, model.pixelTile, model.imageShape);
+    this.count = this.positions.length;
+    if (this.count > 1 && !bins.lossless) {
+      throw new InputError(`${model.bundle.name} codes pixels in groups, for lossless compression only; ` +
+        "pick another model for near-lossless (--max-error)");
+    }
+    if (this.count > 1 && !model.context) {
+      throw new InputError(`${model.bundle.name} codes pixels in groups but has no integer context graph loaded`);
+    }
+    this.known = this.positions.map((_, g) => {
+      const mask = new Uint8Array(this.P);
+      for (const positions of this.positions.slice(0, g)) for (const i of positions) mask[i] = 1;
+      return mask;
+    });
+  }
+
+  /** The Likelihood of group `g` of a step's `batch` images: the decoder's `out` for group 0 (every
+   * pixel without groups), else the context graph's given `pixels` (Uint8Array batch * P; only
+   * the groups before g are read). */
+  async likelihood(out, g, pixels, batch) {
+    const { model, T, bins, P } = this;
+    if (this.count === 1) return new Likelihood(T, out, batch, P, model.components, bins);
+    const params = g === 0 ? out : await model.contextIndices(out, pixels, this.known[g]);
+    const positions = this.positions[g];
+    return new Likelihood(T, atPixels(params, positions, batch, model.components, P), batch, positions.length,
+      model.components, bins);
+  }
+
+  /** Image b's values (Uint8Array) of group g, out of a step's B * P values. */
+  of(x, b, g) {
+    const positions = this.positions[g];
+    if (this.count === 1) return x.subarray(b * this.P, (b + 1) * this.P);
+    return Uint8Array.from(positions, (i) => x[b * this.P + i]);
   }
 }
 
@@ -307,11 +392,6 @@ async function posteriorOf(model, T, seen) {
   return new exact.Posterior(T, meanIndex, logvarIndex, model.latentDim);
 }
 
-async function likelihoodOf(model, T, latentIndex, batch, bins) {
-  const out = await model.decodeIndices(latentIndex);
-  return { L: new Likelihood(T, out, batch, model.imageSize, model.components, bins), out };
-}
-
 function gather(data, images, size) {
   const out = new Uint8Array(images.length * size);
   images.forEach((i, j) => out.set(data.subarray(i * size, (i + 1) * size), j * size));
@@ -336,6 +416,7 @@ export async function encode(model, images, count, { maxError = 0, bucketBits = 
   for (let i = 0; i < symbols.length; i++) symbols[i] = bins.ofLevel[images[i]];
   // The posterior sees what decoding knows before it pushes the bits back: the bins.
   const seen = bins.lossless ? images : symbols.map((s) => bins.representative[s]);
+  const groups = new Groups(model, T, bins);
   const coders = Array.from({ length: chains }, () => new AnsCoder());
   let initialBits = 0;
   for (const lane of lanes(chains)) {
@@ -345,16 +426,26 @@ export async function encode(model, images, count, { maxError = 0, bucketBits = 
       const zs = stacks.map((coder, j) => (step === 0 ? Q.modeGroups(j) : popLatent(coder, Q, j)));
       const latentIndex = new Int32Array(members.length * Q.D);
       zs.forEach((z, j) => latentIndex.set(step === 0 ? T.groupLatents(z) : T.latents(z), j * Q.D));
-      const { L } = await likelihoodOf(model, T, latentIndex, members.length, bins);
-      const cum = new Float64Array(L.K + 1);
+      const out = await model.decodeIndices(latentIndex);
+      // every group's likelihood is known here (the images are): the step's bins, all of them known
+      const x = gather(symbols, members, P);
+      const likelihoods = [];
+      for (let g = 0; g < groups.count; g++) likelihoods.push(await groups.likelihood(out, g, x, members.length));
+      const cum = new Float64Array(model.components + 1);
       stacks.forEach((coder, j) => {
-        const x = symbols.subarray(members[j] * P, (members[j] + 1) * P);
-        const k = new Int32Array(P);
-        for (let p = 0; p < P; p++) {
-          const best = componentPosterior(L, j, p, x[p], cum);
-          k[p] = step === 0 || L.single ? best : coder.popCumulative(cum, 0, L.K);
+        // components: group G-1 first (a chain's first image, or one component: the most probable)
+        const ks = [];
+        for (let g = groups.count - 1; g >= 0; g--) {
+          const L = likelihoods[g];
+          const xg = groups.of(x, j, g);
+          const k = new Int32Array(L.P);
+          for (let p = 0; p < L.P; p++) {
+            const best = componentPosterior(L, j, p, xg[p], cum);
+            k[p] = step === 0 || L.single ? best : coder.popCumulative(cum, 0, L.K);
+          }
+          ks[g] = k;
         }
-        pushPixels(coder, L, j, x, k);
+        for (let g = groups.count - 1; g >= 0; g--) pushPixels(coder, likelihoods[g], j, groups.of(x, j, g), ks[g]);
         const z = zs[j];
         const n = step === 0 ? T.buckets / T.fine : T.buckets;
         for (let d = z.length - 1; d >= 0; d--) coder.pushUniform(z[d], n);
@@ -452,6 +543,7 @@ export async function decode(model, payload, count, { maxError = 0, progress, on
     pos += raw.length;
     coders.push(stackOf(raw, kind));
   }
+  const groups = new Groups(model, T, bins);
   const D = model.latentDim;
   for (const lane of lanes(header.chains)) {
     const dry = new Int32Array(lane.length);
@@ -462,34 +554,50 @@ export async function decode(model, payload, count, { maxError = 0, progress, on
       const zs = stacks.map((coder) => Int32Array.from({ length: D }, () => coder.popUniform(n)));
       const latentIndex = new Int32Array(members.length * D);
       zs.forEach((z, j) => latentIndex.set(step === 0 ? T.groupLatents(z) : T.latents(z), j * D));
-      const { L } = await likelihoodOf(model, T, latentIndex, members.length, bins);
-      const decoded = stacks.map((coder, j) => popPixels(coder, L, j));
-      const symbolCount = D + P * (L.single ? 1 : 3);
-      decoded.forEach(({ popped }, j) => {
-        const total = popped + D * Math.log2(n);
+      const decoderOut = await model.decodeIndices(latentIndex);
+      // group after group, each under the likelihood the groups before it give
+      const x = new Uint8Array(members.length * P);
+      const likelihoods = [];
+      const components = []; // [group][image]: Int32Array of the group's pixels
+      const popped = new Float64Array(members.length);
+      for (let g = 0; g < groups.count; g++) {
+        const L = await groups.likelihood(decoderOut, g, x, members.length);
+        const positions = groups.positions[g];
+        components.push(stacks.map((coder, j) => {
+          const got = popPixels(coder, L, j);
+          for (let p = 0; p < positions.length; p++) x[j * P + positions[p]] = got.symbols[p];
+          popped[j] += got.popped;
+          return got.k;
+        }));
+        likelihoods.push(L);
+      }
+      const symbolCount = D + P * (likelihoods[0].single ? 1 : 3);
+      popped.forEach((bits, j) => {
+        const total = bits + D * Math.log2(n);
         const short = total > available[j] + POP_SLACK_BITS + POP_SLACK_PER_SYMBOL * symbolCount;
         dry[j] = short ? dry[j] + 1 : 0;
       });
       if (bins.lossless && dry.some((d) => d >= MAX_DRY_STEPS)) {
         throw new ContainerError(`${kind} payload is damaged (its data ends long before its images do)`);
       }
-      members.forEach((i, j) => out.set(decoded[j].symbols, i * P));
-      if (onDecoded) onDecoded(members, decoded.map((d) => d.symbols), L);
+      members.forEach((i, j) => out.set(x.subarray(j * P, (j + 1) * P), i * P));
+      // (near-lossless, which has no groups: the decoder's Likelihood of every pixel)
+      if (onDecoded) onDecoded(members, members.map((_, j) => x.subarray(j * P, (j + 1) * P)), likelihoods[0]);
       if (step > 0) {
-        const cum = new Float64Array(L.K + 1);
-        if (!L.single) {
+        const cum = new Float64Array(model.components + 1);
+        likelihoods.forEach((L, g) => {
+          if (L.single) return;
           stacks.forEach((coder, j) => {
-            const x = decoded[j].symbols;
-            for (let p = P - 1; p >= 0; p--) {
-              componentPosterior(L, j, p, x[p], cum);
-              coder.pushCumulative(decoded[j].k[p], cum);
+            const xg = groups.of(x, j, g);
+            const k = components[g][j];
+            for (let p = L.P - 1; p >= 0; p--) {
+              componentPosterior(L, j, p, xg[p], cum);
+              coder.pushCumulative(k[p], cum);
             }
           });
-        }
-        const seen = new Uint8Array(members.length * P);
-        decoded.forEach(({ symbols }, j) => {
-          for (let p = 0; p < P; p++) seen[j * P + p] = bins.representative[symbols[p]];
         });
+        const seen = new Uint8Array(members.length * P);
+        for (let i = 0; i < seen.length; i++) seen[i] = bins.representative[x[i]];
         const Q = await posteriorOf(model, T, seen);
         stacks.forEach((coder, j) => pushLatent(coder, Q, j, zs[j]));
       }

@@ -9,29 +9,48 @@ export const MANIFEST_FILE = "model.json";
 export const MANIFEST_FORMAT = "edgevae-bundle";
 export const MANIFEST_VERSION = 1;
 export const LIKELIHOOD_KIND = "discretized_logistic_mixture";
+// The graphs of the contract (runtime/contract.py GraphSpec): each tensor as [name, dtype, shape],
+// its shape's symbols resolved per bundle (dims) as Python's TensorSpec.resolve; `inputs` and
+// `outputs` are the names in order (what a loaded session must show).
+const IMAGE = ["batch", "channels", "height", "width"];
+const MIXTURE = ["batch", "components", "channels", "height", "width"];
+const LATENT = ["batch", "latent"];
+const graphSpec = (key, inputs, outputs) => ({
+  key, file: `${key}.onnx`, tensors: { inputs, outputs },
+  inputs: inputs.map(([name]) => name), outputs: outputs.map(([name]) => name),
+});
 /** The graphs in contract order (the fingerprint hashes their digests in this order). */
 export const GRAPHS = [
-  { key: "encoder", inputs: ["images"], outputs: ["mean", "logvar"] },
-  { key: "decoder", inputs: ["latents"], outputs: ["pixels", "mixture_logits", "mixture_means", "mixture_log_scales"] },
+  graphSpec("encoder", [["images", "uint8", IMAGE]], [["mean", "float32", LATENT], ["logvar", "float32", LATENT]]),
+  graphSpec("decoder", [["latents", "float32", LATENT]], [["pixels", "uint8", IMAGE], ["mixture_logits", "float32", MIXTURE],
+    ["mixture_means", "float32", MIXTURE], ["mixture_log_scales", "float32", MIXTURE]]),
 ];
 /** How a bundle's graphs compute (model.json "arithmetic", absent = "float"; runtime/contract.py). */
 export const ARITHMETIC_FLOAT = "float";
 export const ARITHMETIC_INTEGER = "integer";
+export const ARITHMETICS = [ARITHMETIC_FLOAT, ARITHMETIC_INTEGER];
 /** The graphs of an integer bundle (runtime/contract.py INTEGER_ENCODER / INTEGER_DECODER): int32
  * grid indices out of the encoder, int32 latent indices into the decoder, int32 grid indices out. */
 export const INTEGER_GRAPHS = [
-  { key: "encoder", inputs: ["images"], outputs: ["mean_index", "logvar_index"] },
-  { key: "decoder", inputs: ["latents"],
-    outputs: ["pixels", "mixture_logit_index", "mixture_mean_index", "mixture_log_scale_index"] },
+  graphSpec("encoder", [["images", "uint8", IMAGE]], [["mean_index", "int32", LATENT], ["logvar_index", "int32", LATENT]]),
+  graphSpec("decoder", [["latents", "int32", LATENT]], [["pixels", "uint8", IMAGE], ["mixture_logit_index", "int32", MIXTURE],
+    ["mixture_mean_index", "int32", MIXTURE], ["mixture_log_scale_index", "int32", MIXTURE]]),
 ];
-/** The context graph of a bundle with pixel groups (runtime/contract.py CONTEXT): the decoder's
- * mixture refined by the pixels known so far. Its lossless files are float files, which this
- * package refuses by name (README "JavaScript and the browser"); it is checked and fingerprinted. */
-export const CONTEXT_GRAPH = {
-  key: "context",
-  inputs: ["mixture_logits", "mixture_means", "mixture_log_scales", "pixels", "known"],
-  outputs: ["context_logits", "context_means", "context_log_scales"],
-};
+/** The context graph of a float bundle with pixel groups (runtime/contract.py CONTEXT): the
+ * decoder's mixture refined by the pixels known so far. Its lossless files are float files, which
+ * this package refuses by name (README "JavaScript and the browser"); it is checked and fingerprinted. */
+export const CONTEXT_GRAPH = graphSpec("context",
+  [["mixture_logits", "float32", MIXTURE], ["mixture_means", "float32", MIXTURE], ["mixture_log_scales", "float32", MIXTURE],
+    ["pixels", "uint8", IMAGE], ["known", "uint8", IMAGE]],
+  [["context_logits", "float32", MIXTURE], ["context_means", "float32", MIXTURE], ["context_log_scales", "float32", MIXTURE]]);
+/** The context graph of an integer bundle with pixel groups (runtime/contract.py INTEGER_CONTEXT):
+ * the decoder's int32 grid indices and the known pixels in, int32 indices on the same grids out
+ * (a reader clamps them to the contract's ranges). Its lossless files are version-3 files. */
+export const INTEGER_CONTEXT_GRAPH = graphSpec("context",
+  [["mixture_logit_index", "int32", MIXTURE], ["mixture_mean_index", "int32", MIXTURE],
+    ["mixture_log_scale_index", "int32", MIXTURE], ["pixels", "uint8", IMAGE], ["known", "uint8", IMAGE]],
+  [["context_logit_index", "int32", MIXTURE], ["context_mean_index", "int32", MIXTURE],
+    ["context_log_scale_index", "int32", MIXTURE]]);
 /** The default tile of each model.json "pixel_groups" without a "pixel_tile", and the most rows
  * and columns a tile has (runtime/contract.py PIXEL_GROUP_TILES, MAX_PIXEL_TILE). */
 export const PIXEL_GROUP_TILES = { 1: [[0]], 2: [[0, 1], [1, 0]], 4: [[0, 2], [3, 1]] };
@@ -66,8 +85,22 @@ export function pixelTile(groups, tile) {
 
 /** The graphs a manifest's codecs compute with, in fingerprint order (runtime/contract.py coding_graphs). */
 export function codingGraphs(manifest) {
-  const graphs = graphsFor(manifest.arithmetic ?? ARITHMETIC_FLOAT);
-  return (manifest.pixel_groups ?? 1) > 1 ? [...graphs, CONTEXT_GRAPH] : graphs;
+  const arithmetic = manifest.arithmetic ?? ARITHMETIC_FLOAT;
+  const graphs = graphsFor(arithmetic);
+  return (manifest.pixel_groups ?? 1) > 1 ? [...graphs, contextGraphFor(arithmetic)] : graphs;
+}
+
+/** The context graph of a manifest's arithmetic (runtime/contract.py context_graph_for). */
+export function contextGraphFor(arithmetic = ARITHMETIC_FLOAT) {
+  graphsFor(arithmetic); // the same check and message
+  return arithmetic === ARITHMETIC_INTEGER ? INTEGER_CONTEXT_GRAPH : CONTEXT_GRAPH;
+}
+
+/** A graph's inputs and outputs as model.json describes them for a bundle's `dims` (channels,
+ * height, width, latent, components): {inputs, outputs} of {name, dtype, shape} ("batch" stays). */
+export function describeGraph(graph, dims) {
+  const describe = ([name, dtype, shape]) => ({ name, dtype, shape: shape.map((d) => (d === "batch" ? d : dims[d])) });
+  return { inputs: graph.tensors.inputs.map(describe), outputs: graph.tensors.outputs.map(describe) };
 }
 
 /** The (encoder, decoder) contract of a manifest's arithmetic; BundleError for an unknown one. */
@@ -316,10 +349,86 @@ export function validateManifest(manifest, where = MANIFEST_FILE) {
     `pixel_tile ${tile.length}x${tile[0].length} does not fit in the ${h}x${w} image`);
   need(Object.hasOwn(manifest.graphs, "context") === groups > 1,
     "graphs.context must be given exactly when pixel_groups > 1");
-  need(groups === 1 || (manifest.arithmetic ?? ARITHMETIC_FLOAT) === ARITHMETIC_FLOAT,
-    "pixel groups need float graphs (arithmetic float)");
   for (const role of manifest.role ?? []) need(ROLES.includes(role), `role '${role}' is not one of ${ROLES.join(", ")}`);
+  checkTensors(manifest, { channels: c, height: h, width: w, latent: dim, components }, where);
   return manifest;
+}
+
+/** The manifest's description of each coding graph's inputs and outputs, if given, must be the
+ * contract's for this bundle's dimensions and arithmetic (runtime/manifest.py _check_tensors). */
+function checkTensors(manifest, dims, where) {
+  const arithmetic = manifest.arithmetic ?? ARITHMETIC_FLOAT;
+  if (!ARITHMETICS.includes(arithmetic)) {
+    throw new BundleError(`${where}: arithmetic must be one of ${ARITHMETICS.join(", ")}, not ${pythonRepr(arithmetic)}`);
+  }
+  for (const graph of codingGraphs(manifest)) {
+    const entry = manifest.graphs[graph.key];
+    const described = describeGraph(graph, dims);
+    for (const side of ["inputs", "outputs"]) {
+      if (Object.hasOwn(entry, side) && !pythonEqual(entry[side], described[side])) {
+        throw new BundleError(`${where}: ${graph.key} ${side} ${pythonRepr(entry[side])} disagree with the bundle's own ` +
+          `shapes ${pythonRepr(described[side])}`);
+      }
+    }
+  }
+}
+
+/** Python's == on parsed JSON: dicts regardless of key order, true == 1 and false == 0. */
+function pythonEqual(a, b) {
+  const scalar = (v) => (typeof v === "boolean" ? Number(v) : v);
+  if (Array.isArray(a) || Array.isArray(b)) {
+    return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((v, i) => pythonEqual(v, b[i]));
+  }
+  if (CHECKS[OBJECT](a) || CHECKS[OBJECT](b)) {
+    if (!(CHECKS[OBJECT](a) && CHECKS[OBJECT](b))) return false;
+    const keys = Object.keys(a);
+    return keys.length === Object.keys(b).length && keys.every((k) => Object.hasOwn(b, k) && pythonEqual(a[k], b[k]));
+  }
+  return scalar(a) === scalar(b);
+}
+
+/** Python's repr of a parsed JSON value (how Python's refusals quote what a manifest gave). JSON
+ * numbers written with a fraction but an integer value (4.0) print as integers here. */
+export function pythonRepr(value) {
+  if (value === null || value === undefined) return "None";
+  if (typeof value === "boolean") return value ? "True" : "False";
+  if (typeof value === "number") return pythonNumber(value);
+  if (typeof value === "string") return pythonString(value);
+  if (Array.isArray(value)) return `[${value.map(pythonRepr).join(", ")}]`;
+  return `{${Object.entries(value).map(([k, v]) => `${pythonString(k)}: ${pythonRepr(v)}`).join(", ")}}`;
+}
+
+function pythonNumber(v) {
+  if (Number.isInteger(v) && Math.abs(v) < 2 ** 53) return String(v);
+  if (!Number.isFinite(v)) return Number.isNaN(v) ? "nan" : v > 0 ? "inf" : "-inf";
+  // the shortest digits that round-trip (as Python's repr), laid out by Python's float rules
+  const [mantissa, exponent] = v.toExponential().split("e");
+  const e = Number(exponent);
+  if (e < -4 || e >= 16) {
+    return `${mantissa}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
+  }
+  const negative = mantissa.startsWith("-");
+  const digits = mantissa.replace("-", "").replace(".", "");
+  let text;
+  if (e < 0) text = `0.${"0".repeat(-e - 1)}${digits}`;
+  else if (digits.length > e + 1) text = `${digits.slice(0, e + 1)}.${digits.slice(e + 1)}`;
+  else text = `${digits}${"0".repeat(e + 1 - digits.length)}.0`;
+  return negative ? `-${text}` : text;
+}
+
+function pythonString(s) {
+  const quote = s.includes("'") && !s.includes('"') ? '"' : "'";
+  let out = quote;
+  for (const ch of s) {
+    const code = ch.codePointAt(0);
+    if (ch === "\\" || ch === quote) out += `\\${ch}`;
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\r") out += "\\r";
+    else if (ch === "\t") out += "\\t";
+    else if (code < 0x20 || (code >= 0x7f && code <= 0xa0) || code === 0xad) out += `\\x${code.toString(16).padStart(2, "0")}`;
+    else out += ch;
+  }
+  return out + quote;
 }
 
 /** A verified bundle: its manifest, its files' bytes (checked against their sha256) and its fingerprint. */

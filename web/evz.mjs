@@ -24,7 +24,9 @@ commands:
                         (FORMAT.md §8).
       --lossless and --max-error need an INTEGER bundle (model.json "arithmetic":
       "integer", e.g. fashion-mnist-exact): its graphs compute with integers only, so
-      JavaScript, browsers and Python build the same probability tables.
+      JavaScript, browsers and Python build the same probability tables. An integer
+      context bundle (pixel groups, e.g. fashion-mnist-context2-exact) makes --lossless
+      files only.
   decompress IN.evz OUT.npy [--bundle B] [--index I]... [--force]
       Decode a container (lossy, or lossless / near-lossless of an integer bundle) to uint8
       images (N, C, H, W) in a .npy file. Without --bundle the shipped bundle that made the

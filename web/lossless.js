@@ -1,7 +1,8 @@
 // Lossless (mode 1) and near-lossless (mode 2) containers of INTEGER bundles (docs/FORMAT.md §7,
 // §8; "exact tables", container version 3): framing, the single-image near-lossless path (a lossy
 // latent plus bins centred on the model's prediction) and reconstruction. The coding itself is
-// web/bitsback.js; the tables web/exact.js.
+// web/bitsback.js (with the pixel groups of an integer context bundle, lossless only); the tables
+// web/exact.js.
 
 import * as container from "./container.js";
 import * as bitsback from "./bitsback.js";

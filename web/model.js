@@ -2,7 +2,7 @@
 // behind a small API mirroring Python's EdgeVAE: encode, decode, sample, reconstruct, interpolate.
 
 import { BundleError, InputError } from "./errors.js";
-import { ARITHMETIC_INTEGER, graphsFor, readBundle } from "./bundle.js";
+import { ARITHMETIC_INTEGER, INTEGER_CONTEXT_GRAPH, graphsFor, pixelTile, readBundle } from "./bundle.js";
 
 const isNode = typeof process !== "undefined" && !!process.versions?.node;
 
@@ -46,7 +46,7 @@ export function gaussian(count, seed = 0) {
 
 /** A loaded bundle: encode, decode, sample, reconstruct and interpolate images. */
 export class EdgeVAE {
-  constructor(bundle, ort, encoder, decoder) {
+  constructor(bundle, ort, encoder, decoder, context = null) {
     this.bundle = bundle;
     this.ort = ort;
     this.imageShape = bundle.imageShape;
@@ -57,6 +57,12 @@ export class EdgeVAE {
     this.integer = bundle.arithmetic === ARITHMETIC_INTEGER;
     this.encoder = encoder;
     this.decoder = decoder;
+    /** Pixel groups of a context bundle (model.json "pixel_groups", 1 without) and their tile. */
+    this.pixelGroups = Number(bundle.manifest.pixel_groups ?? 1);
+    this.pixelTile = pixelTile(this.pixelGroups, bundle.manifest.pixel_tile);
+    /** An integer context bundle's context.onnx session (null otherwise: a float context bundle's
+     * graph is verified and fingerprinted but never run here, its lossless files are Python's). */
+    this.context = context;
   }
 
   /** Pixels as {data: Uint8Array N*C*H*W, count}; InputError unless uint8 images of the model's shape. */
@@ -116,6 +122,53 @@ export class EdgeVAE {
     return {
       pixels: Uint8Array.from(out.pixels.data), logit: clamped(out.mixture_logit_index.data, -512, 512),
       mean: clamped(out.mixture_mean_index.data, 0, 8160), logScale: clamped(out.mixture_log_scale_index.data, 0, 128),
+    };
+  }
+
+  /**
+   * An integer context bundle's context graph (runtime/contract.py INTEGER_CONTEXT): the decoder's
+   * grid indices `mixture` ({logit, mean, logScale}: Int32Array N*K*C*H*W, as decodeIndices gives)
+   * refined by the pixels known so far, as indices on the same grids, clamped to the contract's
+   * ranges (as Python's context_likelihood_indices). `pixels`: Uint8Array N*C*H*W; `known`:
+   * Uint8Array N*C*H*W or C*H*W (one mask for every image), nonzero where `pixels` holds a known
+   * pixel (the others are fed as 0, so they never matter).
+   */
+  async contextIndices(mixture, pixels, known) {
+    if (!this.context) {
+      throw new InputError(`${this.bundle.name} has no integer context graph (${INTEGER_CONTEXT_GRAPH.file})`);
+    }
+    const size = this.imageSize;
+    const count = pixels.length / size;
+    const mixtureSize = this.components * size;
+    if (!Number.isInteger(count) || [mixture.logit, mixture.mean, mixture.logScale].some((a) => a.length !== count * mixtureSize)) {
+      throw new InputError(`context inputs must be N x ${mixtureSize} indices and N x ${size} pixels`);
+    }
+    if (known.length !== size && known.length !== pixels.length) {
+      throw new InputError(`known must be ${size} or N x ${size} values, got ${known.length}`);
+    }
+    const empty = { logit: new Int32Array(0), mean: new Int32Array(0), logScale: new Int32Array(0) };
+    if (count === 0) return empty;
+    const mask = new Uint8Array(count * size);
+    const fed = new Uint8Array(count * size);
+    for (let i = 0; i < mask.length; i++) {
+      if (known[known.length === size ? i % size : i] !== 0) {
+        mask[i] = 1;
+        fed[i] = pixels[i];
+      }
+    }
+    const shape = [count, this.components, ...this.imageShape];
+    const image = [count, ...this.imageShape];
+    const int32 = (a) => new this.ort.Tensor("int32", a instanceof Int32Array ? a : Int32Array.from(a), shape);
+    const out = await this.context.run({
+      mixture_logit_index: int32(mixture.logit),
+      mixture_mean_index: int32(mixture.mean),
+      mixture_log_scale_index: int32(mixture.logScale),
+      pixels: new this.ort.Tensor("uint8", fed, image),
+      known: new this.ort.Tensor("uint8", mask, image),
+    });
+    return {
+      logit: clamped(out.context_logit_index.data, -512, 512), mean: clamped(out.context_mean_index.data, 0, 8160),
+      logScale: clamped(out.context_log_scale_index.data, 0, 128),
     };
   }
 
@@ -224,8 +277,12 @@ async function session(ort, bytes, key, threads) {
 export async function load(location, { ort, threads } = {}) {
   const bundle = await readBundle(location);
   ort ??= await defaultOrt();
+  const graphs = [...graphsFor(bundle.arithmetic)];
+  // An integer context bundle codes its lossless files with context.onnx: loaded like the others.
+  // (A float context bundle's is verified by readBundle, but its lossless files are Python's only.)
+  if (bundle.arithmetic === ARITHMETIC_INTEGER && Number(bundle.manifest.pixel_groups ?? 1) > 1) graphs.push(INTEGER_CONTEXT_GRAPH);
   const sessions = [];
-  for (const graph of graphsFor(bundle.arithmetic)) {
+  for (const graph of graphs) {
     const s = await session(ort, bundle.files[graph.key], graph.key, threads);
     const names = [Array.from(s.inputNames), Array.from(s.outputNames)];
     if (JSON.stringify(names) !== JSON.stringify([graph.inputs, graph.outputs])) {
