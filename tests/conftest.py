@@ -147,6 +147,35 @@ def context_bundle(context_run: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
+def integer_source(integer_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``integer_run`` exported: an integer bundle without groups, of float_bundle's VAE."""
+    from click.testing import CliRunner
+
+    from edgevae.training.cli import main
+
+    bundle = tmp_path_factory.mktemp("int-source") / "int"
+    result = CliRunner().invoke(main, ["integer-export", str(integer_run), "-o", str(bundle)])
+    assert result.exit_code == 0, result.output
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def integer_context_run(context_bundle: Path, integer_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`edgevae-train integer-context` of ``context_bundle`` on ``integer_source``: calibration and one epoch."""
+    from click.testing import CliRunner
+
+    from edgevae.training.cli import main
+
+    run = tmp_path_factory.mktemp("ictx-run") / "run"
+    result = CliRunner().invoke(main, ["integer-context", str(context_bundle), "--integer", str(integer_source),
+                                       "--epochs", "1", "--batch-size", "32", "--calibration-images", "64",
+                                       "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "the integer decoder alone" in result.output
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_bundle: Path):
     """The runtime model of ``tiny_bundle``."""
     from edgevae.runtime import load

@@ -768,7 +768,8 @@ def test_cli_compress_defaults_to_the_codec_bundle_and_lossless_to_the_model(tmp
     # `edgevae info` names every shipped bundle and which one compress uses.
     done = edgevae("runner", "info")
     assert done.code == 0 and ("shipped     fashion-mnist, fashion-mnist-codec (compress's lossy default), "
-                               "fashion-mnist-codec-exact, fashion-mnist-codec-hq, fashion-mnist-context, fashion-mnist-context2, fashion-mnist-denoise (denoise's "
+                               "fashion-mnist-codec-exact, fashion-mnist-codec-hq, fashion-mnist-context, fashion-mnist-context2, fashion-mnist-context2-exact, "
+                                   "fashion-mnist-denoise (denoise's "
                                "default), fashion-mnist-exact (compress --lossless's default; --max-error's default), "
                                "fashion-mnist-int8; pick one with --model NAME") in done.stdout
     # Each container is decoded by the bundle that made it, found by its fingerprint alone.

@@ -21,42 +21,18 @@ SHIPPED = Path(__file__).resolve().parents[1] / "exported" / "fashion-mnist-cont
 
 
 @pytest.fixture(scope="module")
-def integer_source(integer_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``integer_run`` exported: an integer bundle without groups, of float_bundle's VAE."""
-    from edgevae.training.cli import main
-
-    bundle = tmp_path_factory.mktemp("int-source") / "int"
-    result = CliRunner().invoke(main, ["integer-export", str(integer_run), "-o", str(bundle)])
-    assert result.exit_code == 0, result.output
-    return bundle
-
-
-@pytest.fixture(scope="module")
-def ictx_run(context_bundle: Path, integer_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgevae.training.cli import main
-
-    run = tmp_path_factory.mktemp("ictx-run") / "run"
-    result = CliRunner().invoke(main, ["integer-context", str(context_bundle), "--integer", str(integer_source),
-                                       "--epochs", "1", "--batch-size", "32", "--calibration-images", "64",
-                                       "--out", str(run)])
-    assert result.exit_code == 0, result.output
-    assert "the integer decoder alone" in result.output
-    return run
-
-
-@pytest.fixture(scope="module")
-def ictx_bundle(ictx_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ictx_bundle(integer_context_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgevae.training.cli import main
 
     bundle = tmp_path_factory.mktemp("ictx-bundle") / "ictx"
-    result = CliRunner().invoke(main, ["integer-context-export", str(ictx_run), "-o", str(bundle)])
+    result = CliRunner().invoke(main, ["integer-context-export", str(integer_context_run), "-o", str(bundle)])
     assert result.exit_code == 0, result.output
     assert "exact against the int64 reference" in result.output
     return bundle
 
 
-def test_the_run_calibrates_then_fine_tunes(ictx_run: Path) -> None:
-    lines = [json.loads(line) for line in (ictx_run / "metrics.jsonl").read_text().splitlines()]
+def test_the_run_calibrates_then_fine_tunes(integer_context_run: Path) -> None:
+    lines = [json.loads(line) for line in (integer_context_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [0, 1]
     assert lines[0]["kind"] == "post-training quantization" and lines[1]["kind"] == "quantization-aware fine-tuning"
     for m in lines:
@@ -97,14 +73,14 @@ def test_lossless_round_trip_is_exact_and_a_version_3_container(ictx_bundle: Pat
         ev.LosslessCodec(ev.load(integer_source, threads=1)).decompress(data)
 
 
-def test_the_coded_likelihood_is_the_trained_one(ictx_run: Path, ictx_bundle: Path) -> None:
+def test_the_coded_likelihood_is_the_trained_one(integer_context_run: Path, ictx_bundle: Path) -> None:
     """The runtime's grouped log p(x|z) (ONNX graphs, contract grids) equals the run's torch form."""
     import torch
 
     import edgevae.runtime as ev
     from edgevae.training.integer_context_run import grouped_nll, load_run, sample_indices
 
-    _, _, sources, model = load_run(ictx_run)
+    _, _, sources, model = load_run(integer_context_run)
     runtime = ev.load(ictx_bundle, threads=1)
     images = synthetic_images(6, seed=8)
     eps = np.random.default_rng(0).standard_normal((6, runtime.latent_dim))
@@ -119,13 +95,13 @@ def test_the_coded_likelihood_is_the_trained_one(ictx_run: Path, ictx_bundle: Pa
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_the_export_check_catches_a_graph_that_differs_from_the_reference(ictx_run: Path, tmp_path: Path) -> None:
+def test_the_export_check_catches_a_graph_that_differs_from_the_reference(integer_context_run: Path, tmp_path: Path) -> None:
     from edgevae.runtime import contract
     from edgevae.runtime.errors import ExportError
     from edgevae.training.integer_context import check_context_graph, context_graph, reference_context
     from edgevae.training.integer_context_run import load_run
 
-    _, _, sources, model = load_run(ictx_run)
+    _, _, sources, model = load_run(integer_context_run)
     net = model.network()
     b = sources.integer
     dims = contract.dims_of(b.image_shape, b.latent_dim, b.components)

@@ -58,6 +58,9 @@ TRAINING_CASES: dict[str, list[str] | None] = {
     "context": ["context", "{float_bundle}", "--epochs", "1", "--hidden", "4", "--layers", "1", "--batch-size", "32",
                 "--out", "{out}/ctx-run"],
     "context-export": ["context-export", "{context_run}", "-o", "{out}/ctx"],
+    "integer-context": ["integer-context", "{context_bundle}", "--integer", "{integer_source}", "--epochs", "0",
+                        "--calibration-images", "32", "--out", "{out}/ictx-run"],
+    "integer-context-export": ["integer-context-export", "{integer_context_run}", "-o", "{out}/ictx"],
 }
 
 
@@ -175,7 +178,8 @@ def test_edgevae_train_command_with_unwritable_stdout(command: str, sink: str, i
         code, stderr = run_with_stdout(argv, sink, tmp_path)
         assert code == 0 and "Traceback" not in stderr and "Exception ignored" not in stderr, (argv, stderr)
         return
-    for fixture in ("denoise_run", "float_bundle", "integer_run", "context_run"):  # built only for the commands that need them
+    for fixture in ("denoise_run", "float_bundle", "integer_run", "context_run", "context_bundle", "integer_source",
+                    "integer_context_run"):  # built only for the commands that need them
         if "{%s}" % fixture in case:
             places[fixture] = request.getfixturevalue(fixture)
     argv = ["edgevae.training", *(arg.format(**places) for arg in case)]
