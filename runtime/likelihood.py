@@ -50,6 +50,14 @@ class MixtureIndices:
         return MixtureParams(logits.astype(np.float32), means.astype(np.float32), log_scales.astype(np.float32))
 
     @classmethod
+    def clamped(cls, logit_index: np.ndarray, mean_index: np.ndarray, log_scale_index: np.ndarray) -> MixtureIndices:
+        """An integer graph's three outputs clamped to the contract's ranges (which a valid bundle
+        never leaves), int32."""
+        return cls(np.clip(logit_index, *contract.index_range("mixture_logit_index")).astype(np.int32),
+                   np.clip(mean_index, *contract.index_range("mixture_mean_index")).astype(np.int32),
+                   np.clip(log_scale_index, *contract.index_range("mixture_log_scale_index")).astype(np.int32))
+
+    @classmethod
     def of(cls, params: MixtureParams) -> MixtureIndices:
         """The indices of a mixture whose values are grid points (the inverse of :meth:`params`)."""
         logit = np.rint(params.logits.astype(np.float64) * contract.LOGIT_STEPS)

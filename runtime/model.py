@@ -320,10 +320,7 @@ class EdgeVAE:
         """An integer decoder's mixture as grid indices, int32 (N, K, C, H, W) each, clamped to the
         contract's ranges, for int32 latent indices (N, D) (docs/FORMAT.md §7.1)."""
         self._require_integer("likelihood_indices")
-        logits, means, log_scales = self._run_decoder(self.check_latent_indices(latents), self._dec.output_names[1:])
-        return MixtureIndices(np.clip(logits, *contract.index_range("mixture_logit_index")).astype(np.int32),
-                              np.clip(means, *contract.index_range("mixture_mean_index")).astype(np.int32),
-                              np.clip(log_scales, *contract.index_range("mixture_log_scale_index")).astype(np.int32))
+        return MixtureIndices.clamped(*self._run_decoder(self.check_latent_indices(latents), self._dec.output_names[1:]))
 
     def context_likelihood(self, params: MixtureParams, pixels: np.ndarray, known: np.ndarray) -> MixtureParams:
         """A context bundle's mixture refined by the pixels known so far (contract.CONTEXT):
@@ -342,10 +339,7 @@ class EdgeVAE:
         self._require_integer("context_likelihood_indices")
         feeds = tuple(np.ascontiguousarray(a, dtype=np.int32)
                       for a in (indices.logit_index, indices.mean_index, indices.log_scale_index))
-        logits, means, log_scales = self._run_context(feeds, pixels, known)
-        return MixtureIndices(np.clip(logits, *contract.index_range("mixture_logit_index")).astype(np.int32),
-                              np.clip(means, *contract.index_range("mixture_mean_index")).astype(np.int32),
-                              np.clip(log_scales, *contract.index_range("mixture_log_scale_index")).astype(np.int32))
+        return MixtureIndices.clamped(*self._run_context(feeds, pixels, known))
 
     def _run_context(self, mixture: tuple[np.ndarray, np.ndarray, np.ndarray], pixels: np.ndarray,
                      known: np.ndarray) -> tuple[np.ndarray, ...]:
